@@ -1,0 +1,231 @@
+"""The FastAPI app factory every HTTP service uses.
+
+``create_app`` wires the parts every service shares: ``/healthz`` (alive), ``/readyz``
+(the service's own dependencies answer), ``/metrics``, request ids, a request body
+limit, access metrics, and one error handler that answers every failure with
+``{"error": {"code", "message", "field"}}`` — 4xx for bad input, never a 5xx for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from libs.runtime import metrics
+from libs.runtime.errors import HodhodError
+from libs.runtime.logging import request_id_var
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, field), status_code=status)
+
+
+def create_app(
+    *,
+    title: str,
+    routers: Sequence[APIRouter],
+    lifespan: Lifespan | None = None,
+    readiness: dict[str, ReadinessCheck] | None = None,
+    max_body_bytes: int = 1_048_576,
+) -> FastAPI:
+    """Build the app. Nothing is connected here: ``lifespan`` creates engines and clients.
+
+    ``readiness`` may be filled in by ``lifespan`` (``app.state.readiness``) once the
+    dependencies exist; ``/readyz`` answers 503 naming the checks that failed.
+    """
+    app = FastAPI(title=title, lifespan=lifespan, default_response_class=JSONResponse)
+    app.state.readiness = dict(readiness or {})
+    for router in routers:
+        app.include_router(router)
+    _add_probes(app)
+    _add_error_handlers(app)
+    app.add_middleware(AccessMetricsMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _add_probes(app: FastAPI) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        checks: dict[str, ReadinessCheck] = request.app.state.readiness
+        results = {name: await check() for name, check in checks.items()}
+        status = 200 if all(results.values()) else 503
+        return JSONResponse(
+            {"status": "ready" if status == 200 else "not_ready", "checks": results},
+            status_code=status,
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _field_of(loc: Sequence[Any]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HodhodError)
+    async def domain_error(_: Request, exc: HodhodError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+        if first.get("type") == "json_invalid":
+            return error_response(400, "malformed_json", "request body is not valid JSON")
+        field = _field_of(first.get("loc", ()))
+        message = str(first.get("msg", "invalid"))
+        return error_response(422, "invalid", f"{field}: {message}" if field else message, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+
+class RequestIdMiddleware:
+    """Take ``X-Request-Id`` from the caller (bounded) or make one; echo it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """Answer 413 before reading a body larger than the limit, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_json(send, 413, error_body(
+                "payload_too_large", f"request body exceeds {limit} bytes"))
+            return
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not response_started:
+                await _send_json(send, 413, error_body(
+                    "payload_too_large", f"request body exceeds {limit} bytes"))
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = orjson.dumps(body)
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode())],
+    })
+    await send({"type": "http.response.body", "body": payload})
+
+
+class AccessMetricsMiddleware:
+    """Count and time requests by route template (bounded labels), not raw path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            metrics.HTTP_REQUESTS.labels(template, method, f"{status // 100}xx").inc()
+            metrics.HTTP_SECONDS.labels(template, method).observe(time.perf_counter() - started)
+
+
+async def no_lifespan(_: FastAPI) -> AsyncIterator[None]:
+    yield

@@ -1,0 +1,164 @@
+"""Kafka plumbing: topic creation and the contract-aware producer.
+
+Works against Apache Kafka and Tansu alike. Tansu has no idempotent producer, so the
+producer uses ``acks="all"`` without idempotence and consumers make effects idempotent
+by the records' natural ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from libs.schemas import ALL_TOPICS, CONTRACTS, Contract, contract_for, dlq_topic, encode
+
+log = logging.getLogger(__name__)
+
+TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
+
+
+def platform_topics() -> list[str]:
+    """Every topic of DESIGN.md and its dead-letter twin."""
+    return [*ALL_TOPICS, *(dlq_topic(t) for t in ALL_TOPICS)]
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[str],
+    *,
+    partitions: int,
+    replication: int = 1,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the missing ``topics``; returns the names that were created.
+
+    Idempotent: topics that already exist are left alone. Retries while the broker is
+    still starting (connection refused) for up to ``timeout_s``.
+    """
+    wanted = list(dict.fromkeys(topics))
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            break
+        except KafkaConnectionError:
+            await admin.close()
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if not missing:
+            return []
+        response: Any = await admin.create_topics(
+            [NewTopic(t, partitions, replication) for t in missing]
+        )
+        created: list[str] = []
+        for topic, code, message in _topic_errors(response):
+            if code == 0:
+                created.append(topic)
+            elif code != TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"creating topic {topic!r} failed: {code} {message}")
+        log.info("topics created", extra={"topics": created})
+        return created
+    finally:
+        await admin.close()
+
+
+def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
+    rows: list[tuple[str, int, str | None]] = []
+    for entry in response.topic_errors:
+        topic, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 else None
+        rows.append((topic, code, message))
+    return rows
+
+
+class Producer:
+    """A started-on-demand producer that knows each topic's key rule.
+
+    ``publish`` waits for the broker's acknowledgement (``acks="all"``); use it where
+    the caller must not answer before the record is durable (HTTP ingestion, consumer
+    effects). ``publish_nowait`` only enqueues, for paths that must not block
+    (click redirects); failures are counted and logged by the delivery callback.
+    """
+
+    def __init__(self, bootstrap: str, *, linger_ms: int = 5, client_id: str = "hodhod") -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=False,  # Tansu has no idempotent producer.
+            linger_ms=linger_ms,
+            max_batch_size=256 * 1024,
+            compression_type=None,
+            client_id=client_id,
+            request_timeout_ms=30_000,
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._producer.start()
+            self._started = True
+
+    async def stop(self) -> None:
+        """Flush what is buffered, then close. Idempotent."""
+        if self._started:
+            self._started = False
+            await self._producer.stop()
+
+    async def ping(self) -> bool:
+        """True when the producer holds broker metadata (readiness)."""
+        try:
+            await asyncio.wait_for(self._producer.client.force_metadata_update(), 5)
+        except Exception:  # readiness answers false rather than raise
+            return False
+        return bool(self._producer.client.cluster.brokers())
+
+    @staticmethod
+    def serialise(message: Contract, topic: str | None = None) -> tuple[str, bytes, bytes]:
+        topic = topic or _topic_of(message)
+        contract = contract_for(topic)
+        return topic, contract.key(message).encode(), encode(message)
+
+    async def publish(self, *messages: Contract) -> None:
+        """Send and wait until every record is acknowledged. Raises on failure."""
+        await self.publish_all(messages)
+
+    async def publish_all(self, messages: Sequence[Contract]) -> None:
+        futures = []
+        for message in messages:
+            topic, key, value = self.serialise(message)
+            futures.append(await self._producer.send(topic, value=value, key=key))
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def publish_nowait(self, message: Contract) -> asyncio.Future[Any]:
+        """Enqueue without waiting for the acknowledgement; returns its future."""
+        topic, key, value = self.serialise(message)
+        future: asyncio.Future[Any] = await self._producer.send(topic, value=value, key=key)
+        return future
+
+    async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Send bytes as they are (DLQ records, tests of foreign producers) and wait."""
+        future = await self._producer.send(topic, value=value, key=key)
+        await future
+
+    @property
+    def raw(self) -> AIOKafkaProducer:
+        return self._producer
+
+
+def _topic_of(message: Contract) -> str:
+    for contract in CONTRACTS.values():
+        if type(message) is contract.model:
+            return contract.topic
+    raise TypeError(f"{type(message).__name__} is not the contract of any topic")

@@ -1,0 +1,262 @@
+"""The consumer runner: arroyo's contract in asyncio.
+
+One loop per consumer group: take a batch with ``getmany``, decode every record against
+its topic contract, hand the valid ones to the handler, dead-letter the rest, and commit
+only after the handler returned (its effects are durable) and the DLQ records were
+acknowledged. Offsets of filtered and dead-lettered records advance with the batch.
+
+Errors are classified here and nowhere else:
+- a record that does not decode, or that the handler rejects → ``<topic>.dlq``;
+- a transient I/O failure (``is_transient``) → the same batch is retried with capped
+  exponential backoff, nothing is committed; past the retry budget the runner raises;
+- anything else → the runner raises (crash loudly, never log-and-continue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError
+
+from libs.runtime import metrics
+from libs.runtime.kafka import Producer
+from libs.runtime.settings import KafkaSettings
+from libs.schemas import Contract, ContractError, DlqRecord, contract_for, decode, dlq_topic, encode
+
+log = logging.getLogger(__name__)
+
+
+class TransientError(Exception):
+    """Raise from a handler to ask for a retry of the whole batch."""
+
+
+class DlqLimitExceeded(RuntimeError):
+    """Too many consecutive records were dead-lettered: something upstream is broken."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A decoded record with its position; the offset travels with the data."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: Contract
+    timestamp_ms: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """What a handler receives. ``reject`` routes one record to the DLQ after the batch."""
+
+    records: list[Record]
+    rejected: list[tuple[Record, str]] = field(default_factory=list)
+
+    def reject(self, record: Record, reason: str) -> None:
+        self.rejected.append((record, reason))
+
+    def of(self, topic: str) -> list[Record]:
+        return [r for r in self.records if r.topic == topic]
+
+
+Handler = Callable[[Batch], Awaitable[None]]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that retrying the same batch can cure (a store or broker down)."""
+    if isinstance(exc, TransientError | ConnectionError | TimeoutError | OSError):
+        return True
+    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
+        return True
+    module = type(exc).__module__
+    name = type(exc).__name__
+    if module.startswith("sqlalchemy"):
+        from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+        if isinstance(exc, OperationalError | InterfaceError):
+            return True
+        if isinstance(exc, DBAPIError):
+            if exc.connection_invalidated:
+                return True
+            return _is_transient_sqlstate(exc.orig)
+    if module.startswith("asyncpg"):
+        return _is_transient_sqlstate(exc)
+    if module.startswith("clickhouse_connect") and name in {"OperationalError", "StreamFailureError"}:
+        return True
+    cause = exc.__cause__
+    return cause is not None and cause is not exc and is_transient(cause)
+
+
+def _is_transient_sqlstate(exc: Any) -> bool:
+    # 08: connection exception, 40001/40P01: serialization failure/deadlock,
+    # 53: insufficient resources, 57P: operator intervention (server shutting down).
+    state = str(getattr(exc, "sqlstate", "") or getattr(exc, "pgcode", "") or "")
+    return state.startswith(("08", "40001", "40P01", "53", "57P"))
+
+
+class ConsumerRunner:
+    """Runs one consumer group until ``stop()``; see the module docstring for the contract.
+
+    ``run`` blocks; it returns after ``stop()`` once the batch in hand is committed, and
+    raises on a fatal error or an exhausted retry budget (offsets of that batch are not
+    committed, so it is redelivered to whoever owns the partition next).
+    """
+
+    def __init__(
+        self,
+        *,
+        group: str,
+        topics: Sequence[str],
+        handler: Handler,
+        settings: KafkaSettings,
+        dlq_producer: Producer,
+        client_id: str | None = None,
+    ) -> None:
+        self.group = group
+        self.topics = list(topics)
+        self._handler = handler
+        self._settings = settings
+        self._dlq = dlq_producer
+        self._client_id = client_id or group
+        self._stopping = asyncio.Event()
+        self.assigned = asyncio.Event()
+        self._consecutive_dlq = 0
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand, commit it and return. Non-blocking."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=self.group,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            # New groups start at the beginning: Tansu's high watermark is unreliable.
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self._settings.kafka_fetch_max_wait_ms,
+            max_poll_records=self._settings.kafka_max_batch,
+            session_timeout_ms=30_000,
+            heartbeat_interval_ms=3_000,
+        )
+        await consumer.start()
+        log.info("consumer started", extra={"group": self.group, "topics": self.topics})
+        try:
+            while not self._stopping.is_set():
+                raw = await consumer.getmany(
+                    timeout_ms=200, max_records=self._settings.kafka_max_batch
+                )
+                if consumer.assignment():
+                    self.assigned.set()
+                if not raw:
+                    continue
+                await self._handle(consumer, raw)
+        finally:
+            await consumer.stop()
+            log.info("consumer stopped", extra={"group": self.group})
+
+    async def _handle(
+        self, consumer: AIOKafkaConsumer, raw: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        started = time.perf_counter()
+        batch = Batch(records=[])
+        failed: list[tuple[ConsumerRecord[Any, Any], str]] = []
+        offsets: dict[TopicPartition, int] = {}
+        originals: dict[tuple[str, int, int], ConsumerRecord[Any, Any]] = {}
+        for tp, records in raw.items():
+            metrics.CONSUMER_RECORDS.labels(self.group, tp.topic).inc(len(records))
+            model = contract_for(tp.topic).model
+            for rec in records:
+                offsets[tp] = rec.offset + 1
+                originals[(tp.topic, tp.partition, rec.offset)] = rec
+                try:
+                    value = decode(model, rec.value if rec.value is not None else b"")
+                except ContractError as exc:
+                    failed.append((rec, str(exc)))
+                    continue
+                batch.records.append(
+                    Record(tp.topic, tp.partition, rec.offset, rec.key, value, rec.timestamp)
+                )
+        if batch.records:
+            await self._call_handler(batch)
+        for record, reason in batch.rejected:
+            failed.append((originals[(record.topic, record.partition, record.offset)], reason))
+        self._count_dlq(len(failed), len(batch.records) - len(batch.rejected))
+        if failed:
+            await self._dead_letter(failed)
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError:
+            # The group rebalanced under us; the new owner redelivers and the
+            # idempotent effects make that harmless.
+            log.warning("commit failed after rebalance", extra={"group": self.group})
+        for tp, next_offset in offsets.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(
+                    max(highwater - next_offset, 0)
+                )
+        metrics.CONSUMER_BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
+
+    async def _call_handler(self, batch: Batch) -> None:
+        delay = 0.1
+        deadline = time.monotonic() + self._settings.kafka_retry_budget_s
+        while True:
+            try:
+                await self._handler(batch)
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    metrics.CONSUMER_FAILURES.labels(self.group, "fatal").inc()
+                    log.exception("consumer handler failed", extra={"group": self.group})
+                    raise
+                metrics.CONSUMER_FAILURES.labels(self.group, "transient").inc()
+                if time.monotonic() + delay > deadline:
+                    log.error("retry budget exhausted", extra={"group": self.group})
+                    raise
+                log.warning(
+                    "transient failure, retrying batch",
+                    extra={"group": self.group, "error": repr(exc), "delay_s": delay},
+                )
+                batch.rejected.clear()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _count_dlq(self, failed: int, handled: int) -> None:
+        if handled > 0:
+            self._consecutive_dlq = 0
+        self._consecutive_dlq += failed
+        if self._consecutive_dlq > self._settings.kafka_dlq_max_consecutive:
+            raise DlqLimitExceeded(
+                f"{self.group}: {self._consecutive_dlq} consecutive records dead-lettered"
+            )
+
+    async def _dead_letter(self, failed: list[tuple[ConsumerRecord[Any, Any], str]]) -> None:
+        now = datetime.now(UTC)
+        for rec, reason in failed:
+            envelope = DlqRecord.from_failure(
+                source_topic=rec.topic,
+                partition=rec.partition,
+                offset=rec.offset,
+                key=rec.key,
+                value=rec.value,
+                error=reason,
+                consumer_group=self.group,
+                failed_at=now,
+            )
+            await self._dlq.send_raw(dlq_topic(rec.topic), encode(envelope), rec.key)
+            metrics.CONSUMER_DLQ.labels(self.group, rec.topic).inc()
+            log.warning(
+                "record dead-lettered",
+                extra={"group": self.group, "topic": rec.topic, "offset": rec.offset,
+                       "reason": reason[:500]},
+            )

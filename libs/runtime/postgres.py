@@ -1,0 +1,124 @@
+"""Postgres: the declarative base, engine and session factories, and the migration runner.
+
+Every table of every service derives from ``Base`` so that one Alembic history covers
+them all. Repository functions take an ``AsyncSession`` and never commit: the caller
+(an HTTP dependency or a consumer handler) owns the transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy import MetaData, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import DateTime
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations" / "postgres"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSONB}
+
+
+def async_url(url: str) -> str:
+    """Turn ``postgresql://`` (libpq style, as in DATABASE_URL) into the asyncpg dialect URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme in {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}:
+        scheme = "postgresql+asyncpg"
+    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment))
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    """True when a connection answers ``SELECT 1`` within 5 s (readiness)."""
+    try:
+        async with asyncio.timeout(5), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception:  # readiness answers false rather than raise
+        return False
+    return True
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", str(MIGRATIONS_DIR / "versions"))
+    config.attributes["database_url"] = async_url(url)
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Apply the Alembic history up to ``revision``. Blocking; idempotent.
+
+    Safe beside running services: Alembic takes the version row lock, and every
+    migration is written to be additive while services run.
+    """
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+async def migrate_async(url: str, revision: str = "head") -> None:
+    """``migrate`` in a worker thread (Alembic's env runs its own event loop)."""
+    await asyncio.to_thread(migrate, url, revision)
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database named in ``url`` if it does not exist (local modes, tests)."""
+    import asyncpg
+
+    parts = urlsplit(async_url(url))
+    name = parts.path.lstrip("/")
+    admin_url = urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
+    conn = await asyncpg.connect(admin_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(url: str) -> None:
+    import asyncpg
+
+    parts = urlsplit(async_url(url))
+    name = parts.path.lstrip("/")
+    admin_url = urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

@@ -1,0 +1,56 @@
+"""The process's shared clients, opened once in ``lifespan`` and closed on shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from libs.runtime import clickhouse, postgres
+from libs.runtime.kafka import Producer
+from libs.runtime.settings import PlatformSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    settings: PlatformSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    producer: Producer
+    clickhouse: clickhouse.AsyncClickHouse | None
+
+    def require_clickhouse(self) -> clickhouse.AsyncClickHouse:
+        if self.clickhouse is None:
+            raise RuntimeError("this process was started without ClickHouse")
+        return self.clickhouse
+
+
+@asynccontextmanager
+async def open_resources(
+    settings: PlatformSettings, *, with_clickhouse: bool, client_id: str = "hodhod"
+) -> AsyncIterator[Resources]:
+    """Open Postgres, the producer and (optionally) ClickHouse; close them on exit.
+
+    Blocks until the producer has broker metadata. Raises if a store is unreachable.
+    """
+    engine = postgres.create_engine(settings.database_url, pool_size=settings.database_pool_size)
+    producer = Producer(settings.kafka_bootstrap, linger_ms=settings.kafka_linger_ms,
+                        client_id=client_id)
+    ch = None
+    try:
+        await producer.start()
+        if with_clickhouse:
+            ch = clickhouse.AsyncClickHouse(
+                clickhouse.get_client(settings.clickhouse_url), settings.clickhouse_database
+            )
+        yield Resources(settings, engine, postgres.session_factory(engine), producer, ch)
+    finally:
+        await producer.stop()
+        await engine.dispose()
+        if ch is not None:
+            ch.close()

@@ -1,0 +1,120 @@
+"""How a service describes itself, and how one or many are composed into a process.
+
+Each ``services/<name>/service.py`` exports ``SERVICE = ServiceSpec(...)``. The launcher
+composes any subset into one FastAPI app (all routes on one port) whose lifespan opens
+the shared resources once and runs every consumer as a task. A consumer that crashes
+stops the whole process: a supervisor (Kubernetes, compose, the developer) restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from libs.runtime import postgres
+from libs.runtime.http import create_app
+from libs.runtime.pipeline import ConsumerRunner
+from libs.runtime.resources import Resources, open_resources
+from libs.runtime.settings import PlatformSettings
+from libs.runtime.tenancy import KeyResolver
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    routers: Callable[[], Sequence[APIRouter]] = lambda: ()
+    consumers: Callable[[Resources], Sequence[ConsumerRunner]] = lambda _: ()
+    # Long-running loops that are not consumers (schedulers, flushers).
+    tasks: Callable[[Resources], Sequence[Coroutine[Any, Any, None]]] = lambda _: ()
+    needs_clickhouse: bool = False
+    on_start: Callable[[Resources], Coroutine[Any, Any, None]] | None = None
+
+
+@dataclass
+class Running:
+    """What a composed process runs; exposed as ``app.state.running`` for tests."""
+
+    consumers: list[ConsumerRunner] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def compose(
+    specs: Sequence[ServiceSpec],
+    settings: PlatformSettings,
+    *,
+    on_crash: Callable[[asyncio.Task[None]], None] | None = None,
+) -> FastAPI:
+    """One app for ``specs``: their routers, probes, consumers and background tasks.
+
+    ``on_crash`` is called with a consumer task that raised; the default stops the
+    process with SIGTERM so that uvicorn shuts down cleanly.
+    """
+    crash_callback = on_crash or _crash_on_failure
+    with_clickhouse = any(s.needs_clickhouse for s in specs)
+    names = "+".join(s.name for s in specs)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_resources(settings, with_clickhouse=with_clickhouse,
+                                  client_id=f"hodhod-{names}") as resources:
+            app.state.resources = resources
+            app.state.key_resolver = KeyResolver(resources.sessions)
+            app.state.readiness.update(_readiness(resources))
+            running = Running()
+            app.state.running = running
+            for spec in specs:
+                if spec.on_start is not None:
+                    await spec.on_start(resources)
+            for spec in specs:
+                running.consumers.extend(spec.consumers(resources))
+                for coro in spec.tasks(resources):
+                    running.tasks.append(asyncio.create_task(coro))
+            for runner in running.consumers:
+                task = asyncio.create_task(runner.run(), name=runner.group)
+                task.add_done_callback(
+                    lambda t: None if t.cancelled() or t.exception() is None else crash_callback(t)
+                )
+                running.tasks.append(task)
+            try:
+                yield
+            finally:
+                for runner in running.consumers:
+                    runner.stop()
+                # Consumers finish the batch in hand; other loops are cancelled.
+                consumer_tasks = {t for t in running.tasks if t.get_name() in
+                                  {r.group for r in running.consumers}}
+                for task in running.tasks:
+                    if task not in consumer_tasks:
+                        task.cancel()
+                await asyncio.gather(*running.tasks, return_exceptions=True)
+
+    routers = [r for spec in specs for r in spec.routers()]
+    return create_app(title=f"hodhod {names}", routers=routers, lifespan=lifespan,
+                      max_body_bytes=settings.max_body_bytes)
+
+
+def _readiness(resources: Resources) -> dict[str, Callable[[], Coroutine[Any, Any, bool]]]:
+    checks: dict[str, Callable[[], Coroutine[Any, Any, bool]]] = {
+        "postgres": lambda: postgres.ping(resources.engine),
+        "kafka": resources.producer.ping,
+    }
+    if resources.clickhouse is not None:
+        checks["clickhouse"] = resources.clickhouse.ping
+    return checks
+
+
+def _crash_on_failure(task: asyncio.Task[None]) -> None:
+    log.critical("consumer %s crashed; stopping the process", task.get_name(),
+                 exc_info=task.exception())
+    # Let uvicorn shut down cleanly (SIGTERM) rather than leave a half-running process.
+    os.kill(os.getpid(), signal.SIGTERM)

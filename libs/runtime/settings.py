@@ -1,0 +1,62 @@
+"""Settings parts shared by every service.
+
+Each service composes one ``Settings`` class from these parts by inheritance, so every
+variable keeps a flat, documented name (``HODHOD_KAFKA_BOOTSTRAP``, ``HODHOD_HTTP_PORT``).
+Nothing here is read at import time: call ``Settings()`` inside ``create_app``/``main``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+class BaseServiceSettings(BaseSettings):
+    """Common base: ``HODHOD_`` prefix, ``__`` nested delimiter, no config files."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HODHOD_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+
+class KafkaSettings(BaseServiceSettings):
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_partitions: int = Field(default=3, ge=1, le=1024)
+    kafka_replication: int = Field(default=1, ge=1, le=5)
+    # Tansu answers a waiting fetch only when the wait expires, so every hop costs up
+    # to this long; Apache Kafka answers early and can take 500 (see README, Known limits).
+    kafka_fetch_max_wait_ms: int = Field(default=10, ge=0, le=10_000)
+    kafka_max_batch: int = Field(default=500, ge=1, le=100_000)
+    kafka_linger_ms: int = Field(default=5, ge=0, le=1_000)
+    kafka_retry_budget_s: float = Field(default=600.0, gt=0)
+    kafka_dlq_max_consecutive: int = Field(default=1000, ge=1)
+
+
+class PostgresSettings(BaseServiceSettings):
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/hodhod",
+        validation_alias=AliasChoices("HODHOD_DATABASE_URL", "DATABASE_URL"),
+    )
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+
+
+class ClickHouseSettings(BaseServiceSettings):
+    clickhouse_url: str = "chdb://./var/clickhouse"
+    clickhouse_database: str = "hodhod"
+
+
+class HttpSettings(BaseServiceSettings):
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    # The address SDKs and browsers reach us at; used to build tracker click URLs.
+    public_url: str | None = None
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+
+class PlatformSettings(KafkaSettings, PostgresSettings, ClickHouseSettings, HttpSettings):
+    """Everything the one-process launcher needs; each service reads only its part."""

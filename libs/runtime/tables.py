@@ -1,0 +1,102 @@
+"""ORM classes of the tables that more than one service touches.
+
+Each table has exactly one writer, named in its docstring; the others only read. A
+service's private tables live in its own ``store.py``. Every query filters by ``app_id``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from libs.runtime.postgres import Base
+
+
+class Tracker(Base):
+    """A tracker link. Written by admin; read by tracker and attribution."""
+
+    __tablename__ = "trackers"
+
+    token: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(32))
+    store_url: Mapped[str] = mapped_column(String(2048))
+    network: Mapped[str | None] = mapped_column(String(200))
+    campaign: Mapped[str | None] = mapped_column(String(200))
+    adgroup: Mapped[str | None] = mapped_column(String(200))
+    creative: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Segment(Base):
+    """A rule-based segment. Written by admin; read by segmenter."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    rule: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Journey(Base):
+    """An automated journey. Written by admin; read by journey."""
+
+    __tablename__ = "journeys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # {"segment_entered": "<segment id>"}
+    trigger: Mapped[dict[str, Any]]
+    # {"steps": [{"id": "welcome", "send": {"channel": ..., "content": {...}}}]}
+    definition: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Profile(Base):
+    """One user of one app. Written by segmenter; read by admin and dispatcher."""
+
+    __tablename__ = "profiles"
+    __table_args__ = (Index("ix_profiles_app_user_id", "app_id", "user_id"),)
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(128))
+    attributes: Mapped[dict[str, Any]]
+    first_seen: Mapped[datetime | None]
+    last_seen: Mapped[datetime | None]
+    platform: Mapped[str | None] = mapped_column(String(16))
+    app_version: Mapped[str | None] = mapped_column(String(256))
+    os_version: Mapped[str | None] = mapped_column(String(256))
+    device_model: Mapped[str | None] = mapped_column(String(256))
+    locale: Mapped[str | None] = mapped_column(String(256))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    attribution: Mapped[dict[str, Any] | None]
+    sessions: Mapped[int] = mapped_column(Integer, default=0)
+    purchases: Mapped[int] = mapped_column(Integer, default=0)
+    revenue: Mapped[float] = mapped_column(Float, default=0.0)
+    events: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime]
+
+
+class DeviceAlias(Base):
+    """Which profile a device belongs to. Written by segmenter."""
+
+    __tablename__ = "device_aliases"
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime]

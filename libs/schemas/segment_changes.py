@@ -1,0 +1,53 @@
+"""Topic `segment-changes`: a user entered or left a segment, produced by the segmenter.
+
+Idempotency key: `change_id`. Keyed by `app_id:user_key`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from libs.schemas.base import Id, TenantContract, UtcDatetime
+
+TOPIC = "segment-changes"
+KEY_RULE = "app_id:user_key"
+
+
+class SegmentChanged(TenantContract):
+    """A membership transition; `cause_event_id` is the event that triggered it, if any."""
+
+    change_id: Id
+    user_key: Id
+    segment_id: Id
+    change: Literal["entered", "exited"]
+    ts: UtcDatetime
+    cause_event_id: Id | None = None
+
+
+def key(m: SegmentChanged) -> str:
+    """Kafka key: `app_id:user_key`."""
+    return f"{m.app_id}:{m.user_key}"
+
+
+EXAMPLES: list[dict[str, Any]] = [
+    {
+        "schema_version": 1,
+        "app_id": "digikala",
+        "change_id": "sc_seg7_u1001_1",
+        "user_key": "u_1001",
+        "segment_id": "seg_7",
+        "change": "entered",
+        "ts": "2024-05-01T10:15:01.500000Z",
+        "cause_event_id": "e_5f0c2d1e-7a44-4b1e-9f3a-2c8d1b6e4a90",
+    },
+    {
+        "schema_version": 1,
+        "app_id": "digikala",
+        "change_id": "sc_seg_churn_d_dev9_2",
+        "user_key": "d:dev_9",
+        "segment_id": "seg_کاربران_غیرفعال",
+        "change": "exited",
+        "ts": "2024-05-03T00:00:00Z",
+        "cause_event_id": None,
+    },
+]

@@ -1,0 +1,166 @@
+"""The admin API (admin token): trackers, segments, journeys, the per-user view and
+delivery receipts. Thin: parse, call the store, answer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from libs.runtime.deps import ClickHouseDep, ProducerDep, SessionDep, SettingsDep
+from libs.runtime.errors import InvalidInput, NotFound
+from libs.runtime.tables import Journey, Segment, Tracker
+from libs.runtime.tenancy import AdminAppDep
+from libs.schemas import ConfigChanged
+from libs.schemas.rules import RuleError, parse_rule
+from services.admin import store, warehouse
+from services.admin.schemas import (
+    DeliveryList,
+    DeliveryRead,
+    JourneyCreate,
+    JourneyRead,
+    ProfileRead,
+    SegmentCreate,
+    SegmentRead,
+    TrackerCreate,
+    TrackerRead,
+)
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"])
+
+
+def _click_url(request: Request, public_url: str | None, token: str) -> str:
+    base = (public_url or str(request.base_url)).rstrip("/")
+    return f"{base}/c/{token}"
+
+
+def _tracker_read(request: Request, public_url: str | None, t: Tracker) -> TrackerRead:
+    return TrackerRead(
+        token=t.token, click_url=_click_url(request, public_url, t.token), name=t.name,
+        channel=t.channel, store_url=t.store_url, network=t.network, campaign=t.campaign,
+        adgroup=t.adgroup, creative=t.creative, status=t.status, created_at=t.created_at,
+    )
+
+
+async def _changed(producer: ProducerDep, app_id: str, entity: str, entity_id: str) -> None:
+    await producer.publish(ConfigChanged(
+        app_id=app_id, change_id=uuid.uuid4().hex, entity=entity, entity_id=entity_id,
+        action="created", ts=datetime.now(UTC),
+    ))
+
+
+@router.post("/trackers", status_code=201, operation_id="create_tracker")
+async def create_tracker(
+    body: TrackerCreate, request: Request, app_id: AdminAppDep, session: SessionDep,
+    producer: ProducerDep, settings: SettingsDep,
+) -> TrackerRead:
+    values = body.model_dump()
+    values["store_url"] = str(body.store_url)
+    tracker = await store.create_tracker(session, app_id=app_id, values=values)
+    await _changed(producer, app_id, "tracker", tracker.token)
+    return _tracker_read(request, settings.public_url, tracker)
+
+
+@router.get("/trackers", operation_id="list_trackers")
+async def list_trackers(
+    request: Request, app_id: AdminAppDep, session: SessionDep, settings: SettingsDep
+) -> dict[str, list[TrackerRead]]:
+    rows = await store.list_trackers(session, app_id=app_id)
+    return {"items": [_tracker_read(request, settings.public_url, t) for t in rows]}
+
+
+@router.get("/trackers/{token}", operation_id="get_tracker")
+async def get_tracker(
+    token: str, request: Request, app_id: AdminAppDep, session: SessionDep, settings: SettingsDep
+) -> TrackerRead:
+    tracker = await store.get_tracker(session, app_id=app_id, token=token)
+    if tracker is None:
+        raise NotFound(f"no tracker {token}", field="token")
+    return _tracker_read(request, settings.public_url, tracker)
+
+
+def _segment_read(s: Segment) -> SegmentRead:
+    return SegmentRead(id=s.id, name=s.name, rule=s.rule, status=s.status,
+                       created_at=s.created_at)
+
+
+@router.post("/segments", status_code=201, operation_id="create_segment")
+async def create_segment(
+    body: SegmentCreate, app_id: AdminAppDep, session: SessionDep, producer: ProducerDep
+) -> SegmentRead:
+    try:
+        parse_rule(body.rule)
+    except RuleError as exc:
+        raise InvalidInput(str(exc), field=f"rule.{exc.path}" if exc.path != "rule" else "rule",
+                           code="invalid_rule") from None
+    segment = await store.create_segment(session, app_id=app_id, name=body.name, rule=body.rule)
+    await _changed(producer, app_id, "segment", segment.id)
+    return _segment_read(segment)
+
+
+@router.get("/segments", operation_id="list_segments")
+async def list_segments(app_id: AdminAppDep, session: SessionDep) -> dict[str, list[SegmentRead]]:
+    return {"items": [_segment_read(s) for s in await store.list_segments(session, app_id=app_id)]}
+
+
+@router.get("/segments/{segment_id}", operation_id="get_segment")
+async def get_segment(segment_id: str, app_id: AdminAppDep, session: SessionDep) -> SegmentRead:
+    segment = await store.get_segment(session, app_id=app_id, segment_id=segment_id)
+    if segment is None:
+        raise NotFound(f"no segment {segment_id}", field="segment_id")
+    return _segment_read(segment)
+
+
+def _journey_read(j: Journey) -> JourneyRead:
+    return JourneyRead(id=j.id, name=j.name, trigger=j.trigger, definition=j.definition,
+                       status=j.status, created_at=j.created_at)
+
+
+@router.post("/journeys", status_code=201, operation_id="create_journey")
+async def create_journey(
+    body: JourneyCreate, app_id: AdminAppDep, session: SessionDep, producer: ProducerDep
+) -> JourneyRead:
+    segment_id = body.trigger.segment_entered
+    if await store.get_segment(session, app_id=app_id, segment_id=segment_id) is None:
+        raise NotFound(f"no segment {segment_id}", field="trigger.segment_entered")
+    journey = await store.create_journey(
+        session, app_id=app_id, name=body.name, trigger=body.trigger.model_dump(),
+        definition=body.definition.model_dump(mode="json", exclude_none=True))
+    await _changed(producer, app_id, "journey", journey.id)
+    return _journey_read(journey)
+
+
+@router.get("/journeys/{journey_id}", operation_id="get_journey")
+async def get_journey(journey_id: str, app_id: AdminAppDep, session: SessionDep) -> JourneyRead:
+    journey = await store.get_journey(session, app_id=app_id, journey_id=journey_id)
+    if journey is None:
+        raise NotFound(f"no journey {journey_id}", field="journey_id")
+    return _journey_read(journey)
+
+
+@router.get("/users/{user_key}", operation_id="get_user")
+async def get_user(user_key: str, app_id: AdminAppDep, session: SessionDep) -> ProfileRead:
+    profile = await store.get_profile(session, app_id=app_id, user_key=user_key)
+    if profile is None:
+        raise NotFound(f"no user {user_key}", field="user_key")
+    return ProfileRead(
+        user_key=profile.user_key, user_id=profile.user_id, attributes=profile.attributes,
+        first_seen=profile.first_seen, last_seen=profile.last_seen, platform=profile.platform,
+        app_version=profile.app_version, os_version=profile.os_version,
+        device_model=profile.device_model, locale=profile.locale, timezone=profile.timezone,
+        attribution=profile.attribution, sessions=profile.sessions,
+        purchases=profile.purchases, revenue=profile.revenue, events=profile.events,
+        segments=await store.segment_ids_of(session, app_id=app_id, user_key=user_key),
+    )
+
+
+@router.get("/deliveries", operation_id="list_deliveries")
+async def list_deliveries(
+    app_id: AdminAppDep, ch: ClickHouseDep,
+    user_key: Annotated[str, Query(min_length=1, max_length=200)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> DeliveryList:
+    rows = await warehouse.deliveries_of(ch, app_id=app_id, user_key=user_key, limit=limit)
+    return DeliveryList(items=[DeliveryRead(**row) for row in rows])

@@ -1,0 +1,95 @@
+"""Attribution's tables: the clicks index and the install ledger. Repo functions never commit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Index, String, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from libs.runtime.postgres import Base
+from libs.runtime.tables import Tracker
+
+
+class Click(Base):
+    __tablename__ = "attribution_clicks"
+    __table_args__ = (Index("ix_attribution_clicks_expires_at", "expires_at"),)
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    click_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tracker_token: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[datetime]
+    ip: Mapped[str | None] = mapped_column(String(64))
+    adid: Mapped[str | None] = mapped_column(String(128))
+    is_bot: Mapped[bool]
+    expires_at: Mapped[datetime]
+
+
+class Install(Base):
+    """One row per install event: what it was attributed to, and the click it asked for."""
+
+    __tablename__ = "attribution_installs"
+    __table_args__ = (
+        Index("ix_attribution_installs_ref_click", "app_id", "ref_click_id"),
+        Index("ix_attribution_installs_device", "app_id", "device_id"),
+    )
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    install_event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    user_key: Mapped[str] = mapped_column(String(200))
+    install_ts: Mapped[datetime]
+    ref_click_id: Mapped[str | None] = mapped_column(String(128))
+    attribution_id: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    tracker_token: Mapped[str | None] = mapped_column(String(32))
+    click_id: Mapped[str | None] = mapped_column(String(128))
+    attributed_at: Mapped[datetime]
+
+
+async def record_clicks(session: AsyncSession, *, rows: list[dict[str, Any]]) -> None:
+    """Insert clicks; a replayed click id changes nothing."""
+    if rows:
+        await session.execute(insert(Click).values(rows).on_conflict_do_nothing())
+
+
+async def find_click(session: AsyncSession, *, app_id: str, click_id: str) -> Click | None:
+    return await session.scalar(
+        select(Click).where(Click.app_id == app_id, Click.click_id == click_id)
+    )
+
+
+async def find_install(session: AsyncSession, *, app_id: str, install_event_id: str) -> Install | None:
+    return await session.scalar(
+        select(Install).where(Install.app_id == app_id, Install.install_event_id == install_event_id)
+    )
+
+
+async def installs_waiting_for(session: AsyncSession, *, app_id: str, click_id: str) -> list[Install]:
+    """Organic installs whose referrer named ``click_id`` (the click arrived after them)."""
+    rows = await session.scalars(
+        select(Install).where(Install.app_id == app_id, Install.ref_click_id == click_id,
+                              Install.method == "organic")
+    )
+    return list(rows)
+
+
+async def save_install(session: AsyncSession, *, values: dict[str, Any]) -> None:
+    """Upsert the ledger row of one install event (keyed by app and install event id)."""
+    stmt = insert(Install).values(**values)
+    await session.execute(stmt.on_conflict_do_update(
+        index_elements=[Install.app_id, Install.install_event_id],
+        set_={k: stmt.excluded[k] for k in values if k not in ("app_id", "install_event_id")},
+    ))
+
+
+async def tracker(session: AsyncSession, *, app_id: str, token: str) -> Tracker | None:
+    return await session.scalar(
+        select(Tracker).where(Tracker.app_id == app_id, Tracker.token == token)
+    )
+

@@ -1,0 +1,247 @@
+"""The ``hodhod`` command: ``up``, ``migrate``, ``app create``, ``topics``, ``schemas``.
+
+``hodhod up`` starts what is missing (Tansu unless ``HODHOD_KAFKA_BOOTSTRAP`` is set,
+embedded Postgres unless ``DATABASE_URL`` is set, chDB under ``./var/clickhouse``),
+creates topics, migrates, and runs every service in this one process on one port.
+Other commands find a running ``up`` through ``./var/hodhod.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from libs.runtime import clickhouse, localinfra, postgres
+from libs.runtime.kafka import ensure_topics, platform_topics
+from libs.runtime.logging import configure_logging
+from libs.runtime.service import ServiceSpec, compose
+from libs.runtime.settings import PlatformSettings
+
+log = logging.getLogger("hodhod")
+
+VAR = Path(os.environ.get("HODHOD_VAR_DIR", "var"))
+
+
+def all_services() -> dict[str, ServiceSpec]:
+    from services.admin.service import SERVICE as admin
+    from services.attribution.service import SERVICE as attribution
+    from services.dispatcher.service import SERVICE as dispatcher
+    from services.ingest.service import SERVICE as ingest
+    from services.journey.service import SERVICE as journey
+    from services.segmenter.service import SERVICE as segmenter
+    from services.tracker.service import SERVICE as tracker
+
+    specs = (tracker, ingest, attribution, segmenter, journey, dispatcher, admin)
+    return {s.name: s for s in specs}
+
+
+def clickhouse_migrations() -> Path:
+    from services.ingest.warehouse import MIGRATIONS
+
+    return MIGRATIONS
+
+
+def migrate_clickhouse(settings: PlatformSettings) -> list[int]:
+    client = clickhouse.get_client(settings.clickhouse_url)
+    try:
+        return clickhouse.migrate(client, clickhouse_migrations(), settings.clickhouse_database)
+    finally:
+        client.close()
+
+
+def _env_has(*names: str) -> bool:
+    return any(os.environ.get(n) for n in names)
+
+
+def cli_settings(var: VarDir | None = None) -> tuple[PlatformSettings, Any]:
+    """Settings from the environment, filling what it leaves unset from a running
+    ``hodhod up`` in this directory, else from embedded Postgres under ``./var/pg``
+    (started for the command and returned so the caller can stop it)."""
+    var = var or localinfra.VarDir(VAR)
+    state = var.read_state() or {}
+    overrides: dict[str, Any] = {}
+    embedded = None
+    if not _env_has("HODHOD_DATABASE_URL", "DATABASE_URL"):
+        if state.get("database_url"):
+            overrides["database_url"] = state["database_url"]
+        else:
+            embedded = localinfra.EmbeddedPostgres((VAR / "pg").resolve())
+            overrides["database_url"] = embedded.url("hodhod")
+    if not _env_has("HODHOD_KAFKA_BOOTSTRAP") and state.get("kafka_bootstrap"):
+        overrides["kafka_bootstrap"] = state["kafka_bootstrap"]
+    return PlatformSettings(**overrides), embedded
+
+
+VarDir = localinfra.VarDir
+
+
+async def _create_app(name: str, account: str, timezone: str, settings: PlatformSettings) -> dict[str, str]:
+    from libs.runtime.tenancy import create_app_with_keys
+
+    engine = postgres.create_engine(settings.database_url, pool_size=1)
+    try:
+        async with postgres.session_factory(engine)() as session, session.begin():
+            keys = await create_app_with_keys(session, name=name, account_name=account,
+                                              timezone=timezone)
+    finally:
+        await engine.dispose()
+    return {"app_id": keys.app_id, "sdk_key": keys.sdk_key, "server_key": keys.server_key,
+            "admin_token": keys.admin_token}
+
+
+def cmd_app_create(args: argparse.Namespace) -> int:
+    settings, embedded = cli_settings()
+    try:
+        asyncio.run(postgres.ensure_database(settings.database_url))
+        postgres.migrate(settings.database_url)
+        keys = asyncio.run(_create_app(args.name, args.account, args.timezone, settings))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print(json.dumps(keys))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    var = localinfra.VarDir(VAR)
+    settings, embedded = cli_settings(var)
+    try:
+        asyncio.run(postgres.ensure_database(settings.database_url))
+        postgres.migrate(settings.database_url)
+        print("postgres: migrated to head")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    if var.read_state() and clickhouse.chdb_path(settings.clickhouse_url):
+        # chDB is locked by the running process, which migrated it when it started.
+        print("clickhouse: applied by the running `hodhod up` at start")
+    else:
+        applied = migrate_clickhouse(settings)
+        print(f"clickhouse: applied {applied or 'nothing new'}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    settings, embedded = cli_settings()
+    if embedded is not None:
+        embedded.stop()
+    created = asyncio.run(ensure_topics(settings.kafka_bootstrap, platform_topics(),
+                                        partitions=settings.kafka_partitions,
+                                        replication=settings.kafka_replication))
+    print(json.dumps({"created": created}))
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from libs.schemas.export import export_json_schemas
+
+    for path in export_json_schemas(Path(args.out)):
+        print(path)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    specs = all_services()
+    names = list(specs)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(specs))
+        if unknown:
+            print(f"unknown service(s): {', '.join(unknown)}; choose from {', '.join(specs)}",
+                  file=sys.stderr)
+            return 2
+    var = localinfra.VarDir(VAR)
+    try:
+        var.acquire()
+    except RuntimeError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    tansu = embedded = None
+    try:
+        overrides: dict[str, Any] = {}
+        if not _env_has("HODHOD_KAFKA_BOOTSTRAP"):
+            port = 9092 if not localinfra.port_open("127.0.0.1", 9092) else None
+            tansu = localinfra.Tansu.start(port=port, log_path=VAR / "tansu.log")
+            overrides["kafka_bootstrap"] = tansu.bootstrap
+            log.info("started Tansu", extra={"bootstrap": tansu.bootstrap})
+        if not _env_has("HODHOD_DATABASE_URL", "DATABASE_URL"):
+            embedded = localinfra.EmbeddedPostgres((VAR / "pg").resolve())
+            overrides["database_url"] = embedded.url("hodhod")
+            log.info("started embedded Postgres under %s", VAR / "pg")
+        settings = PlatformSettings(**overrides)
+        chosen = [specs[n] for n in names]
+        asyncio.run(_prepare(settings, with_clickhouse=any(s.needs_clickhouse for s in chosen)))
+        var.write_state({
+            "pid": os.getpid(), "kafka_bootstrap": settings.kafka_bootstrap,
+            "database_url": settings.database_url, "clickhouse_url": settings.clickhouse_url,
+            "http": f"http://{settings.http_host}:{settings.http_port}", "services": names,
+        })
+        return _serve(compose(chosen, settings), settings, names)
+    finally:
+        var.release()
+        if tansu is not None:
+            tansu.stop()
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _prepare(settings: PlatformSettings, *, with_clickhouse: bool) -> None:
+    await ensure_topics(settings.kafka_bootstrap, platform_topics(),
+                        partitions=settings.kafka_partitions,
+                        replication=settings.kafka_replication)
+    await postgres.ensure_database(settings.database_url)
+    await postgres.migrate_async(settings.database_url)
+    if with_clickhouse:
+        await asyncio.to_thread(migrate_clickhouse, settings)
+
+
+def _serve(app: Any, settings: PlatformSettings, names: Sequence[str]) -> int:
+    import uvicorn
+
+    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
+                            log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    print(f"hodhod is up on http://{settings.http_host}:{settings.http_port} "
+          f"({', '.join(names)}); Ctrl-C stops it", file=sys.stderr, flush=True)
+    server.run()
+    return 0 if server.started else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hodhod", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the platform (one process, one port)")
+    up.add_argument("--only", help="comma-separated services, against external infrastructure")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("migrate", help="apply Postgres and ClickHouse migrations").set_defaults(
+        func=cmd_migrate)
+    sub.add_parser("topics", help="create the Kafka topics").set_defaults(func=cmd_topics)
+    schemas = sub.add_parser("schemas", help="write the topics' JSON Schemas")
+    schemas.add_argument("--out", default="docs/schemas")
+    schemas.set_defaults(func=cmd_schemas)
+    app = sub.add_parser("app", help="manage apps")
+    app_sub = app.add_subparsers(dest="app_command", required=True)
+    create = app_sub.add_parser("create", help="create an app and print its keys once")
+    create.add_argument("name")
+    create.add_argument("--account", default="default")
+    create.add_argument("--timezone", default="Asia/Tehran")
+    create.set_defaults(func=cmd_app_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings_level = os.environ.get("HODHOD_LOG_LEVEL", "INFO")
+    configure_logging(settings_level, os.environ.get("HODHOD_LOG_FORMAT", "json"))
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

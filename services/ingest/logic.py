@@ -1,0 +1,153 @@
+"""Ingest rules: turn an SDK batch into contracts, event by event. Pure.
+
+Partial acceptance: every event is validated on its own; valid ones become ``Event``
+records (and ``InstallReported`` for ``$install``), invalid ones are reported by index
+with the field and the reason. Nothing valid is dropped because a neighbour was bad.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from libs.runtime.errors import InvalidInput
+from libs.schemas import Event, InstallReported
+
+MAX_BATCH = 500
+MAX_EVENT_AGE = timedelta(days=7)
+MAX_FUTURE = timedelta(hours=1)
+DEVICE_FIELDS = ("device_id", "user_id", "adid", "platform", "os_version", "device_model",
+                 "app_version", "locale", "timezone", "session_id")
+EVENT_FIELDS = frozenset({"event_id", "name", "ts", "props", "revenue", "currency", *DEVICE_FIELDS})
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int
+    field: str | None
+    reason: str
+
+
+@dataclass(slots=True)
+class BatchResult:
+    events: list[Event] = field(default_factory=list)
+    installs: list[InstallReported] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def parse_time(value: Any, field_name: str) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidInput("must be an ISO-8601 timestamp with a time zone", field=field_name)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput("must be an ISO-8601 timestamp with a time zone",
+                           field=field_name) from None
+    if parsed.tzinfo is None:
+        raise InvalidInput("needs a time zone offset (e.g. Z)", field=field_name)
+    return parsed.astimezone(UTC)
+
+
+def clock_skew(sent_at: datetime | None, received_at: datetime) -> timedelta:
+    """How far the device clock is behind the server: added to every client time."""
+    return received_at - sent_at if sent_at is not None else timedelta(0)
+
+
+def parse_batch(
+    body: Any,
+    *,
+    app_id: str,
+    received_at: datetime,
+    ip: str | None,
+    user_agent: str | None,
+    source: str = "sdk",
+    max_batch: int = MAX_BATCH,
+    max_age: timedelta | None = MAX_EVENT_AGE,
+) -> BatchResult:
+    """Validate a ``{"sent_at", "events": [...]}`` body.
+
+    Raises ``InvalidInput`` only for an unusable envelope (not an object, no events list,
+    too many events, bad ``sent_at``); per-event problems land in ``rejected``.
+    """
+    if not isinstance(body, Mapping):
+        raise InvalidInput("body must be a JSON object with an events list", field="events")
+    events = body.get("events")
+    if not isinstance(events, list):
+        raise InvalidInput("must be a list of events", field="events")
+    if len(events) > max_batch:
+        raise InvalidInput(f"at most {max_batch} events per request", field="events")
+    sent_at = parse_time(body["sent_at"], "sent_at") if body.get("sent_at") is not None else None
+    skew = clock_skew(sent_at, received_at)
+    result = BatchResult()
+    for index, raw in enumerate(events):
+        try:
+            event = _event(raw, app_id=app_id, received_at=received_at, skew=skew, ip=ip,
+                           source=source, max_age=max_age)
+        except InvalidInput as exc:
+            result.rejected.append(Rejection(index, exc.field, exc.message))
+            continue
+        result.events.append(event)
+        if event.name == "$install":
+            try:
+                result.installs.append(install_from(event, user_agent=user_agent))
+            except InvalidInput as exc:
+                result.events.pop()
+                result.rejected.append(Rejection(index, exc.field, exc.message))
+    return result
+
+
+def _event(
+    raw: Any,
+    *,
+    app_id: str,
+    received_at: datetime,
+    skew: timedelta,
+    ip: str | None,
+    source: str,
+    max_age: timedelta | None,
+) -> Event:
+    if not isinstance(raw, Mapping):
+        raise InvalidInput("an event must be a JSON object", field=None)
+    unknown = sorted(set(raw) - EVENT_FIELDS)
+    if unknown:
+        raise InvalidInput("unknown field; custom data goes in props", field=unknown[0])
+    ts = parse_time(raw.get("ts"), "ts") + skew
+    if ts > received_at + MAX_FUTURE:
+        raise InvalidInput("is in the future even after clock-skew correction", field="ts")
+    if max_age is not None and ts < received_at - max_age:
+        raise InvalidInput(f"is older than {max_age.days} days; load history through "
+                           "/v1/s2s/events", field="ts")
+    data = {k: raw[k] for k in DEVICE_FIELDS if raw.get(k) is not None}
+    try:
+        return Event(
+            app_id=app_id, event_id=raw.get("event_id"), name=raw.get("name"), ts=ts,
+            received_at=received_at, source=source, ip=ip, props=raw.get("props") or {},
+            revenue=raw.get("revenue"), currency=raw.get("currency"), **data,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidInput(first["msg"], field=loc) from None
+
+
+def install_from(event: Event, *, user_agent: str | None) -> InstallReported:
+    """The ``InstallReported`` of an ``$install`` event; the referrer rides in props."""
+    if event.device_id is None:
+        raise InvalidInput("an $install needs a device_id", field="device_id")
+    referrer = event.props.get("referrer")
+    if referrer is not None and not isinstance(referrer, str):
+        raise InvalidInput("must be the store's referrer string", field="props.referrer")
+    begin = event.props.get("install_begin_ts")
+    begin_ts = parse_time(begin, "props.install_begin_ts") if begin is not None else None
+    return InstallReported(
+        app_id=event.app_id, event_id=event.event_id, device_id=event.device_id,
+        user_id=event.user_id, adid=event.adid, ts=event.ts, received_at=event.received_at,
+        platform=event.platform, os_version=event.os_version, device_model=event.device_model,
+        app_version=event.app_version, locale=event.locale, ip=event.ip,
+        user_agent=user_agent[:2048] if user_agent else None, referrer=referrer,
+        install_begin_ts=begin_ts,
+    )

@@ -1,0 +1,107 @@
+"""The ``segmenter.profiles`` consumer: events and attributions in, SegmentChanged out.
+
+Per user in the batch (in key order, so concurrent replicas lock in the same order):
+lock the profile, fold the records not seen before, re-evaluate the app's segments and
+store membership changes. SegmentChanged records are published before the Postgres
+commit; a retry recomputes the same change ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from libs.runtime.kafka import Producer
+from libs.runtime.pipeline import Batch, Record
+from libs.schemas import Event, SegmentChanged, UserAttributed
+from libs.schemas.rules import Node, RuleError, parse_rule
+from services.segmenter import logic, store
+from services.segmenter.metrics import SEGMENT_CHANGES
+
+log = logging.getLogger(__name__)
+
+TOPICS = ("events", "attributions")
+
+
+def user_of(record: Record) -> tuple[str, str]:
+    value = record.value
+    if isinstance(value, Event | UserAttributed):
+        return value.app_id, value.user_key
+    raise TypeError(f"unexpected record on {record.topic}")
+
+
+class ProfileUpdater:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], producer: Producer) -> None:
+        self._sessions = sessions
+        self._producer = producer
+
+    async def __call__(self, batch: Batch) -> None:
+        by_user: dict[tuple[str, str], list[Record]] = defaultdict(list)
+        for record in batch.records:
+            by_user[user_of(record)].append(record)
+        out: list[SegmentChanged] = []
+        now = datetime.now(UTC)
+        async with self._sessions() as session, session.begin():
+            rules: dict[str, dict[str, Node]] = {}
+            for (app_id, user_key) in sorted(by_user):
+                if app_id not in rules:
+                    rules[app_id] = await self._rules(session, app_id)
+                out.extend(await self._update_user(
+                    session, app_id, user_key, by_user[(app_id, user_key)], rules[app_id], now))
+            await session.flush()
+            await self._producer.publish_all(out)
+        for change in out:
+            SEGMENT_CHANGES.labels(change.change).inc()
+
+    async def _rules(self, session: AsyncSession, app_id: str) -> dict[str, Node]:
+        parsed: dict[str, Node] = {}
+        for segment in await store.active_segments(session, app_id=app_id):
+            try:
+                parsed[segment.id] = parse_rule(segment.rule)
+            except RuleError as exc:
+                # Admin validates rules on write; a stored bad rule is skipped, loudly.
+                log.error("segment rule invalid", extra={"segment": segment.id, "error": str(exc)})
+        return parsed
+
+    async def _update_user(
+        self, session: AsyncSession, app_id: str, user_key: str, records: list[Record],
+        segments: dict[str, Node], now: datetime,
+    ) -> list[SegmentChanged]:
+        events = [r.value for r in records if isinstance(r.value, Event)]
+        fresh = await store.first_sightings(
+            session, app_id=app_id, event_ids=[e.event_id for e in events])
+        before = await store.load_profile(session, app_id=app_id, user_key=user_key)
+        state = before or logic.ProfileState()
+        cause = None
+        for record in records:
+            value = record.value
+            if isinstance(value, Event) and value.event_id in fresh:
+                fresh.discard(value.event_id)  # a duplicate inside the batch counts once
+                state = logic.apply_event(state, value)
+                cause = value.event_id
+            elif isinstance(value, UserAttributed):
+                state = logic.apply_attribution(state, value)
+                cause = value.attribution_id
+        if state == before or cause is None:
+            return []
+        await store.save_profile(session, app_id=app_id, user_key=user_key, state=state)
+        current = await store.memberships(session, app_id=app_id, user_key=user_key)
+        changes = logic.membership_changes(
+            app_id=app_id, user_key=user_key, segments=segments, current=current,
+            state=state, now=now, cause=cause)
+        out = []
+        for change in changes:
+            if change.change == "entered":
+                await store.enter(session, app_id=app_id, segment_id=change.segment_id,
+                                  user_key=user_key, at=now)
+            else:
+                await store.leave(session, app_id=app_id, segment_id=change.segment_id,
+                                  user_key=user_key)
+            out.append(SegmentChanged(
+                app_id=app_id, change_id=change.change_id, user_key=user_key,
+                segment_id=change.segment_id, change=change.change, ts=now, cause_event_id=cause,
+            ))
+        return out

@@ -1,0 +1,47 @@
+"""Tracker rules: the redirect a click answers with, and bot detection. Pure."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+MAX_USER_AGENT = 2048
+BOT_PATTERN = re.compile(
+    r"bot|crawler|spider|slurp|facebookexternalhit|preview|curl/|wget/|python-requests|"
+    r"httpclient|headless|telegrambot|whatsapp",
+    re.IGNORECASE,
+)
+
+
+def referrer_value(click_id: str, tracker_token: str) -> str:
+    """The install-referrer string the store hands back to the app, unchanged, at install."""
+    return urlencode({"click_id": click_id, "hodhod_tracker": tracker_token})
+
+
+def redirect_url(store_url: str, click_id: str, tracker_token: str) -> str:
+    """``store_url`` with a ``referrer`` query parameter carrying the click id.
+
+    This is Google Play's install-referrer shape: the parameter's URL-decoded value is
+    itself a query string. Existing query parameters of the store URL are kept.
+    """
+    parts = urlsplit(store_url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "referrer"]
+    query.append(("referrer", referrer_value(click_id, tracker_token)))
+    encoded = urlencode(query, quote_via=quote)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, encoded, parts.fragment))
+
+
+def is_bot(user_agent: str | None) -> bool:
+    """True for empty user agents and known crawlers/link previewers/HTTP libraries."""
+    if not user_agent:
+        return True
+    return bool(BOT_PATTERN.search(user_agent))
+
+
+def client_ip(forwarded_for: str | None, peer: str | None) -> str | None:
+    """The first address of ``X-Forwarded-For`` when present (set by our load balancer)."""
+    if forwarded_for:
+        first = forwarded_for.split(",")[0].strip()
+        if first and len(first) <= 64:
+            return first
+    return peer

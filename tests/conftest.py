@@ -1,0 +1,157 @@
+"""Session infrastructure: a real Tansu broker, a fresh Postgres database and a chDB
+directory, started once for the session; and the whole platform in this process
+(every service, one uvicorn on a free port), started on first use.
+
+Tests isolate themselves by creating their own app (``app_keys``): every table, topic
+record and query is scoped by app id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from libs.runtime import clickhouse, localinfra, postgres
+from libs.runtime.kafka import ensure_topics, platform_topics
+from libs.runtime.settings import PlatformSettings
+
+DEFAULT_TEST_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="hodhod-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tansu(tmp_root: Path) -> Iterator[localinfra.Tansu]:
+    broker = localinfra.Tansu.start(log_path=tmp_root / "tansu.log")
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_root: Path) -> Iterator[str]:
+    """A fresh database on the machine's Postgres if it answers, else embedded."""
+    base = os.environ.get("HODHOD_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE)
+    embedded = None
+    if not localinfra.port_open("127.0.0.1", 5432) and "HODHOD_TEST_DATABASE_URL" not in os.environ:
+        embedded = localinfra.EmbeddedPostgres(tmp_root / "pg")
+        base = embedded.url("postgres")
+    head, _, tail = base.partition("?")
+    root = head.rsplit("/", 1)[0]
+    url = f"{root}/hodhod_test_{secrets.token_hex(4)}" + (f"?{tail}" if tail else "")
+    asyncio.run(postgres.ensure_database(url))
+    postgres.migrate(url)
+    yield url
+    asyncio.run(postgres.drop_database(url))
+    if embedded is not None:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(tmp_root: Path) -> str:
+    url = f"chdb://{tmp_root / 'clickhouse'}"
+    from services.ingest.warehouse import MIGRATIONS
+
+    client = clickhouse.get_client(url)
+    clickhouse.migrate(client, MIGRATIONS, "hodhod")
+    return url
+
+
+@pytest.fixture(scope="session")
+def settings(tansu: localinfra.Tansu, database_url: str, clickhouse_url: str) -> PlatformSettings:
+    asyncio.run(ensure_topics(tansu.bootstrap, platform_topics(), partitions=3))
+    return PlatformSettings(
+        environment="test", kafka_bootstrap=tansu.bootstrap, database_url=database_url,
+        clickhouse_url=clickhouse_url, clickhouse_database="hodhod",
+        http_port=localinfra.free_port(), kafka_fetch_max_wait_ms=10,
+    )
+
+
+@dataclass
+class Platform:
+    base_url: str
+    settings: PlatformSettings
+    app: Any
+    crashes: list[BaseException] = field(default_factory=list)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def platform(settings: PlatformSettings) -> AsyncIterator[Platform]:
+    """Every service in this process, as ``hodhod up`` runs them."""
+    import uvicorn
+
+    from libs.runtime.service import compose
+    from services.cli import all_services
+
+    crashes: list[BaseException] = []
+
+    def on_crash(task: asyncio.Task[None]) -> None:
+        exc = task.exception()
+        assert exc is not None
+        crashes.append(exc)
+
+    app = compose(list(all_services().values()), settings, on_crash=on_crash)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=settings.http_port, log_config=None, access_log=False,
+        lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()
+            raise RuntimeError("the platform did not start")
+        await asyncio.sleep(0.05)
+    running = app.state.running
+    await asyncio.wait_for(asyncio.gather(*(r.assigned.wait() for r in running.consumers)), 60)
+    yield Platform(f"http://127.0.0.1:{settings.http_port}", settings, app, crashes)
+    server.should_exit = True
+    await asyncio.wait_for(serving, 30)
+    assert not crashes, f"consumers crashed during the session: {crashes!r}"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=platform.base_url, timeout=30,
+                                 follow_redirects=False) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def app_keys(settings: PlatformSettings) -> dict[str, str]:
+    """A new app with one key of each kind: the unit of test isolation."""
+    from libs.runtime.tenancy import create_app_with_keys
+
+    engine = postgres.create_engine(settings.database_url, pool_size=1)
+    try:
+        async with postgres.session_factory(engine)() as session, session.begin():
+            keys = await create_app_with_keys(session, name=f"test-{secrets.token_hex(3)}")
+    finally:
+        await engine.dispose()
+    return {"app_id": keys.app_id, "sdk_key": keys.sdk_key, "server_key": keys.server_key,
+            "admin_token": keys.admin_token}
+
+
+async def eventually(probe: Any, *, timeout: float = 30.0, interval: float = 0.1) -> Any:
+    """Await ``probe()`` until it returns a truthy value; fail with the last value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
