@@ -82,18 +82,25 @@ def cli_settings(var: VarDir | None = None) -> tuple[PlatformSettings, Any]:
 VarDir = localinfra.VarDir
 
 
-async def _create_app(name: str, account: str, timezone: str, settings: PlatformSettings) -> dict[str, str]:
+async def _create_app(
+    name: str, account: str, timezone: str, settings: PlatformSettings
+) -> dict[str, str]:
     from libs.runtime.tenancy import create_app_with_keys
 
     engine = postgres.create_engine(settings.database_url, pool_size=1)
     try:
         async with postgres.session_factory(engine)() as session, session.begin():
-            keys = await create_app_with_keys(session, name=name, account_name=account,
-                                              timezone=timezone)
+            keys = await create_app_with_keys(
+                session, name=name, account_name=account, timezone=timezone
+            )
     finally:
         await engine.dispose()
-    return {"app_id": keys.app_id, "sdk_key": keys.sdk_key, "server_key": keys.server_key,
-            "admin_token": keys.admin_token}
+    return {
+        "app_id": keys.app_id,
+        "sdk_key": keys.sdk_key,
+        "server_key": keys.server_key,
+        "admin_token": keys.admin_token,
+    }
 
 
 def cmd_app_create(args: argparse.Namespace) -> int:
@@ -132,9 +139,14 @@ def cmd_topics(args: argparse.Namespace) -> int:
     settings, embedded = cli_settings()
     if embedded is not None:
         embedded.stop()
-    created = asyncio.run(ensure_topics(settings.kafka_bootstrap, platform_topics(),
-                                        partitions=settings.kafka_partitions,
-                                        replication=settings.kafka_replication))
+    created = asyncio.run(
+        ensure_topics(
+            settings.kafka_bootstrap,
+            platform_topics(),
+            partitions=settings.kafka_partitions,
+            replication=settings.kafka_replication,
+        )
+    )
     print(json.dumps({"created": created}))
     return 0
 
@@ -154,8 +166,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = sorted(set(names) - set(specs))
         if unknown:
-            print(f"unknown service(s): {', '.join(unknown)}; choose from {', '.join(specs)}",
-                  file=sys.stderr)
+            print(
+                f"unknown service(s): {', '.join(unknown)}; choose from {', '.join(specs)}",
+                file=sys.stderr,
+            )
             return 2
     var = localinfra.VarDir(VAR)
     try:
@@ -178,11 +192,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         settings = PlatformSettings(**overrides)
         chosen = [specs[n] for n in names]
         asyncio.run(_prepare(settings, with_clickhouse=any(s.needs_clickhouse for s in chosen)))
-        var.write_state({
-            "pid": os.getpid(), "kafka_bootstrap": settings.kafka_bootstrap,
-            "database_url": settings.database_url, "clickhouse_url": settings.clickhouse_url,
-            "http": f"http://{settings.http_host}:{settings.http_port}", "services": names,
-        })
+        var.write_state(
+            {
+                "pid": os.getpid(),
+                "kafka_bootstrap": settings.kafka_bootstrap,
+                "database_url": settings.database_url,
+                "clickhouse_url": settings.clickhouse_url,
+                "http": f"http://{settings.http_host}:{settings.http_port}",
+                "services": names,
+            }
+        )
         return _serve(compose(chosen, settings), settings, names)
     finally:
         var.release()
@@ -193,9 +212,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 async def _prepare(settings: PlatformSettings, *, with_clickhouse: bool) -> None:
-    await ensure_topics(settings.kafka_bootstrap, platform_topics(),
-                        partitions=settings.kafka_partitions,
-                        replication=settings.kafka_replication)
+    await ensure_topics(
+        settings.kafka_bootstrap,
+        platform_topics(),
+        partitions=settings.kafka_partitions,
+        replication=settings.kafka_replication,
+    )
     await postgres.ensure_database(settings.database_url)
     await postgres.migrate_async(settings.database_url)
     if with_clickhouse:
@@ -205,12 +227,26 @@ async def _prepare(settings: PlatformSettings, *, with_clickhouse: bool) -> None
 def _serve(app: Any, settings: PlatformSettings, names: Sequence[str]) -> int:
     import uvicorn
 
-    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
-                            log_config=None, access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
-    print(f"hodhod is up on http://{settings.http_host}:{settings.http_port} "
-          f"({', '.join(names)}); Ctrl-C stops it", file=sys.stderr, flush=True)
-    server.run()
+    print(
+        f"hodhod is up on http://{settings.http_host}:{settings.http_port} "
+        f"({', '.join(names)}); Ctrl-C stops it",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises Ctrl-C after its graceful shutdown; nothing is left to do.
+        pass
     return 0 if server.started else 1
 
 
@@ -221,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--only", help="comma-separated services, against external infrastructure")
     up.set_defaults(func=cmd_up)
     sub.add_parser("migrate", help="apply Postgres and ClickHouse migrations").set_defaults(
-        func=cmd_migrate)
+        func=cmd_migrate
+    )
     sub.add_parser("topics", help="create the Kafka topics").set_defaults(func=cmd_topics)
     schemas = sub.add_parser("schemas", help="write the topics' JSON Schemas")
     schemas.add_argument("--out", default="docs/schemas")

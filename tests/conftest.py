@@ -76,9 +76,14 @@ def clickhouse_url(tmp_root: Path) -> str:
 def settings(tansu: localinfra.Tansu, database_url: str, clickhouse_url: str) -> PlatformSettings:
     asyncio.run(ensure_topics(tansu.bootstrap, platform_topics(), partitions=3))
     return PlatformSettings(
-        environment="test", kafka_bootstrap=tansu.bootstrap, database_url=database_url,
-        clickhouse_url=clickhouse_url, clickhouse_database="hodhod",
-        http_port=localinfra.free_port(), kafka_fetch_max_wait_ms=10,
+        environment="test",
+        kafka_bootstrap=tansu.bootstrap,
+        database_url=database_url,
+        clickhouse_url=clickhouse_url,
+        clickhouse_database="hodhod",
+        http_port=localinfra.free_port(),
+        kafka_fetch_max_wait_ms=10,
+        kafka_session_timeout_ms=6_000,
     )
 
 
@@ -106,9 +111,16 @@ async def platform(settings: PlatformSettings) -> AsyncIterator[Platform]:
         crashes.append(exc)
 
     app = compose(list(all_services().values()), settings, on_crash=on_crash)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=settings.http_port, log_config=None, access_log=False,
-        lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+    )
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():
@@ -125,8 +137,9 @@ async def platform(settings: PlatformSettings) -> AsyncIterator[Platform]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def http(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=platform.base_url, timeout=30,
-                                 follow_redirects=False) as client:
+    async with httpx.AsyncClient(
+        base_url=platform.base_url, timeout=30, follow_redirects=False
+    ) as client:
         yield client
 
 
@@ -141,17 +154,21 @@ async def app_keys(settings: PlatformSettings) -> dict[str, str]:
             keys = await create_app_with_keys(session, name=f"test-{secrets.token_hex(3)}")
     finally:
         await engine.dispose()
-    return {"app_id": keys.app_id, "sdk_key": keys.sdk_key, "server_key": keys.server_key,
-            "admin_token": keys.admin_token}
+    return {
+        "app_id": keys.app_id,
+        "sdk_key": keys.sdk_key,
+        "server_key": keys.server_key,
+        "admin_token": keys.admin_token,
+    }
 
 
-async def eventually(probe: Any, *, timeout: float = 30.0, interval: float = 0.1) -> Any:
+async def eventually(probe: Any, *, within: float = 30.0, interval: float = 0.1) -> Any:
     """Await ``probe()`` until it returns a truthy value; fail with the last value."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     last: Any = None
     while asyncio.get_running_loop().time() < deadline:
         last = await probe()
         if last:
             return last
         await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+    raise AssertionError(f"condition not met within {within}s; last value: {last!r}")

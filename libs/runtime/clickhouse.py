@@ -43,7 +43,9 @@ def get_client(url: str, database: str | None = None) -> Client:
             Path(path).mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(interface="chdb", path=path, database=database)
     parts = urlsplit(url)
-    return clickhouse_connect.get_client(dsn=url, database=database or parts.path.strip("/") or None)
+    return clickhouse_connect.get_client(
+        dsn=url, database=database or parts.path.strip("/") or None
+    )
 
 
 class AsyncClickHouse:
@@ -146,7 +148,8 @@ def migrate(client: Client, directory: Path, database: str) -> list[int]:
         "ENGINE = MergeTree ORDER BY version"
     )
     applied = {
-        row[0] for row in client.query(f"SELECT version FROM {database}.schema_migrations").result_rows
+        row[0]
+        for row in client.query(f"SELECT version FROM {database}.schema_migrations").result_rows
     }
     done: list[int] = []
     for migration in discover(directory):

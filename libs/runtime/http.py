@@ -154,8 +154,9 @@ class BodyLimitMiddleware:
         limit = self.max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _send_json(send, 413, error_body(
-                "payload_too_large", f"request body exceeds {limit} bytes"))
+            await _send_json(
+                send, 413, error_body("payload_too_large", f"request body exceeds {limit} bytes")
+            )
             return
         received = 0
         response_started = False
@@ -179,8 +180,11 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not response_started:
-                await _send_json(send, 413, error_body(
-                    "payload_too_large", f"request body exceeds {limit} bytes"))
+                await _send_json(
+                    send,
+                    413,
+                    error_body("payload_too_large", f"request body exceeds {limit} bytes"),
+                )
 
 
 class _BodyTooLarge(Exception):
@@ -189,12 +193,16 @@ class _BodyTooLarge(Exception):
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     payload = orjson.dumps(body)
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode())],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 

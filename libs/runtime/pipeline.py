@@ -89,7 +89,10 @@ def is_transient(exc: BaseException) -> bool:
             return _is_transient_sqlstate(exc.orig)
     if module.startswith("asyncpg"):
         return _is_transient_sqlstate(exc)
-    if module.startswith("clickhouse_connect") and name in {"OperationalError", "StreamFailureError"}:
+    if module.startswith("clickhouse_connect") and name in {
+        "OperationalError",
+        "StreamFailureError",
+    }:
         return True
     cause = exc.__cause__
     return cause is not None and cause is not exc and is_transient(cause)
@@ -145,8 +148,8 @@ class ConsumerRunner:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self._settings.kafka_fetch_max_wait_ms,
             max_poll_records=self._settings.kafka_max_batch,
-            session_timeout_ms=30_000,
-            heartbeat_interval_ms=3_000,
+            session_timeout_ms=self._settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(self._settings.kafka_session_timeout_ms // 10, 500),
         )
         await consumer.start()
         log.info("consumer started", extra={"group": self.group, "topics": self.topics})
@@ -190,9 +193,11 @@ class ConsumerRunner:
             await self._call_handler(batch)
         for record, reason in batch.rejected:
             failed.append((originals[(record.topic, record.partition, record.offset)], reason))
-        self._count_dlq(len(failed), len(batch.records) - len(batch.rejected))
         if failed:
+            self._count_consecutive_dlq(raw, {(r.topic, r.partition, r.offset) for r, _ in failed})
             await self._dead_letter(failed)
+        else:
+            self._consecutive_dlq = 0
         try:
             await consumer.commit(offsets)
         except CommitFailedError:
@@ -231,14 +236,24 @@ class ConsumerRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    def _count_dlq(self, failed: int, handled: int) -> None:
-        if handled > 0:
-            self._consecutive_dlq = 0
-        self._consecutive_dlq += failed
-        if self._consecutive_dlq > self._settings.kafka_dlq_max_consecutive:
-            raise DlqLimitExceeded(
-                f"{self.group}: {self._consecutive_dlq} consecutive records dead-lettered"
-            )
+    def _count_consecutive_dlq(
+        self,
+        raw: dict[TopicPartition, list[ConsumerRecord[Any, Any]]],
+        failed: set[tuple[str, int, int]],
+    ) -> None:
+        """Raise ``DlqLimitExceeded`` (before anything is dead-lettered or committed) when
+        the run of consecutive failed records passes the limit; a good record resets it."""
+        for tp, records in raw.items():
+            for rec in records:
+                if (tp.topic, tp.partition, rec.offset) in failed:
+                    self._consecutive_dlq += 1
+                else:
+                    self._consecutive_dlq = 0
+                if self._consecutive_dlq > self._settings.kafka_dlq_max_consecutive:
+                    raise DlqLimitExceeded(
+                        f"{self.group}: {self._consecutive_dlq} consecutive records "
+                        "dead-lettered; stopping rather than draining the topic into the DLQ"
+                    )
 
     async def _dead_letter(self, failed: list[tuple[ConsumerRecord[Any, Any], str]]) -> None:
         now = datetime.now(UTC)
@@ -257,6 +272,10 @@ class ConsumerRunner:
             metrics.CONSUMER_DLQ.labels(self.group, rec.topic).inc()
             log.warning(
                 "record dead-lettered",
-                extra={"group": self.group, "topic": rec.topic, "offset": rec.offset,
-                       "reason": reason[:500]},
+                extra={
+                    "group": self.group,
+                    "topic": rec.topic,
+                    "offset": rec.offset,
+                    "reason": reason[:500],
+                },
             )

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from libs.runtime import clickhouse, postgres
+from libs.runtime import postgres
+from libs.runtime.clickhouse import AsyncClickHouse, get_client
 from libs.runtime.kafka import Producer
 from libs.runtime.settings import PlatformSettings
 
@@ -22,9 +23,9 @@ class Resources:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     producer: Producer
-    clickhouse: clickhouse.AsyncClickHouse | None
+    clickhouse: AsyncClickHouse | None
 
-    def require_clickhouse(self) -> clickhouse.AsyncClickHouse:
+    def require_clickhouse(self) -> AsyncClickHouse:
         if self.clickhouse is None:
             raise RuntimeError("this process was started without ClickHouse")
         return self.clickhouse
@@ -39,15 +40,14 @@ async def open_resources(
     Blocks until the producer has broker metadata. Raises if a store is unreachable.
     """
     engine = postgres.create_engine(settings.database_url, pool_size=settings.database_pool_size)
-    producer = Producer(settings.kafka_bootstrap, linger_ms=settings.kafka_linger_ms,
-                        client_id=client_id)
+    producer = Producer(
+        settings.kafka_bootstrap, linger_ms=settings.kafka_linger_ms, client_id=client_id
+    )
     ch = None
     try:
         await producer.start()
         if with_clickhouse:
-            ch = clickhouse.AsyncClickHouse(
-                clickhouse.get_client(settings.clickhouse_url), settings.clickhouse_database
-            )
+            ch = AsyncClickHouse(get_client(settings.clickhouse_url), settings.clickhouse_database)
         yield Resources(settings, engine, postgres.session_factory(engine), producer, ch)
     finally:
         await producer.stop()

@@ -65,8 +65,9 @@ def compose(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_resources(settings, with_clickhouse=with_clickhouse,
-                                  client_id=f"hodhod-{names}") as resources:
+        async with open_resources(
+            settings, with_clickhouse=with_clickhouse, client_id=f"hodhod-{names}"
+        ) as resources:
             app.state.resources = resources
             app.state.key_resolver = KeyResolver(resources.sessions)
             app.state.readiness.update(_readiness(resources))
@@ -91,16 +92,21 @@ def compose(
                 for runner in running.consumers:
                     runner.stop()
                 # Consumers finish the batch in hand; other loops are cancelled.
-                consumer_tasks = {t for t in running.tasks if t.get_name() in
-                                  {r.group for r in running.consumers}}
+                consumer_tasks = {
+                    t for t in running.tasks if t.get_name() in {r.group for r in running.consumers}
+                }
                 for task in running.tasks:
                     if task not in consumer_tasks:
                         task.cancel()
                 await asyncio.gather(*running.tasks, return_exceptions=True)
 
     routers = [r for spec in specs for r in spec.routers()]
-    return create_app(title=f"hodhod {names}", routers=routers, lifespan=lifespan,
-                      max_body_bytes=settings.max_body_bytes)
+    return create_app(
+        title=f"hodhod {names}",
+        routers=routers,
+        lifespan=lifespan,
+        max_body_bytes=settings.max_body_bytes,
+    )
 
 
 def _readiness(resources: Resources) -> dict[str, Callable[[], Coroutine[Any, Any, bool]]]:
@@ -114,7 +120,8 @@ def _readiness(resources: Resources) -> dict[str, Callable[[], Coroutine[Any, An
 
 
 def _crash_on_failure(task: asyncio.Task[None]) -> None:
-    log.critical("consumer %s crashed; stopping the process", task.get_name(),
-                 exc_info=task.exception())
+    log.critical(
+        "consumer %s crashed; stopping the process", task.get_name(), exc_info=task.exception()
+    )
     # Let uvicorn shut down cleanly (SIGTERM) rather than leave a half-running process.
     os.kill(os.getpid(), signal.SIGTERM)

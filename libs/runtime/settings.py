@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+
 class BaseServiceSettings(BaseSettings):
     """Common base: ``HODHOD_`` prefix, ``__`` nested delimiter, no config files."""
 
@@ -31,6 +32,9 @@ class KafkaSettings(BaseServiceSettings):
     # Tansu answers a waiting fetch only when the wait expires, so every hop costs up
     # to this long; Apache Kafka answers early and can take 500 (see README, Known limits).
     kafka_fetch_max_wait_ms: int = Field(default=10, ge=0, le=10_000)
+    # Tansu answers a new group's join after about half of this, and a restarted member
+    # waits for the old member's session to expire (it ignores LeaveGroup).
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     kafka_max_batch: int = Field(default=500, ge=1, le=100_000)
     kafka_linger_ms: int = Field(default=5, ge=0, le=1_000)
     kafka_retry_budget_s: float = Field(default=600.0, gt=0)

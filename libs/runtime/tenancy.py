@@ -98,7 +98,11 @@ class AppKeys:
 
 
 async def create_app_with_keys(
-    session: AsyncSession, *, name: str, account_name: str = "default", timezone: str = "Asia/Tehran"
+    session: AsyncSession,
+    *,
+    name: str,
+    account_name: str = "default",
+    timezone: str = "Asia/Tehran",
 ) -> AppKeys:
     """Insert an app (and its account if new) with one key of each kind. Does not commit.
 
@@ -109,13 +113,20 @@ async def create_app_with_keys(
     if await session.get(Account, account_id) is None:
         session.add(Account(id=account_id, name=account_name, created_at=now))
     app_id = new_app_id()
-    session.add(App(id=app_id, account_id=account_id, name=name, timezone=timezone,
-                    created_at=now))
+    session.add(App(id=app_id, account_id=account_id, name=name, timezone=timezone, created_at=now))
     await session.flush()
     raw = {kind: new_key(kind) for kind in KeyKind}
     for kind, key in raw.items():
-        session.add(ApiKey(key_hash=hash_key(key), app_id=app_id, kind=kind.value,
-                           display_prefix=key[:11], created_at=now, revoked_at=None))
+        session.add(
+            ApiKey(
+                key_hash=hash_key(key),
+                app_id=app_id,
+                kind=kind.value,
+                display_prefix=key[:11],
+                created_at=now,
+                revoked_at=None,
+            )
+        )
     await session.flush()
     return AppKeys(app_id, raw[KeyKind.SDK], raw[KeyKind.SERVER], raw[KeyKind.ADMIN])
 
@@ -139,10 +150,13 @@ class KeyResolver:
         cached = self._cache.get(digest)
         if cached is None or cached[0] < now:
             async with self._sessions() as session:
-                row = (await session.execute(
-                    select(ApiKey.app_id, ApiKey.kind, ApiKey.revoked_at)
-                    .where(ApiKey.key_hash == digest)
-                )).first()
+                row = (
+                    await session.execute(
+                        select(ApiKey.app_id, ApiKey.kind, ApiKey.revoked_at).where(
+                            ApiKey.key_hash == digest
+                        )
+                    )
+                ).first()
             if row is None or row.revoked_at is not None:
                 cached = (now + CACHE_TTL_S, None, None)
             else:
@@ -155,8 +169,11 @@ class KeyResolver:
             raise Unauthorized("unknown or revoked API key", field=header)
         if KeyKind(kind) not in allowed:
             wanted = " or ".join(sorted(k.value for k in allowed))
-            raise Forbidden(f"a {kind} key cannot call this endpoint; it needs a {wanted} key",
-                            field=header, code="wrong_key_kind")
+            raise Forbidden(
+                f"a {kind} key cannot call this endpoint; it needs a {wanted} key",
+                field=header,
+                code="wrong_key_kind",
+            )
         return app_id
 
 
@@ -179,17 +196,20 @@ async def sdk_app(request: Request) -> str:
     if not raw and request.headers.get("authorization"):
         raw = _bearer(request)
     return await _resolver(request).resolve(
-        raw, allowed=frozenset({KeyKind.SDK, KeyKind.SERVER}), header="X-Hodhod-Key")
+        raw, allowed=frozenset({KeyKind.SDK, KeyKind.SERVER}), header="X-Hodhod-Key"
+    )
 
 
 async def server_app(request: Request) -> str:
     return await _resolver(request).resolve(
-        _bearer(request), allowed=frozenset({KeyKind.SERVER}), header="Authorization")
+        _bearer(request), allowed=frozenset({KeyKind.SERVER}), header="Authorization"
+    )
 
 
 async def admin_app(request: Request) -> str:
     return await _resolver(request).resolve(
-        _bearer(request), allowed=frozenset({KeyKind.ADMIN}), header="Authorization")
+        _bearer(request), allowed=frozenset({KeyKind.ADMIN}), header="Authorization"
+    )
 
 
 SdkAppDep = Annotated[str, Depends(sdk_app)]

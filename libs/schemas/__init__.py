@@ -49,6 +49,7 @@ from libs.schemas.base import (
     UtcDatetime,
     decode,
     encode,
+    validate,
 )
 from libs.schemas.clicks import ClickRecorded
 from libs.schemas.config_changes import ConfigChanged, Entity
@@ -179,4 +180,5 @@ __all__ = [
     "decode",
     "dlq_topic",
     "encode",
+    "validate",
 ]

@@ -226,6 +226,11 @@ def decode(model_cls: type[C], data: bytes | str) -> C:
         raise ContractError(
             None, f"invalid JSON: top level must be an object, got {type(raw).__name__}"
         )
+    return validate(model_cls, raw)
+
+
+def validate(model_cls: type[C], raw: dict[str, Any]) -> C:
+    """Validate an already-parsed payload; raises ContractError naming the field."""
     try:
         return model_cls.model_validate(raw)
     except ValidationError as exc:

@@ -61,7 +61,7 @@ EXAMPLES: list[dict[str, Any]] = [
         "locale": "fa-IR",
         "ip": "5.160.12.34",
         "user_agent": "Dalvik/2.1.0 (Linux; U; Android 13; SM-A536E)",
-        "referrer": "utm_source=hodhod&hodhod_click_id=c_01HZX3K9V7Q2M8R4T6Y1B5N0PA",
+        "referrer": "click_id=c_01HZX3K9V7Q2M8R4T6Y1B5N0PA&utm_source=hodhod",
         "install_begin_ts": "2024-05-01T08:31:05Z",
     },
     {

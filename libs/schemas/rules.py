@@ -40,6 +40,7 @@ ATTRIBUTE_OPS = frozenset(
 )
 VALUELESS_OPS = frozenset({"exists", "not_exists"})
 DURATION_UNITS = {"minutes": 60, "hours": 3600, "days": 86400}
+MAX_DURATION_S = 100 * 366 * 86400
 INSTALL_FIELDS = ("tracker", "network", "campaign", "channel")
 
 
@@ -146,7 +147,7 @@ def _attribute(raw: Mapping[str, Any], path: str) -> AttributeCond:
     if not isinstance(name, str) or not 0 < len(name) <= 128:
         raise RuleError(_join(path, "attribute"), "must be a name of 1 to 128 characters")
     op = raw.get("op")
-    if op not in ATTRIBUTE_OPS:
+    if not isinstance(op, str) or op not in ATTRIBUTE_OPS:
         raise RuleError(_join(path, "op"), f"must be one of {', '.join(sorted(ATTRIBUTE_OPS))}")
     if op in VALUELESS_OPS:
         if "value" in raw:
@@ -172,14 +173,12 @@ def parse_duration(raw: Any, path: str) -> timedelta:
     if not isinstance(raw, Mapping) or len(raw) != 1:
         raise RuleError(path, 'a duration is one of {"minutes": n}, {"hours": n}, {"days": n}')
     ((unit, amount),) = raw.items()
-    if unit not in DURATION_UNITS:
-        raise RuleError(_join(path, unit), "unit must be minutes, hours or days")
-    if (
-        isinstance(amount, bool)
-        or not isinstance(amount, int | float)
-        or not 0 <= amount <= 36500 * 24
-    ):
-        raise RuleError(_join(path, unit), "must be a non-negative number")
+    if not isinstance(unit, str) or unit not in DURATION_UNITS:
+        raise RuleError(_join(path, str(unit)), "unit must be minutes, hours or days")
+    if isinstance(amount, bool) or not isinstance(amount, int | float):
+        raise RuleError(_join(path, unit), "must be a number")
+    if not 0 <= amount * DURATION_UNITS[unit] <= MAX_DURATION_S:
+        raise RuleError(_join(path, unit), "must be between 0 and 100 years")
     return timedelta(seconds=amount * DURATION_UNITS[unit])
 
 
@@ -188,9 +187,10 @@ def _seen(raw: Any, which: Literal["first_seen", "last_seen"], path: str) -> See
         raise RuleError(path, "must be an object with op and ago")
     _only(raw, {"op", "ago"}, path)
     op = raw.get("op")
-    if op not in ("before", "after"):
+    if not isinstance(op, str) or op not in ("before", "after"):
         raise RuleError(_join(path, "op"), "must be before or after")
-    return SeenCond(which, op, parse_duration(raw.get("ago"), _join(path, "ago")))
+    direction: Literal["before", "after"] = "before" if op == "before" else "after"
+    return SeenCond(which, direction, parse_duration(raw.get("ago"), _join(path, "ago")))
 
 
 def _install(raw: Any, path: str) -> InstallCond:

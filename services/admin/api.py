@@ -38,23 +38,41 @@ def _click_url(request: Request, public_url: str | None, token: str) -> str:
 
 def _tracker_read(request: Request, public_url: str | None, t: Tracker) -> TrackerRead:
     return TrackerRead(
-        token=t.token, click_url=_click_url(request, public_url, t.token), name=t.name,
-        channel=t.channel, store_url=t.store_url, network=t.network, campaign=t.campaign,
-        adgroup=t.adgroup, creative=t.creative, status=t.status, created_at=t.created_at,
+        token=t.token,
+        click_url=_click_url(request, public_url, t.token),
+        name=t.name,
+        channel=t.channel,
+        store_url=t.store_url,
+        network=t.network,
+        campaign=t.campaign,
+        adgroup=t.adgroup,
+        creative=t.creative,
+        status=t.status,
+        created_at=t.created_at,
     )
 
 
 async def _changed(producer: ProducerDep, app_id: str, entity: str, entity_id: str) -> None:
-    await producer.publish(ConfigChanged(
-        app_id=app_id, change_id=uuid.uuid4().hex, entity=entity, entity_id=entity_id,
-        action="created", ts=datetime.now(UTC),
-    ))
+    await producer.publish(
+        ConfigChanged(
+            app_id=app_id,
+            change_id=uuid.uuid4().hex,
+            entity=entity,
+            entity_id=entity_id,
+            action="created",
+            ts=datetime.now(UTC),
+        )
+    )
 
 
 @router.post("/trackers", status_code=201, operation_id="create_tracker")
 async def create_tracker(
-    body: TrackerCreate, request: Request, app_id: AdminAppDep, session: SessionDep,
-    producer: ProducerDep, settings: SettingsDep,
+    body: TrackerCreate,
+    request: Request,
+    app_id: AdminAppDep,
+    session: SessionDep,
+    producer: ProducerDep,
+    settings: SettingsDep,
 ) -> TrackerRead:
     values = body.model_dump()
     values["store_url"] = str(body.store_url)
@@ -82,8 +100,7 @@ async def get_tracker(
 
 
 def _segment_read(s: Segment) -> SegmentRead:
-    return SegmentRead(id=s.id, name=s.name, rule=s.rule, status=s.status,
-                       created_at=s.created_at)
+    return SegmentRead(id=s.id, name=s.name, rule=s.rule, status=s.status, created_at=s.created_at)
 
 
 @router.post("/segments", status_code=201, operation_id="create_segment")
@@ -93,8 +110,11 @@ async def create_segment(
     try:
         parse_rule(body.rule)
     except RuleError as exc:
-        raise InvalidInput(str(exc), field=f"rule.{exc.path}" if exc.path != "rule" else "rule",
-                           code="invalid_rule") from None
+        raise InvalidInput(
+            str(exc),
+            field=f"rule.{exc.path}" if exc.path != "rule" else "rule",
+            code="invalid_rule",
+        ) from None
     segment = await store.create_segment(session, app_id=app_id, name=body.name, rule=body.rule)
     await _changed(producer, app_id, "segment", segment.id)
     return _segment_read(segment)
@@ -114,8 +134,14 @@ async def get_segment(segment_id: str, app_id: AdminAppDep, session: SessionDep)
 
 
 def _journey_read(j: Journey) -> JourneyRead:
-    return JourneyRead(id=j.id, name=j.name, trigger=j.trigger, definition=j.definition,
-                       status=j.status, created_at=j.created_at)
+    return JourneyRead(
+        id=j.id,
+        name=j.name,
+        trigger=j.trigger,
+        definition=j.definition,
+        status=j.status,
+        created_at=j.created_at,
+    )
 
 
 @router.post("/journeys", status_code=201, operation_id="create_journey")
@@ -126,8 +152,12 @@ async def create_journey(
     if await store.get_segment(session, app_id=app_id, segment_id=segment_id) is None:
         raise NotFound(f"no segment {segment_id}", field="trigger.segment_entered")
     journey = await store.create_journey(
-        session, app_id=app_id, name=body.name, trigger=body.trigger.model_dump(),
-        definition=body.definition.model_dump(mode="json", exclude_none=True))
+        session,
+        app_id=app_id,
+        name=body.name,
+        trigger=body.trigger.model_dump(),
+        definition=body.definition.model_dump(mode="json", exclude_none=True),
+    )
     await _changed(producer, app_id, "journey", journey.id)
     return _journey_read(journey)
 
@@ -146,19 +176,30 @@ async def get_user(user_key: str, app_id: AdminAppDep, session: SessionDep) -> P
     if profile is None:
         raise NotFound(f"no user {user_key}", field="user_key")
     return ProfileRead(
-        user_key=profile.user_key, user_id=profile.user_id, attributes=profile.attributes,
-        first_seen=profile.first_seen, last_seen=profile.last_seen, platform=profile.platform,
-        app_version=profile.app_version, os_version=profile.os_version,
-        device_model=profile.device_model, locale=profile.locale, timezone=profile.timezone,
-        attribution=profile.attribution, sessions=profile.sessions,
-        purchases=profile.purchases, revenue=profile.revenue, events=profile.events,
+        user_key=profile.user_key,
+        user_id=profile.user_id,
+        attributes=profile.attributes,
+        first_seen=profile.first_seen,
+        last_seen=profile.last_seen,
+        platform=profile.platform,
+        app_version=profile.app_version,
+        os_version=profile.os_version,
+        device_model=profile.device_model,
+        locale=profile.locale,
+        timezone=profile.timezone,
+        attribution=profile.attribution,
+        sessions=profile.sessions,
+        purchases=profile.purchases,
+        revenue=profile.revenue,
+        events=profile.events,
         segments=await store.segment_ids_of(session, app_id=app_id, user_key=user_key),
     )
 
 
 @router.get("/deliveries", operation_id="list_deliveries")
 async def list_deliveries(
-    app_id: AdminAppDep, ch: ClickHouseDep,
+    app_id: AdminAppDep,
+    ch: ClickHouseDep,
     user_key: Annotated[str, Query(min_length=1, max_length=200)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> DeliveryList:

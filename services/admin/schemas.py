@@ -10,8 +10,17 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from libs.schemas.journeys import JourneyDefinition, SegmentEntered
 
 TrackerChannel = Literal[
-    "landing_page", "cafe_bazaar", "myket", "google_play", "app_store", "telegram",
-    "instagram_bio", "instagram_story", "direct_apk", "web", "custom",
+    "landing_page",
+    "cafe_bazaar",
+    "myket",
+    "google_play",
+    "app_store",
+    "telegram",
+    "instagram_bio",
+    "instagram_story",
+    "direct_apk",
+    "web",
+    "custom",
 ]
 
 

@@ -28,8 +28,9 @@ def new_id(prefix: str) -> str:
 
 async def create_tracker(session: AsyncSession, *, app_id: str, values: dict[str, Any]) -> Tracker:
     now = datetime.now(UTC)
-    tracker = Tracker(token=new_token(), app_id=app_id, status="active", created_at=now,
-                      updated_at=now, **values)
+    tracker = Tracker(
+        token=new_token(), app_id=app_id, status="active", created_at=now, updated_at=now, **values
+    )
     session.add(tracker)
     await session.flush()
     return tracker
@@ -48,10 +49,19 @@ async def get_tracker(session: AsyncSession, *, app_id: str, token: str) -> Trac
     )
 
 
-async def create_segment(session: AsyncSession, *, app_id: str, name: str, rule: dict[str, Any]) -> Segment:
+async def create_segment(
+    session: AsyncSession, *, app_id: str, name: str, rule: dict[str, Any]
+) -> Segment:
     now = datetime.now(UTC)
-    segment = Segment(id=new_id("seg"), app_id=app_id, name=name, rule=rule, status="active",
-                      created_at=now, updated_at=now)
+    segment = Segment(
+        id=new_id("seg"),
+        app_id=app_id,
+        name=name,
+        rule=rule,
+        status="active",
+        created_at=now,
+        updated_at=now,
+    )
     session.add(segment)
     await session.flush()
     return segment
@@ -71,12 +81,24 @@ async def list_segments(session: AsyncSession, *, app_id: str) -> list[Segment]:
 
 
 async def create_journey(
-    session: AsyncSession, *, app_id: str, name: str, trigger: dict[str, Any],
+    session: AsyncSession,
+    *,
+    app_id: str,
+    name: str,
+    trigger: dict[str, Any],
     definition: dict[str, Any],
 ) -> Journey:
     now = datetime.now(UTC)
-    journey = Journey(id=new_id("jrn"), app_id=app_id, name=name, trigger=trigger,
-                      definition=definition, status="active", created_at=now, updated_at=now)
+    journey = Journey(
+        id=new_id("jrn"),
+        app_id=app_id,
+        name=name,
+        trigger=trigger,
+        definition=definition,
+        status="active",
+        created_at=now,
+        updated_at=now,
+    )
     session.add(journey)
     await session.flush()
     return journey
@@ -98,8 +120,10 @@ async def segment_ids_of(session: AsyncSession, *, app_id: str, user_key: str) -
     # segment_memberships belongs to segmenter; admin reads it by name, not by class,
     # because services never import each other.
     rows = await session.execute(
-        text("SELECT segment_id FROM segment_memberships "
-             "WHERE app_id = :app_id AND user_key = :user_key ORDER BY segment_id"),
+        text(
+            "SELECT segment_id FROM segment_memberships "
+            "WHERE app_id = :app_id AND user_key = :user_key ORDER BY segment_id"
+        ),
         {"app_id": app_id, "user_key": user_key},
     )
     return [r[0] for r in rows]

@@ -37,46 +37,76 @@ class Matcher:
                     session, app_id=click.app_id, click_id=click.click_id
                 ):
                     attributed = await self._attribute(
-                        session, app_id=waiting.app_id, event_id=waiting.install_event_id,
-                        device_id=waiting.device_id, user_key=waiting.user_key,
-                        install_ts=waiting.install_ts, ref_click_id=waiting.ref_click_id,
+                        session,
+                        app_id=waiting.app_id,
+                        event_id=waiting.install_event_id,
+                        device_id=waiting.device_id,
+                        user_key=waiting.user_key,
+                        install_ts=waiting.install_ts,
+                        ref_click_id=waiting.ref_click_id,
                     )
                     if attributed.method != "organic":
                         out.append(attributed)
             for record in batch.of("installs"):
                 install = record.value
                 assert isinstance(install, InstallReported)
-                out.append(await self._attribute(
-                    session, app_id=install.app_id, event_id=install.event_id,
-                    device_id=install.device_id,
-                    user_key=install.user_id or f"d:{install.device_id}",
-                    install_ts=install.ts, ref_click_id=logic.referrer_click_id(install.referrer),
-                ))
+                out.append(
+                    await self._attribute(
+                        session,
+                        app_id=install.app_id,
+                        event_id=install.event_id,
+                        device_id=install.device_id,
+                        user_key=install.user_id or f"d:{install.device_id}",
+                        install_ts=install.ts,
+                        ref_click_id=logic.referrer_click_id(install.referrer),
+                    )
+                )
             await session.flush()
             await self._producer.publish_all(out)
         for attributed in out:
             ATTRIBUTIONS.labels(attributed.method).inc()
 
     async def _attribute(
-        self, session: AsyncSession, *, app_id: str, event_id: str, device_id: str,
-        user_key: str, install_ts: datetime, ref_click_id: str | None,
+        self,
+        session: AsyncSession,
+        *,
+        app_id: str,
+        event_id: str,
+        device_id: str,
+        user_key: str,
+        install_ts: datetime,
+        ref_click_id: str | None,
     ) -> UserAttributed:
         click_row = (
             await store.find_click(session, app_id=app_id, click_id=ref_click_id)
-            if ref_click_id else None
+            if ref_click_id
+            else None
         )
-        click = (logic.ClickFacts(click_row.click_id, click_row.tracker_token, click_row.ts)
-                 if click_row is not None else None)
+        click = (
+            logic.ClickFacts(click_row.click_id, click_row.tracker_token, click_row.ts)
+            if click_row is not None
+            else None
+        )
         decision = logic.decide(install_ts=install_ts, click=click)
-        tracker = (await store.tracker(session, app_id=app_id, token=click.tracker_token)
-                   if decision.click is not None and click is not None else None)
+        tracker = (
+            await store.tracker(session, app_id=app_id, token=click.tracker_token)
+            if decision.click is not None and click is not None
+            else None
+        )
         now = datetime.now(UTC)
         attribution_id = logic.attribution_id(
-            app_id, event_id, decision.click.click_id if decision.click else None)
+            app_id, event_id, decision.click.click_id if decision.click else None
+        )
         values: dict[str, Any] = {
-            "app_id": app_id, "install_event_id": event_id, "device_id": device_id,
-            "user_key": user_key, "install_ts": install_ts, "ref_click_id": ref_click_id,
-            "attribution_id": attribution_id, "method": decision.method, "kind": decision.kind,
+            "app_id": app_id,
+            "install_event_id": event_id,
+            "device_id": device_id,
+            "user_key": user_key,
+            "install_ts": install_ts,
+            "ref_click_id": ref_click_id,
+            "attribution_id": attribution_id,
+            "method": decision.method,
+            "kind": decision.kind,
             "status": decision.status,
             "tracker_token": decision.click.tracker_token if decision.click else None,
             "click_id": decision.click.click_id if decision.click else None,
@@ -84,10 +114,17 @@ class Matcher:
         }
         await store.save_install(session, values=values)
         return UserAttributed(
-            app_id=app_id, attribution_id=attribution_id, user_key=user_key,
-            device_id=device_id, install_event_id=event_id, install_ts=install_ts,
-            attributed_at=now, method=decision.method, kind=decision.kind,
-            status=decision.status, tracker_token=values["tracker_token"],
+            app_id=app_id,
+            attribution_id=attribution_id,
+            user_key=user_key,
+            device_id=device_id,
+            install_event_id=event_id,
+            install_ts=install_ts,
+            attributed_at=now,
+            method=decision.method,
+            kind=decision.kind,
+            status=decision.status,
+            tracker_token=values["tracker_token"],
             click_id=values["click_id"],
             click_ts=decision.click.ts if decision.click else None,
             network=tracker.network if tracker else None,
@@ -100,7 +137,12 @@ class Matcher:
 
 def _click_row(click: ClickRecorded) -> dict[str, Any]:
     return {
-        "app_id": click.app_id, "click_id": click.click_id, "tracker_token": click.tracker_token,
-        "ts": click.ts, "ip": click.ip, "adid": click.adid, "is_bot": click.is_bot,
+        "app_id": click.app_id,
+        "click_id": click.click_id,
+        "tracker_token": click.tracker_token,
+        "ts": click.ts,
+        "ip": click.ip,
+        "adid": click.adid,
+        "is_bot": click.is_bot,
         "expires_at": click.ts + logic.CLICK_WINDOW,
     }

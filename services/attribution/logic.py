@@ -7,6 +7,7 @@ matching, reinstall/new-device outcomes, fraud and verification.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -60,7 +61,9 @@ class Decision:
     click: ClickFacts | None
 
 
-def decide(*, install_ts: datetime, click: ClickFacts | None, window: timedelta = CLICK_WINDOW) -> Decision:
+def decide(
+    *, install_ts: datetime, click: ClickFacts | None, window: timedelta = CLICK_WINDOW
+) -> Decision:
     """Attribute to ``click`` when it precedes the install within ``window``; else organic."""
     if click is not None and timedelta(0) <= install_ts - click.ts <= window:
         return Decision("click_id", "new_user", "attributed", click)
@@ -69,4 +72,4 @@ def decide(*, install_ts: datetime, click: ClickFacts | None, window: timedelta 
 
 def attribution_id(app_id: str, install_event_id: str, click_id: str | None) -> str:
     """Deterministic: the same install and click always give the same id (idempotency)."""
-    return uuid.uuid5(ATTRIBUTION_NS, f"{app_id}|{install_event_id}|{click_id or ''}").hex
+    return uuid.uuid5(ATTRIBUTION_NS, json.dumps([app_id, install_event_id, click_id])).hex

@@ -64,17 +64,24 @@ async def find_click(session: AsyncSession, *, app_id: str, click_id: str) -> Cl
     )
 
 
-async def find_install(session: AsyncSession, *, app_id: str, install_event_id: str) -> Install | None:
+async def find_install(
+    session: AsyncSession, *, app_id: str, install_event_id: str
+) -> Install | None:
     return await session.scalar(
-        select(Install).where(Install.app_id == app_id, Install.install_event_id == install_event_id)
+        select(Install).where(
+            Install.app_id == app_id, Install.install_event_id == install_event_id
+        )
     )
 
 
-async def installs_waiting_for(session: AsyncSession, *, app_id: str, click_id: str) -> list[Install]:
+async def installs_waiting_for(
+    session: AsyncSession, *, app_id: str, click_id: str
+) -> list[Install]:
     """Organic installs whose referrer named ``click_id`` (the click arrived after them)."""
     rows = await session.scalars(
-        select(Install).where(Install.app_id == app_id, Install.ref_click_id == click_id,
-                              Install.method == "organic")
+        select(Install).where(
+            Install.app_id == app_id, Install.ref_click_id == click_id, Install.method == "organic"
+        )
     )
     return list(rows)
 
@@ -82,14 +89,15 @@ async def installs_waiting_for(session: AsyncSession, *, app_id: str, click_id: 
 async def save_install(session: AsyncSession, *, values: dict[str, Any]) -> None:
     """Upsert the ledger row of one install event (keyed by app and install event id)."""
     stmt = insert(Install).values(**values)
-    await session.execute(stmt.on_conflict_do_update(
-        index_elements=[Install.app_id, Install.install_event_id],
-        set_={k: stmt.excluded[k] for k in values if k not in ("app_id", "install_event_id")},
-    ))
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Install.app_id, Install.install_event_id],
+            set_={k: stmt.excluded[k] for k in values if k not in ("app_id", "install_event_id")},
+        )
+    )
 
 
 async def tracker(session: AsyncSession, *, app_id: str, token: str) -> Tracker | None:
     return await session.scalar(
         select(Tracker).where(Tracker.app_id == app_id, Tracker.token == token)
     )
-

@@ -24,7 +24,9 @@ TOPICS = ("send-jobs",)
 
 class Sender:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], producer: Producer,
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        producer: Producer,
         providers: dict[str, Provider],
     ) -> None:
         self._sessions = sessions
@@ -46,8 +48,13 @@ class Sender:
             SENDS.labels(receipt.channel, receipt.status).inc()
 
     async def _send(self, session: AsyncSession, job: SendJob) -> DeliveryReceipt | None:
-        if not await store.claim(session, app_id=job.app_id, job_id=job.job_id,
-                                 user_key=job.user_key, channel=job.channel):
+        if not await store.claim(
+            session,
+            app_id=job.app_id,
+            job_id=job.job_id,
+            user_key=job.user_key,
+            channel=job.channel,
+        ):
             return None
         provider = self._providers.get(job.channel)
         status, message_id, error = "failed", None, None
@@ -56,22 +63,39 @@ class Sender:
         elif job.content is None:
             error = f"template {job.template_id} not found"
         else:
-            context = {**job.context,
-                       "profile": await store.profile_context(
-                           session, app_id=job.app_id, user_key=job.user_key)}
+            context = {
+                **job.context,
+                "profile": await store.profile_context(
+                    session, app_id=job.app_id, user_key=job.user_key
+                ),
+            }
             try:
                 rendered = logic.render(job.content, context)
-                message_id = await provider.send(session, Outgoing(
-                    job.app_id, job.job_id, job.user_key, job.channel, rendered))
+                message_id = await provider.send(
+                    session, Outgoing(job.app_id, job.job_id, job.user_key, job.channel, rendered)
+                )
                 status = "sent"
             except (logic.RenderError, ProviderError) as exc:
                 error = str(exc)[:1024]
-        await store.finish(session, app_id=job.app_id, job_id=job.job_id, status=status,
-                           provider=provider.name if provider else None,
-                           provider_message_id=message_id, error=error)
+        await store.finish(
+            session,
+            app_id=job.app_id,
+            job_id=job.job_id,
+            status=status,
+            provider=provider.name if provider else None,
+            provider_message_id=message_id,
+            error=error,
+        )
         return DeliveryReceipt(
-            app_id=job.app_id, receipt_id=logic.receipt_id(job.job_id, status),
-            job_id=job.job_id, user_key=job.user_key, channel=job.channel, status=status,
-            provider=provider.name if provider else "none", provider_message_id=message_id,
-            error=error, ts=datetime.now(UTC), journey_id=job.journey_id,
+            app_id=job.app_id,
+            receipt_id=logic.receipt_id(job.job_id, status),
+            job_id=job.job_id,
+            user_key=job.user_key,
+            channel=job.channel,
+            status=status,
+            provider=provider.name if provider else "none",
+            provider_message_id=message_id,
+            error=error,
+            ts=datetime.now(UTC),
+            journey_id=job.journey_id,
         )

@@ -46,9 +46,15 @@ class LogProvider:
     async def send(self, session: AsyncSession, outgoing: Outgoing) -> str:
         message_id = uuid.uuid5(uuid.NAMESPACE_URL, f"log:{outgoing.job_id}").hex
         await store.record_outbox(
-            session, app_id=outgoing.app_id, job_id=outgoing.job_id,
-            user_key=outgoing.user_key, channel=outgoing.channel,
-            title=outgoing.message.title, body=outgoing.message.body,
-            url=outgoing.message.url, data=outgoing.message.data, message_id=message_id,
+            session,
+            app_id=outgoing.app_id,
+            job_id=outgoing.job_id,
+            user_key=outgoing.user_key,
+            channel=outgoing.channel,
+            title=outgoing.message.title,
+            body=outgoing.message.body,
+            url=outgoing.message.url,
+            data=outgoing.message.data,
+            message_id=message_id,
         )
         return message_id

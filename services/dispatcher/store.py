@@ -45,13 +45,22 @@ class Outbox(Base):
     created_at: Mapped[datetime]
 
 
-async def claim(session: AsyncSession, *, app_id: str, job_id: str, user_key: str, channel: str) -> bool:
+async def claim(
+    session: AsyncSession, *, app_id: str, job_id: str, user_key: str, channel: str
+) -> bool:
     """Insert the ledger row of ``job_id``; False when the job was handled before."""
     now = datetime.now(UTC)
     claimed = await session.scalar(
         insert(SendLedger)
-        .values(app_id=app_id, job_id=job_id, user_key=user_key, channel=channel,
-                status="processing", created_at=now, updated_at=now)
+        .values(
+            app_id=app_id,
+            job_id=job_id,
+            user_key=user_key,
+            channel=channel,
+            status="processing",
+            created_at=now,
+            updated_at=now,
+        )
         .on_conflict_do_nothing()
         .returning(SendLedger.job_id)
     )
@@ -59,8 +68,14 @@ async def claim(session: AsyncSession, *, app_id: str, job_id: str, user_key: st
 
 
 async def finish(
-    session: AsyncSession, *, app_id: str, job_id: str, status: str, provider: str | None,
-    provider_message_id: str | None, error: str | None,
+    session: AsyncSession,
+    *,
+    app_id: str,
+    job_id: str,
+    status: str,
+    provider: str | None,
+    provider_message_id: str | None,
+    error: str | None,
 ) -> None:
     row = await session.get(SendLedger, (app_id, job_id))
     if row is None:
@@ -73,18 +88,40 @@ async def finish(
 
 
 async def record_outbox(
-    session: AsyncSession, *, app_id: str, job_id: str, user_key: str, channel: str,
-    title: str | None, body: str, url: str | None, data: dict[str, str], message_id: str,
+    session: AsyncSession,
+    *,
+    app_id: str,
+    job_id: str,
+    user_key: str,
+    channel: str,
+    title: str | None,
+    body: str,
+    url: str | None,
+    data: dict[str, str],
+    message_id: str,
 ) -> None:
-    await session.execute(insert(Outbox).values(
-        app_id=app_id, job_id=job_id, user_key=user_key, channel=channel, title=title,
-        body=body, url=url, data=data, message_id=message_id, created_at=datetime.now(UTC),
-    ).on_conflict_do_nothing())
+    await session.execute(
+        insert(Outbox)
+        .values(
+            app_id=app_id,
+            job_id=job_id,
+            user_key=user_key,
+            channel=channel,
+            title=title,
+            body=body,
+            url=url,
+            data=data,
+            message_id=message_id,
+            created_at=datetime.now(UTC),
+        )
+        .on_conflict_do_nothing()
+    )
 
 
 async def outbox(session: AsyncSession, *, app_id: str, user_key: str) -> list[Outbox]:
     rows = await session.scalars(
-        select(Outbox).where(Outbox.app_id == app_id, Outbox.user_key == user_key)
+        select(Outbox)
+        .where(Outbox.app_id == app_id, Outbox.user_key == user_key)
         .order_by(Outbox.created_at)
     )
     return list(rows)
@@ -96,6 +133,10 @@ async def profile_context(session: AsyncSession, *, app_id: str, user_key: str) 
     if row is None:
         return {"user_key": user_key, "attributes": {}}
     return {
-        "user_key": user_key, "user_id": row.user_id, "attributes": dict(row.attributes),
-        "platform": row.platform, "locale": row.locale, "timezone": row.timezone,
+        "user_key": user_key,
+        "user_id": row.user_id,
+        "attributes": dict(row.attributes),
+        "platform": row.platform,
+        "locale": row.locale,
+        "timezone": row.timezone,
     }

@@ -42,7 +42,9 @@ async def post_events(request: Request, app_id: SdkAppDep, producer: ProducerDep
     """Accept a batch; answers after every accepted record is acknowledged by Kafka."""
     body = await _json_body(request)
     result = logic.parse_batch(
-        body, app_id=app_id, received_at=datetime.now(UTC),
+        body,
+        app_id=app_id,
+        received_at=datetime.now(UTC),
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
     )
@@ -51,7 +53,7 @@ async def post_events(request: Request, app_id: SdkAppDep, producer: ProducerDep
     EVENTS.labels("rejected").inc(len(result.rejected))
     return {
         "accepted": len(result.events),
-        "rejected": [{"index": r.index, "field": r.field, "reason": r.reason}
-                     for r in result.rejected],
+        "rejected": [
+            {"index": r.index, "field": r.field, "reason": r.reason} for r in result.rejected
+        ],
     }
-

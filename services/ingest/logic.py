@@ -12,16 +12,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
 from libs.runtime.errors import InvalidInput
-from libs.schemas import Event, InstallReported
+from libs.schemas import ContractError, Event, InstallReported, validate
 
 MAX_BATCH = 500
 MAX_EVENT_AGE = timedelta(days=7)
 MAX_FUTURE = timedelta(hours=1)
-DEVICE_FIELDS = ("device_id", "user_id", "adid", "platform", "os_version", "device_model",
-                 "app_version", "locale", "timezone", "session_id")
+DEVICE_FIELDS = (
+    "device_id",
+    "user_id",
+    "adid",
+    "platform",
+    "os_version",
+    "device_model",
+    "app_version",
+    "locale",
+    "timezone",
+    "session_id",
+)
 EVENT_FIELDS = frozenset({"event_id", "name", "ts", "props", "revenue", "currency", *DEVICE_FIELDS})
 
 
@@ -45,11 +53,15 @@ def parse_time(value: Any, field_name: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidInput("must be an ISO-8601 timestamp with a time zone",
-                           field=field_name) from None
+        raise InvalidInput(
+            "must be an ISO-8601 timestamp with a time zone", field=field_name
+        ) from None
     if parsed.tzinfo is None:
         raise InvalidInput("needs a time zone offset (e.g. Z)", field=field_name)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput("is out of the supported date range", field=field_name) from None
 
 
 def clock_skew(sent_at: datetime | None, received_at: datetime) -> timedelta:
@@ -85,8 +97,15 @@ def parse_batch(
     result = BatchResult()
     for index, raw in enumerate(events):
         try:
-            event = _event(raw, app_id=app_id, received_at=received_at, skew=skew, ip=ip,
-                           source=source, max_age=max_age)
+            event = _event(
+                raw,
+                app_id=app_id,
+                received_at=received_at,
+                skew=skew,
+                ip=ip,
+                source=source,
+                max_age=max_age,
+            )
         except InvalidInput as exc:
             result.rejected.append(Rejection(index, exc.field, exc.message))
             continue
@@ -115,23 +134,37 @@ def _event(
     unknown = sorted(set(raw) - EVENT_FIELDS)
     if unknown:
         raise InvalidInput("unknown field; custom data goes in props", field=unknown[0])
-    ts = parse_time(raw.get("ts"), "ts") + skew
+    try:
+        ts = parse_time(raw.get("ts"), "ts") + skew
+    except OverflowError:
+        raise InvalidInput("is out of the supported date range", field="ts") from None
     if ts > received_at + MAX_FUTURE:
         raise InvalidInput("is in the future even after clock-skew correction", field="ts")
     if max_age is not None and ts < received_at - max_age:
-        raise InvalidInput(f"is older than {max_age.days} days; load history through "
-                           "/v1/s2s/events", field="ts")
-    data = {k: raw[k] for k in DEVICE_FIELDS if raw.get(k) is not None}
-    try:
-        return Event(
-            app_id=app_id, event_id=raw.get("event_id"), name=raw.get("name"), ts=ts,
-            received_at=received_at, source=source, ip=ip, props=raw.get("props") or {},
-            revenue=raw.get("revenue"), currency=raw.get("currency"), **data,
+        raise InvalidInput(
+            f"is older than {max_age.days} days; load history through /v1/s2s/events", field="ts"
         )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidInput(first["msg"], field=loc) from None
+    data = {k: raw[k] for k in DEVICE_FIELDS if raw.get(k) is not None}
+    props = raw.get("props")
+    try:
+        return validate(
+            Event,
+            {
+                "app_id": app_id,
+                "event_id": raw.get("event_id"),
+                "name": raw.get("name"),
+                "ts": ts,
+                "received_at": received_at,
+                "source": source,
+                "ip": ip,
+                "props": {} if props is None else props,
+                "revenue": raw.get("revenue"),
+                "currency": raw.get("currency"),
+                **data,
+            },
+        )
+    except ContractError as exc:
+        raise InvalidInput(exc.reason, field=exc.field) from None
 
 
 def install_from(event: Event, *, user_agent: str | None) -> InstallReported:
@@ -144,10 +177,20 @@ def install_from(event: Event, *, user_agent: str | None) -> InstallReported:
     begin = event.props.get("install_begin_ts")
     begin_ts = parse_time(begin, "props.install_begin_ts") if begin is not None else None
     return InstallReported(
-        app_id=event.app_id, event_id=event.event_id, device_id=event.device_id,
-        user_id=event.user_id, adid=event.adid, ts=event.ts, received_at=event.received_at,
-        platform=event.platform, os_version=event.os_version, device_model=event.device_model,
-        app_version=event.app_version, locale=event.locale, ip=event.ip,
-        user_agent=user_agent[:2048] if user_agent else None, referrer=referrer,
+        app_id=event.app_id,
+        event_id=event.event_id,
+        device_id=event.device_id,
+        user_id=event.user_id,
+        adid=event.adid,
+        ts=event.ts,
+        received_at=event.received_at,
+        platform=event.platform,
+        os_version=event.os_version,
+        device_model=event.device_model,
+        app_version=event.app_version,
+        locale=event.locale,
+        ip=event.ip,
+        user_agent=user_agent[:2048] if user_agent else None,
+        referrer=referrer,
         install_begin_ts=begin_ts,
     )

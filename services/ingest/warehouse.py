@@ -35,14 +35,38 @@ POSITION = ("_partition", "_offset")
 
 
 def _event(e: Event) -> list[Any]:
-    return [e.app_id, e.event_id, e.name, e.user_key, e.device_id, e.user_id, e.ts,
-            e.received_at, e.source, e.platform, e.app_version, e.timezone, e.session_id,
-            orjson.dumps(e.props).decode(), e.revenue, e.currency]
+    return [
+        e.app_id,
+        e.event_id,
+        e.name,
+        e.user_key,
+        e.device_id,
+        e.user_id,
+        e.ts,
+        e.received_at,
+        e.source,
+        e.platform,
+        e.app_version,
+        e.timezone,
+        e.session_id,
+        orjson.dumps(e.props).decode(),
+        e.revenue,
+        e.currency,
+    ]
 
 
 def _click(c: ClickRecorded) -> list[Any]:
-    return [c.app_id, c.click_id, c.tracker_token, c.ts, c.ip, c.user_agent, c.adid, c.is_bot,
-            encode(c).decode()]
+    return [
+        c.app_id,
+        c.click_id,
+        c.tracker_token,
+        c.ts,
+        c.ip,
+        c.user_agent,
+        c.adid,
+        c.is_bot,
+        encode(c).decode(),
+    ]
 
 
 def _install(i: InstallReported) -> list[Any]:
@@ -54,8 +78,20 @@ def _verification(v: UserVerified) -> list[Any]:
 
 
 def _attribution(a: UserAttributed) -> list[Any]:
-    return [a.app_id, a.attribution_id, a.user_key, a.device_id, a.install_ts, a.attributed_at,
-            a.method, a.kind, a.status, a.tracker_token, a.click_id, encode(a).decode()]
+    return [
+        a.app_id,
+        a.attribution_id,
+        a.user_key,
+        a.device_id,
+        a.install_ts,
+        a.attributed_at,
+        a.method,
+        a.kind,
+        a.status,
+        a.tracker_token,
+        a.click_id,
+        encode(a).decode(),
+    ]
 
 
 def _segment_change(s: SegmentChanged) -> list[Any]:
@@ -63,13 +99,32 @@ def _segment_change(s: SegmentChanged) -> list[Any]:
 
 
 def _send_job(j: SendJob) -> list[Any]:
-    return [j.app_id, j.job_id, j.user_key, j.channel, j.transactional, j.journey_id,
-            j.created_at, encode(j).decode()]
+    return [
+        j.app_id,
+        j.job_id,
+        j.user_key,
+        j.channel,
+        j.transactional,
+        j.journey_id,
+        j.created_at,
+        encode(j).decode(),
+    ]
 
 
 def _delivery(d: DeliveryReceipt) -> list[Any]:
-    return [d.app_id, d.receipt_id, d.job_id, d.user_key, d.channel, d.status, d.provider,
-            d.provider_message_id, d.error, d.journey_id, d.ts]
+    return [
+        d.app_id,
+        d.receipt_id,
+        d.job_id,
+        d.user_key,
+        d.channel,
+        d.status,
+        d.provider,
+        d.provider_message_id,
+        d.error,
+        d.journey_id,
+        d.ts,
+    ]
 
 
 def _config_change(c: ConfigChanged) -> list[Any]:
@@ -78,28 +133,112 @@ def _config_change(c: ConfigChanged) -> list[Any]:
 
 # topic -> (table, columns, row builder)
 TABLES: dict[str, tuple[str, tuple[str, ...], Callable[[Any], list[Any]]]] = {
-    "events": ("events", ("app_id", "event_id", "name", "user_key", "device_id", "user_id",
-                          "ts", "received_at", "source", "platform", "app_version", "timezone",
-                          "session_id", "props", "revenue", "currency"), _event),
-    "clicks": ("clicks", ("app_id", "click_id", "tracker_token", "ts", "ip", "user_agent",
-                          "adid", "is_bot", "payload"), _click),
-    "installs": ("installs", ("app_id", "event_id", "device_id", "ts", "platform", "referrer",
-                              "payload"), _install),
-    "verifications": ("verifications", ("app_id", "verification_id", "user_id", "ts",
-                                        "payload"), _verification),
-    "attributions": ("attributions", ("app_id", "attribution_id", "user_key", "device_id",
-                                      "install_ts", "attributed_at", "method", "kind",
-                                      "status", "tracker_token", "click_id", "payload"),
-                     _attribution),
-    "segment-changes": ("segment_changes", ("app_id", "change_id", "user_key", "segment_id",
-                                            "change", "ts"), _segment_change),
-    "send-jobs": ("send_jobs", ("app_id", "job_id", "user_key", "channel", "transactional",
-                                "journey_id", "created_at", "payload"), _send_job),
-    "deliveries": ("deliveries", ("app_id", "receipt_id", "job_id", "user_key", "channel",
-                                  "status", "provider", "provider_message_id", "error",
-                                  "journey_id", "ts"), _delivery),
-    "config-changes": ("config_changes", ("app_id", "change_id", "entity", "entity_id",
-                                          "action", "ts"), _config_change),
+    "events": (
+        "events",
+        (
+            "app_id",
+            "event_id",
+            "name",
+            "user_key",
+            "device_id",
+            "user_id",
+            "ts",
+            "received_at",
+            "source",
+            "platform",
+            "app_version",
+            "timezone",
+            "session_id",
+            "props",
+            "revenue",
+            "currency",
+        ),
+        _event,
+    ),
+    "clicks": (
+        "clicks",
+        (
+            "app_id",
+            "click_id",
+            "tracker_token",
+            "ts",
+            "ip",
+            "user_agent",
+            "adid",
+            "is_bot",
+            "payload",
+        ),
+        _click,
+    ),
+    "installs": (
+        "installs",
+        ("app_id", "event_id", "device_id", "ts", "platform", "referrer", "payload"),
+        _install,
+    ),
+    "verifications": (
+        "verifications",
+        ("app_id", "verification_id", "user_id", "ts", "payload"),
+        _verification,
+    ),
+    "attributions": (
+        "attributions",
+        (
+            "app_id",
+            "attribution_id",
+            "user_key",
+            "device_id",
+            "install_ts",
+            "attributed_at",
+            "method",
+            "kind",
+            "status",
+            "tracker_token",
+            "click_id",
+            "payload",
+        ),
+        _attribution,
+    ),
+    "segment-changes": (
+        "segment_changes",
+        ("app_id", "change_id", "user_key", "segment_id", "change", "ts"),
+        _segment_change,
+    ),
+    "send-jobs": (
+        "send_jobs",
+        (
+            "app_id",
+            "job_id",
+            "user_key",
+            "channel",
+            "transactional",
+            "journey_id",
+            "created_at",
+            "payload",
+        ),
+        _send_job,
+    ),
+    "deliveries": (
+        "deliveries",
+        (
+            "app_id",
+            "receipt_id",
+            "job_id",
+            "user_key",
+            "channel",
+            "status",
+            "provider",
+            "provider_message_id",
+            "error",
+            "journey_id",
+            "ts",
+        ),
+        _delivery,
+    ),
+    "config-changes": (
+        "config_changes",
+        ("app_id", "change_id", "entity", "entity_id", "action", "ts"),
+        _config_change,
+    ),
 }
 
 

@@ -38,8 +38,14 @@ class TriggerHandler:
                 for journey in logic.triggered(configs[change.app_id], change):
                     run, run_jobs = logic.start(journey, change, now)
                     await store.start_run(
-                        session, app_id=change.app_id, run_id=run, journey_id=journey.id,
-                        user_key=change.user_key, change_id=change.change_id, at=now)
+                        session,
+                        app_id=change.app_id,
+                        run_id=run,
+                        journey_id=journey.id,
+                        user_key=change.user_key,
+                        change_id=change.change_id,
+                        at=now,
+                    )
                     jobs.extend(run_jobs)
                     RUNS.inc()
             await session.flush()
@@ -49,10 +55,15 @@ class TriggerHandler:
         configs = []
         for row in await store.active_journeys(session, app_id=app_id):
             try:
-                configs.append(logic.JourneyConfig(
-                    row.id, SegmentEntered.model_validate(row.trigger),
-                    JourneyDefinition.model_validate(row.definition)))
+                configs.append(
+                    logic.JourneyConfig(
+                        row.id,
+                        SegmentEntered.model_validate(row.trigger),
+                        JourneyDefinition.model_validate(row.definition),
+                    )
+                )
             except ValidationError as exc:
-                log.error("journey definition invalid", extra={"journey": row.id,
-                                                               "error": str(exc)[:500]})
+                log.error(
+                    "journey definition invalid", extra={"journey": row.id, "error": str(exc)[:500]}
+                )
         return configs

@@ -7,6 +7,7 @@ job-id ledger drops the duplicate sends.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,11 +27,11 @@ class JourneyConfig:
 
 
 def run_id(app_id: str, journey_id: str, user_key: str, change_id: str) -> str:
-    return uuid.uuid5(RUN_NS, f"{app_id}|{journey_id}|{user_key}|{change_id}").hex
+    return uuid.uuid5(RUN_NS, json.dumps([app_id, journey_id, user_key, change_id])).hex
 
 
 def job_id(run: str, step_id: str) -> str:
-    return uuid.uuid5(JOB_NS, f"{run}|{step_id}").hex
+    return uuid.uuid5(JOB_NS, json.dumps([run, step_id])).hex
 
 
 def triggered(journeys: list[JourneyConfig], change: SegmentChanged) -> list[JourneyConfig]:
@@ -39,16 +40,26 @@ def triggered(journeys: list[JourneyConfig], change: SegmentChanged) -> list[Jou
     return [j for j in journeys if j.trigger.segment_entered == change.segment_id]
 
 
-def start(journey: JourneyConfig, change: SegmentChanged, now: datetime) -> tuple[str, list[SendJob]]:
+def start(
+    journey: JourneyConfig, change: SegmentChanged, now: datetime
+) -> tuple[str, list[SendJob]]:
     """The run id and the send jobs of its steps (all immediate in this subset)."""
     run = run_id(change.app_id, journey.id, change.user_key, change.change_id)
     jobs = [
         SendJob(
-            app_id=change.app_id, job_id=job_id(run, step.id), user_key=change.user_key,
-            channel=step.send.channel, content=step.send.content,
-            template_id=step.send.template_id, context={"segment_id": change.segment_id},
-            transactional=False, journey_id=journey.id, run_id=run, step_id=step.id,
-            created_at=now, fallback_channels=list(step.send.fallback_channels),
+            app_id=change.app_id,
+            job_id=job_id(run, step.id),
+            user_key=change.user_key,
+            channel=step.send.channel,
+            content=step.send.content,
+            template_id=step.send.template_id,
+            context={"segment_id": change.segment_id},
+            transactional=False,
+            journey_id=journey.id,
+            run_id=run,
+            step_id=step.id,
+            created_at=now,
+            fallback_channels=list(step.send.fallback_channels),
         )
         for step in journey.definition.steps
     ]

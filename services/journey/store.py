@@ -34,11 +34,26 @@ async def active_journeys(session: AsyncSession, *, app_id: str) -> list[Journey
 
 
 async def start_run(
-    session: AsyncSession, *, app_id: str, run_id: str, journey_id: str, user_key: str,
-    change_id: str, at: datetime,
+    session: AsyncSession,
+    *,
+    app_id: str,
+    run_id: str,
+    journey_id: str,
+    user_key: str,
+    change_id: str,
+    at: datetime,
 ) -> None:
     """Insert the run; a replay of the same trigger leaves the existing row alone."""
-    await session.execute(insert(JourneyRun).values(
-        app_id=app_id, run_id=run_id, journey_id=journey_id, user_key=user_key,
-        trigger_change_id=change_id, status="completed", started_at=at,
-    ).on_conflict_do_nothing())
+    await session.execute(
+        insert(JourneyRun)
+        .values(
+            app_id=app_id,
+            run_id=run_id,
+            journey_id=journey_id,
+            user_key=user_key,
+            trigger_change_id=change_id,
+            status="completed",
+            started_at=at,
+        )
+        .on_conflict_do_nothing()
+    )

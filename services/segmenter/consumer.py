@@ -46,11 +46,14 @@ class ProfileUpdater:
         now = datetime.now(UTC)
         async with self._sessions() as session, session.begin():
             rules: dict[str, dict[str, Node]] = {}
-            for (app_id, user_key) in sorted(by_user):
+            for app_id, user_key in sorted(by_user):
                 if app_id not in rules:
                     rules[app_id] = await self._rules(session, app_id)
-                out.extend(await self._update_user(
-                    session, app_id, user_key, by_user[(app_id, user_key)], rules[app_id], now))
+                out.extend(
+                    await self._update_user(
+                        session, app_id, user_key, by_user[(app_id, user_key)], rules[app_id], now
+                    )
+                )
             await session.flush()
             await self._producer.publish_all(out)
         for change in out:
@@ -67,12 +70,18 @@ class ProfileUpdater:
         return parsed
 
     async def _update_user(
-        self, session: AsyncSession, app_id: str, user_key: str, records: list[Record],
-        segments: dict[str, Node], now: datetime,
+        self,
+        session: AsyncSession,
+        app_id: str,
+        user_key: str,
+        records: list[Record],
+        segments: dict[str, Node],
+        now: datetime,
     ) -> list[SegmentChanged]:
         events = [r.value for r in records if isinstance(r.value, Event)]
         fresh = await store.first_sightings(
-            session, app_id=app_id, event_ids=[e.event_id for e in events])
+            session, app_id=app_id, event_ids=[e.event_id for e in events]
+        )
         before = await store.load_profile(session, app_id=app_id, user_key=user_key)
         state = before or logic.ProfileState()
         cause = None
@@ -90,18 +99,33 @@ class ProfileUpdater:
         await store.save_profile(session, app_id=app_id, user_key=user_key, state=state)
         current = await store.memberships(session, app_id=app_id, user_key=user_key)
         changes = logic.membership_changes(
-            app_id=app_id, user_key=user_key, segments=segments, current=current,
-            state=state, now=now, cause=cause)
+            app_id=app_id,
+            user_key=user_key,
+            segments=segments,
+            current=current,
+            state=state,
+            now=now,
+            cause=cause,
+        )
         out = []
         for change in changes:
             if change.change == "entered":
-                await store.enter(session, app_id=app_id, segment_id=change.segment_id,
-                                  user_key=user_key, at=now)
+                await store.enter(
+                    session, app_id=app_id, segment_id=change.segment_id, user_key=user_key, at=now
+                )
             else:
-                await store.leave(session, app_id=app_id, segment_id=change.segment_id,
-                                  user_key=user_key)
-            out.append(SegmentChanged(
-                app_id=app_id, change_id=change.change_id, user_key=user_key,
-                segment_id=change.segment_id, change=change.change, ts=now, cause_event_id=cause,
-            ))
+                await store.leave(
+                    session, app_id=app_id, segment_id=change.segment_id, user_key=user_key
+                )
+            out.append(
+                SegmentChanged(
+                    app_id=app_id,
+                    change_id=change.change_id,
+                    user_key=user_key,
+                    segment_id=change.segment_id,
+                    change=change.change,
+                    ts=now,
+                    cause_event_id=cause,
+                )
+            )
         return out

@@ -8,6 +8,7 @@ compiler that must agree with ``evaluate``).
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -50,8 +51,7 @@ def apply_event(state: ProfileState, event: Event) -> ProfileState:
         "user_id": state.user_id or event.user_id,
     }
     if newer:
-        for name in ("platform", "app_version", "os_version", "device_model", "locale",
-                     "timezone"):
+        for name in ("platform", "app_version", "os_version", "device_model", "locale", "timezone"):
             value = getattr(event, name)
             if value is not None:
                 changes[name] = value
@@ -68,19 +68,37 @@ def apply_event(state: ProfileState, event: Event) -> ProfileState:
 def apply_attributes(current: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
     """``$attributes`` props: ``set``, ``set_once``, ``increment`` (numbers), ``unset`` (names)."""
     attrs = dict(current)
-    for name, value in (props.get("set") or {}).items():
+    for name, value in _mapping(props.get("set")).items():
         attrs[name] = value
-    for name, value in (props.get("set_once") or {}).items():
+    for name, value in _mapping(props.get("set_once")).items():
         attrs.setdefault(name, value)
-    for name, value in (props.get("increment") or {}).items():
-        if isinstance(value, int | float) and not isinstance(value, bool):
+    for name, value in _mapping(props.get("increment")).items():
+        if _is_number(value):
             base = attrs.get(name, 0)
-            attrs[name] = (base if isinstance(base, int | float) else 0) + value
-    for name in props.get("unset") or []:
-        attrs.pop(name, None)
+            attrs[name] = (base if _is_number(base) else 0) + value
+    unset = props.get("unset")
+    for name in unset if isinstance(unset, list) else []:
+        if isinstance(name, str):
+            attrs.pop(name, None)
     if len(attrs) > MAX_ATTRIBUTES:
         attrs = dict(list(attrs.items())[:MAX_ATTRIBUTES])
     return attrs
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    # Malformed parts of $attributes (a list where an object belongs) are ignored.
+    return value if isinstance(value, dict) else {}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _same(left: Any, right: Any) -> bool:
+    """JSON equality: ``true`` is not ``1`` (Python says it is)."""
+    if isinstance(left, bool) != isinstance(right, bool):
+        return False
+    return bool(left == right)
 
 
 def apply_attribution(state: ProfileState, attributed: UserAttributed) -> ProfileState:
@@ -89,22 +107,29 @@ def apply_attribution(state: ProfileState, attributed: UserAttributed) -> Profil
     current = state.attribution
     if current is not None and current.get("install_event_id") != attributed.install_event_id:
         return state
-    if current is not None and current.get("method") != "organic" and attributed.method == "organic":
+    if (
+        current is not None
+        and current.get("method") != "organic"
+        and attributed.method == "organic"
+    ):
         return state
-    return replace(state, attribution={
-        "attribution_id": attributed.attribution_id,
-        "install_event_id": attributed.install_event_id,
-        "tracker_token": attributed.tracker_token,
-        "method": attributed.method,
-        "kind": attributed.kind,
-        "status": attributed.status,
-        "click_id": attributed.click_id,
-        "network": attributed.network,
-        "campaign": attributed.campaign,
-        "channel": attributed.channel,
-        "install_ts": attributed.install_ts.isoformat(),
-        "fraud_reasons": list(attributed.fraud_reasons),
-    })
+    return replace(
+        state,
+        attribution={
+            "attribution_id": attributed.attribution_id,
+            "install_event_id": attributed.install_event_id,
+            "tracker_token": attributed.tracker_token,
+            "method": attributed.method,
+            "kind": attributed.kind,
+            "status": attributed.status,
+            "click_id": attributed.click_id,
+            "network": attributed.network,
+            "campaign": attributed.campaign,
+            "channel": attributed.channel,
+            "install_ts": attributed.install_ts.isoformat(),
+            "fraud_reasons": list(attributed.fraud_reasons),
+        },
+    )
 
 
 def evaluate(node: Node, state: ProfileState, now: datetime) -> bool:
@@ -118,7 +143,10 @@ def evaluate(node: Node, state: ProfileState, now: datetime) -> bool:
         seen = state.first_seen if node.which == "first_seen" else state.last_seen
         if seen is None:
             return False
-        threshold = now - node.ago
+        try:
+            threshold = now - node.ago
+        except OverflowError:  # further back than datetime reaches: nobody is before it
+            return node.op == "after"
         return seen < threshold if node.op == "before" else seen >= threshold
     if isinstance(node, InstallCond):
         attribution = state.attribution or {}
@@ -139,13 +167,13 @@ def _attribute(cond: AttributeCond, attributes: dict[str, Any]) -> bool:
     expected = cond.value
     match cond.op:
         case "eq":
-            return bool(actual == expected)
+            return _same(actual, expected)
         case "ne":
-            return bool(actual != expected)
+            return not _same(actual, expected)
         case "in":
-            return actual in expected
+            return any(_same(actual, v) for v in expected)
         case "not_in":
-            return actual not in expected
+            return not any(_same(actual, v) for v in expected)
         case "contains":
             return isinstance(actual, str) and expected in actual
         case "starts_with":
@@ -210,6 +238,8 @@ def membership_changes(
         was = segment_id in current
         if inside != was:
             kind = "entered" if inside else "exited"
-            change_id = uuid.uuid5(CHANGE_NS, f"{app_id}|{user_key}|{segment_id}|{kind}|{cause}")
+            change_id = uuid.uuid5(
+                CHANGE_NS, json.dumps([app_id, user_key, segment_id, kind, cause])
+            )
             changes.append(Change(segment_id, kind, change_id.hex))
     return changes

@@ -53,28 +53,43 @@ async def first_sightings(session: AsyncSession, *, app_id: str, event_ids: list
 async def load_profile(session: AsyncSession, *, app_id: str, user_key: str) -> ProfileState | None:
     """The profile, locked for this transaction (one writer per user at a time)."""
     row = await session.scalar(
-        select(Profile).where(Profile.app_id == app_id, Profile.user_key == user_key)
+        select(Profile)
+        .where(Profile.app_id == app_id, Profile.user_key == user_key)
         .with_for_update()
     )
     if row is None:
         return None
     return ProfileState(
-        user_id=row.user_id, attributes=dict(row.attributes), first_seen=row.first_seen,
-        last_seen=row.last_seen, platform=row.platform, app_version=row.app_version,
-        os_version=row.os_version, device_model=row.device_model, locale=row.locale,
-        timezone=row.timezone, attribution=row.attribution, sessions=row.sessions,
-        purchases=row.purchases, revenue=row.revenue, events=row.events,
+        user_id=row.user_id,
+        attributes=dict(row.attributes),
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        platform=row.platform,
+        app_version=row.app_version,
+        os_version=row.os_version,
+        device_model=row.device_model,
+        locale=row.locale,
+        timezone=row.timezone,
+        attribution=row.attribution,
+        sessions=row.sessions,
+        purchases=row.purchases,
+        revenue=row.revenue,
+        events=row.events,
     )
 
 
-async def save_profile(session: AsyncSession, *, app_id: str, user_key: str, state: ProfileState) -> None:
+async def save_profile(
+    session: AsyncSession, *, app_id: str, user_key: str, state: ProfileState
+) -> None:
     values: dict[str, Any] = asdict(state)
     values.update(app_id=app_id, user_key=user_key, updated_at=datetime.now(UTC))
     stmt = insert(Profile).values(**values)
-    await session.execute(stmt.on_conflict_do_update(
-        index_elements=[Profile.app_id, Profile.user_key],
-        set_={k: stmt.excluded[k] for k in values if k not in ("app_id", "user_key")},
-    ))
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Profile.app_id, Profile.user_key],
+            set_={k: stmt.excluded[k] for k in values if k not in ("app_id", "user_key")},
+        )
+    )
 
 
 async def active_segments(session: AsyncSession, *, app_id: str) -> list[Segment]:
@@ -86,13 +101,16 @@ async def active_segments(session: AsyncSession, *, app_id: str) -> list[Segment
 
 async def memberships(session: AsyncSession, *, app_id: str, user_key: str) -> set[str]:
     rows = await session.scalars(
-        select(Membership.segment_id).where(Membership.app_id == app_id,
-                                            Membership.user_key == user_key)
+        select(Membership.segment_id).where(
+            Membership.app_id == app_id, Membership.user_key == user_key
+        )
     )
     return set(rows)
 
 
-async def enter(session: AsyncSession, *, app_id: str, segment_id: str, user_key: str, at: datetime) -> None:
+async def enter(
+    session: AsyncSession, *, app_id: str, segment_id: str, user_key: str, at: datetime
+) -> None:
     await session.execute(
         insert(Membership)
         .values(app_id=app_id, segment_id=segment_id, user_key=user_key, entered_at=at)
@@ -101,7 +119,10 @@ async def enter(session: AsyncSession, *, app_id: str, segment_id: str, user_key
 
 
 async def leave(session: AsyncSession, *, app_id: str, segment_id: str, user_key: str) -> None:
-    await session.execute(delete(Membership).where(
-        Membership.app_id == app_id, Membership.segment_id == segment_id,
-        Membership.user_key == user_key,
-    ))
+    await session.execute(
+        delete(Membership).where(
+            Membership.app_id == app_id,
+            Membership.segment_id == segment_id,
+            Membership.user_key == user_key,
+        )
+    )

@@ -30,8 +30,9 @@ def _cache(request: Request) -> TrackerCache:
     return cache
 
 
-@router.get("/c/{token}", operation_id="track_click", response_class=RedirectResponse,
-            status_code=302)
+@router.get(
+    "/c/{token}", operation_id="track_click", response_class=RedirectResponse, status_code=302
+)
 async def track_click(token: str, request: Request, producer: ProducerDep) -> Response:
     if len(token) > 32:
         return HTMLResponse(NOT_FOUND_PAGE, status_code=404)
@@ -46,8 +47,9 @@ async def track_click(token: str, request: Request, producer: ProducerDep) -> Re
         click_id=uuid.uuid4().hex,
         tracker_token=tracker.token,
         ts=datetime.now(UTC),
-        ip=logic.client_ip(headers.get("x-forwarded-for"),
-                           request.client.host if request.client else None),
+        ip=logic.client_ip(
+            headers.get("x-forwarded-for"), request.client.host if request.client else None
+        ),
         user_agent=user_agent[: logic.MAX_USER_AGENT] if user_agent else None,
         accept_language=(headers.get("accept-language") or "")[:256] or None,
         referer=(headers.get("referer") or "")[:4096] or None,

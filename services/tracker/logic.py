@@ -6,9 +6,12 @@ import re
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 MAX_USER_AGENT = 2048
+# Crawlers name themselves "<name>bot/<version>", "<name>bot-<suffix>" or carry an info
+# URL; a bare "bot" inside a word is not enough (CUBOT makes phones).
 BOT_PATTERN = re.compile(
-    r"bot|crawler|spider|slurp|facebookexternalhit|preview|curl/|wget/|python-requests|"
-    r"httpclient|headless|telegrambot|whatsapp",
+    r"[a-z]bot(?:[/\-;]|$)|\bbot\b|bot\.html|\+https?://|crawler|spider|slurp|"
+    r"facebookexternalhit|telegrambot|twitterbot|whatsapp|preview|headless|"
+    r"curl/|wget/|python-requests|python-httpx|go-http-client|httpclient|okhttp/\d+\.\d+$",
     re.IGNORECASE,
 )
 

@@ -23,30 +23,55 @@ def admin(keys: dict[str, str]) -> dict[str, str]:
 
 
 async def create_welcome_journey(http: httpx.AsyncClient, keys: dict[str, str]) -> tuple[str, str]:
-    segment = await http.post("/admin/v1/segments", headers=admin(keys), json={
-        "name": "Installed in the last 24 hours",
-        "rule": {"first_seen": {"op": "after", "ago": {"hours": 24}}},
-    })
+    segment = await http.post(
+        "/admin/v1/segments",
+        headers=admin(keys),
+        json={
+            "name": "Installed in the last 24 hours",
+            "rule": {"first_seen": {"op": "after", "ago": {"hours": 24}}},
+        },
+    )
     assert segment.status_code == 201, segment.text
-    journey = await http.post("/admin/v1/journeys", headers=admin(keys), json={
-        "name": "Welcome",
-        "trigger": {"segment_entered": segment.json()["id"]},
-        "definition": {"steps": [{"id": "welcome", "send": {"channel": "push", "content": {
-            "title": "خوش آمدید",
-            "body": "Welcome {{ profile.attributes.name | default('friend') }}!",
-        }}}]},
-    })
+    journey = await http.post(
+        "/admin/v1/journeys",
+        headers=admin(keys),
+        json={
+            "name": "Welcome",
+            "trigger": {"segment_entered": segment.json()["id"]},
+            "definition": {
+                "steps": [
+                    {
+                        "id": "welcome",
+                        "send": {
+                            "channel": "push",
+                            "content": {
+                                "title": "خوش آمدید",
+                                "body": "Welcome "
+                                "{{ profile.attributes.name | default('friend') }}!",
+                            },
+                        },
+                    }
+                ]
+            },
+        },
+    )
     assert journey.status_code == 201, journey.text
     return segment.json()["id"], journey.json()["id"]
 
 
-async def test_click_to_delivery(http: httpx.AsyncClient, app_keys: dict[str, str],
-                                 platform: Platform) -> None:
+async def test_click_to_delivery(
+    http: httpx.AsyncClient, app_keys: dict[str, str], platform: Platform
+) -> None:
     segment_id, journey_id = await create_welcome_journey(http, app_keys)
-    created = await http.post("/admin/v1/trackers", headers=admin(app_keys), json={
-        "name": "Autumn influencer", "channel": "google_play",
-        "store_url": "https://play.google.com/store/apps/details?id=com.example",
-    })
+    created = await http.post(
+        "/admin/v1/trackers",
+        headers=admin(app_keys),
+        json={
+            "name": "Autumn influencer",
+            "channel": "google_play",
+            "store_url": "https://play.google.com/store/apps/details?id=com.example",
+        },
+    )
     assert created.status_code == 201, created.text
     token = created.json()["token"]
     assert created.json()["click_url"].endswith(f"/c/{token}")
@@ -62,11 +87,23 @@ async def test_click_to_delivery(http: httpx.AsyncClient, app_keys: dict[str, st
 
     device = f"dev-{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC).isoformat()
-    posted = await http.post("/v1/events", headers={"X-Hodhod-Key": app_keys["sdk_key"]}, json={
-        "sent_at": now,
-        "events": [{"event_id": str(uuid.uuid4()), "name": "$install", "device_id": device,
-                    "ts": now, "platform": "android", "props": {"referrer": referrer}}],
-    })
+    posted = await http.post(
+        "/v1/events",
+        headers={"X-Hodhod-Key": app_keys["sdk_key"]},
+        json={
+            "sent_at": now,
+            "events": [
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "name": "$install",
+                    "device_id": device,
+                    "ts": now,
+                    "platform": "android",
+                    "props": {"referrer": referrer},
+                }
+            ],
+        },
+    )
     assert posted.status_code == 200, posted.text
     assert posted.json() == {"accepted": 1, "rejected": []}
 
@@ -86,8 +123,9 @@ async def test_click_to_delivery(http: httpx.AsyncClient, app_keys: dict[str, st
     assert profile["platform"] == "android"
 
     async def delivered() -> list | None:
-        response = await http.get("/admin/v1/deliveries", params={"user_key": user_key},
-                                  headers=admin(app_keys))
+        response = await http.get(
+            "/admin/v1/deliveries", params={"user_key": user_key}, headers=admin(app_keys)
+        )
         assert response.status_code == 200, response.text
         return [i for i in response.json()["items"] if i["status"] == "sent"] or None
 
@@ -103,18 +141,28 @@ async def test_click_to_delivery(http: httpx.AsyncClient, app_keys: dict[str, st
     engine = postgres.create_engine(platform.settings.database_url, pool_size=1)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(text(
-                "SELECT title, body FROM dispatcher_outbox WHERE app_id = :a AND user_key = :u"),
-                {"a": app_keys["app_id"], "u": user_key})).all()
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT title, body FROM dispatcher_outbox "
+                        "WHERE app_id = :a AND user_key = :u"
+                    ),
+                    {"a": app_keys["app_id"], "u": user_key},
+                )
+            ).all()
     finally:
         await engine.dispose()
     assert [(r.title, r.body) for r in rows] == [("خوش آمدید", "Welcome friend!")]
 
 
-async def test_other_apps_data_answers_404(http: httpx.AsyncClient, app_keys: dict[str, str],
-                                           settings) -> None:
-    created = await http.post("/admin/v1/trackers", headers=admin(app_keys), json={
-        "name": "t", "channel": "landing_page", "store_url": "https://example.com/app"})
+async def test_other_apps_data_answers_404(
+    http: httpx.AsyncClient, app_keys: dict[str, str], settings
+) -> None:
+    created = await http.post(
+        "/admin/v1/trackers",
+        headers=admin(app_keys),
+        json={"name": "t", "channel": "landing_page", "store_url": "https://example.com/app"},
+    )
     token = created.json()["token"]
     other = await _another_app(settings)
     response = await http.get(f"/admin/v1/trackers/{token}", headers=admin(other))

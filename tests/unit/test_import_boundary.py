@@ -1,0 +1,58 @@
+"""PostHog's import-boundary test: pure modules never pull in I/O frameworks.
+
+Each module is imported in a fresh interpreter so nothing another test imported can
+mask (or cause) a violation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN = (
+    "fastapi",
+    "sqlalchemy",
+    "aiokafka",
+    "clickhouse_connect",
+    "prometheus_client",
+    "asyncpg",
+    "httpx",
+)
+SERVICE_LOGIC = sorted(
+    ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for path in ROOT.glob("services/*/logic.py")
+)
+PURE_MODULES = [*SERVICE_LOGIC, "libs.schemas", "libs.schemas.rules", "libs.schemas.journeys"]
+
+PROBE = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+forbidden = json.loads(sys.argv[2])
+print(json.dumps(sorted(
+    name for name in sys.modules if name.split(".")[0] in forbidden)))
+"""
+
+
+def test_every_service_logic_module_is_covered() -> None:
+    services = {p.parent.name for p in ROOT.glob("services/*/logic.py")}
+    assert {"tracker", "ingest", "attribution", "segmenter", "journey", "dispatcher"} <= services
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_module_imports_no_io_framework(module: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, module, json.dumps(FORBIDDEN)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    leaked = json.loads(done.stdout.strip().splitlines()[-1])
+    assert leaked == [], f"{module} imports {leaked}"

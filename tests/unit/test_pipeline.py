@@ -1,0 +1,240 @@
+"""The consumer runner's contract, step by step, with an in-memory stand-in for the
+aiokafka consumer (the integration tests run it against the real broker)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+
+from libs.runtime.pipeline import (
+    Batch,
+    ConsumerRunner,
+    DlqLimitExceeded,
+    TransientError,
+    is_transient,
+)
+from libs.runtime.settings import KafkaSettings
+from libs.schemas import Event, decode, encode
+from libs.schemas.dlq import DlqRecord
+
+TP = TopicPartition("events", 0)
+
+
+def good(i: int) -> bytes:
+    return encode(
+        Event(
+            app_id="app",
+            event_id=f"e{i}",
+            name="$open",
+            device_id="d",
+            ts=datetime(2026, 1, 1, tzinfo=UTC),
+            received_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+    )
+
+
+def record(offset: int, value: bytes) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        topic=TP.topic,
+        partition=TP.partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"app:d",
+        value=value,
+        checksum=None,
+        serialized_key_size=5,
+        serialized_value_size=len(value),
+        headers=(),
+    )
+
+
+class Journal:
+    """Shared log of effects, in order, across the fakes."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, Any]] = []
+
+
+class FakeConsumer:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.journal.entries.append(("commit", dict(offsets)))
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None
+
+
+class FakeDlq:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self.journal.entries.append(("dlq", (topic, decode(DlqRecord, value))))
+
+
+def runner(journal: Journal, handler: Any, **settings: Any) -> ConsumerRunner:
+    return ConsumerRunner(
+        group="test.group",
+        topics=["events"],
+        handler=handler,
+        settings=KafkaSettings(**{"kafka_retry_budget_s": 5, **settings}),
+        dlq_producer=FakeDlq(journal),
+    )  # type: ignore[arg-type]
+
+
+async def test_commit_happens_after_the_handlers_write() -> None:
+    journal = Journal()
+
+    async def handler(batch: Batch) -> None:
+        await asyncio.sleep(0)
+        journal.entries.append(("write", [r.offset for r in batch.records]))
+
+    r = runner(journal, handler)
+    await r._handle(FakeConsumer(journal), {TP: [record(5, good(1)), record(6, good(2))]})  # type: ignore[arg-type]
+    assert journal.entries == [("write", [5, 6]), ("commit", {TP: 7})]
+
+
+async def test_transient_failure_retries_the_batch_without_committing() -> None:
+    journal = Journal()
+    failures = [TransientError("db down"), ConnectionRefusedError("refused")]
+
+    async def handler(batch: Batch) -> None:
+        if failures:
+            journal.entries.append(("failed", None))
+            raise failures.pop(0)
+        journal.entries.append(("write", len(batch.records)))
+
+    r = runner(journal, handler)
+    await r._handle(FakeConsumer(journal), {TP: [record(0, good(1))]})  # type: ignore[arg-type]
+    assert journal.entries == [
+        ("failed", None),
+        ("failed", None),
+        ("write", 1),
+        ("commit", {TP: 1}),
+    ]
+
+
+async def test_exhausted_retry_budget_raises_and_commits_nothing() -> None:
+    journal = Journal()
+
+    async def handler(batch: Batch) -> None:
+        raise TransientError("still down")
+
+    r = runner(journal, handler, kafka_retry_budget_s=0.3)
+    with pytest.raises(TransientError):
+        await r._handle(FakeConsumer(journal), {TP: [record(0, good(1))]})  # type: ignore[arg-type]
+    assert not [e for e in journal.entries if e[0] == "commit"]
+
+
+async def test_a_bug_in_the_handler_crashes_without_commit() -> None:
+    journal = Journal()
+
+    async def handler(batch: Batch) -> None:
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        await runner(journal, handler)._handle(FakeConsumer(journal), {TP: [record(0, good(1))]})  # type: ignore[arg-type]
+    assert journal.entries == []
+
+
+async def test_poison_records_go_to_dlq_before_the_commit_and_advance_the_offset() -> None:
+    journal = Journal()
+
+    async def handler(batch: Batch) -> None:
+        journal.entries.append(("write", [r.offset for r in batch.records]))
+        batch.reject(batch.records[-1], "semantically invalid")
+
+    r = runner(journal, handler)
+    await r._handle(
+        FakeConsumer(journal),
+        {
+            TP: [  # type: ignore[arg-type]
+                record(0, good(1)),
+                record(1, b"\xff\x00garbage"),
+                record(2, good(3)),
+            ]
+        },
+    )
+    kinds = [e[0] for e in journal.entries]
+    assert kinds == ["write", "dlq", "dlq", "commit"]
+    assert journal.entries[0] == ("write", [0, 2])
+    dead = [e[1] for e in journal.entries if e[0] == "dlq"]
+    assert {topic for topic, _ in dead} == {"events.dlq"}
+    by_offset = {d.offset: d for _, d in dead}
+    assert by_offset[1].value_bytes() == b"\xff\x00garbage"
+    assert "invalid JSON" in by_offset[1].error
+    assert by_offset[2].error == "semantically invalid"
+    assert by_offset[2].value_bytes() == good(3)
+    assert journal.entries[-1] == ("commit", {TP: 3})
+
+
+async def test_only_garbage_still_commits_past_it() -> None:
+    journal = Journal()
+
+    async def handler(batch: Batch) -> None:
+        raise AssertionError("never called for an empty batch")
+
+    await runner(journal, handler)._handle(FakeConsumer(journal), {TP: [record(9, b"{}")]})  # type: ignore[arg-type]
+    assert [e[0] for e in journal.entries] == ["dlq", "commit"]
+    assert journal.entries[-1] == ("commit", {TP: 10})
+
+
+async def test_dlq_limit_stops_the_consumer() -> None:
+    journal = Journal()
+
+    async def handler(batch: Batch) -> None:
+        return None
+
+    r = runner(journal, handler, kafka_dlq_max_consecutive=3)
+    await r._handle(FakeConsumer(journal), {TP: [record(i, b"x") for i in range(3)]})  # type: ignore[arg-type]
+    with pytest.raises(DlqLimitExceeded):
+        await r._handle(FakeConsumer(journal), {TP: [record(3, b"x")]})  # type: ignore[arg-type]
+    assert not [
+        e for e in journal.entries[-2:] if e[0] == "commit" and TP in e[1] and e[1][TP] == 4
+    ]
+
+
+async def test_a_good_record_resets_the_dlq_count() -> None:
+    async def handler(batch: Batch) -> None:
+        return None
+
+    journal = Journal()
+    r = runner(journal, handler, kafka_dlq_max_consecutive=3)
+    await r._handle(
+        FakeConsumer(journal),
+        {
+            TP: [  # type: ignore[arg-type]
+                record(0, b"x"),
+                record(1, b"x"),
+                record(2, good(1)),
+                record(3, b"x"),
+                record(4, b"x"),
+            ]
+        },
+    )
+    await r._handle(FakeConsumer(journal), {TP: [record(5, b"x")]})  # type: ignore[arg-type]
+    assert journal.entries[-1] == ("commit", {TP: 6})
+
+
+def test_error_classification() -> None:
+    import asyncpg
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    assert is_transient(TransientError())
+    assert is_transient(ConnectionRefusedError())
+    assert is_transient(TimeoutError())
+    assert is_transient(OperationalError("select 1", {}, Exception("server closed")))
+    assert is_transient(asyncpg.exceptions.CannotConnectNowError())
+    assert not is_transient(IntegrityError("insert", {}, Exception("duplicate key")))
+    assert not is_transient(KeyError("bug"))
+    assert not is_transient(ValueError("bug"))
+    wrapped = RuntimeError("wrapper")
+    wrapped.__cause__ = ConnectionResetError()
+    assert is_transient(wrapped)
