@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from libs.runtime.kafka import ensure_topics, platform_topics
 from libs.runtime.logging import configure_logging
 from libs.runtime.service import ServiceSpec, compose
 from libs.runtime.settings import PlatformSettings
+from libs.runtime.tenancy import provision_app
 
 log = logging.getLogger("hodhod")
 
@@ -82,37 +84,23 @@ def cli_settings(var: VarDir | None = None) -> tuple[PlatformSettings, Any]:
 VarDir = localinfra.VarDir
 
 
-async def _create_app(
-    name: str, account: str, timezone: str, settings: PlatformSettings
-) -> dict[str, str]:
-    from libs.runtime.tenancy import create_app_with_keys
-
-    engine = postgres.create_engine(settings.database_url, pool_size=1)
-    try:
-        async with postgres.session_factory(engine)() as session, session.begin():
-            keys = await create_app_with_keys(
-                session, name=name, account_name=account, timezone=timezone
-            )
-    finally:
-        await engine.dispose()
-    return {
-        "app_id": keys.app_id,
-        "sdk_key": keys.sdk_key,
-        "server_key": keys.server_key,
-        "admin_token": keys.admin_token,
-    }
-
-
 def cmd_app_create(args: argparse.Namespace) -> int:
     settings, embedded = cli_settings()
     try:
         asyncio.run(postgres.ensure_database(settings.database_url))
         postgres.migrate(settings.database_url)
-        keys = asyncio.run(_create_app(args.name, args.account, args.timezone, settings))
+        keys = asyncio.run(
+            provision_app(
+                settings.database_url,
+                name=args.name,
+                account_name=args.account,
+                timezone=args.timezone,
+            )
+        )
     finally:
         if embedded is not None:
             embedded.stop()
-    print(json.dumps(keys))
+    print(json.dumps(asdict(keys)))
     return 0
 
 

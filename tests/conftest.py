@@ -14,7 +14,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pytest_asyncio
 from libs.runtime import clickhouse, localinfra, postgres
 from libs.runtime.kafka import ensure_topics, platform_topics
 from libs.runtime.settings import PlatformSettings
+from libs.runtime.tenancy import provision_app
 
 DEFAULT_TEST_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -146,20 +147,8 @@ async def http(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def app_keys(settings: PlatformSettings) -> dict[str, str]:
     """A new app with one key of each kind: the unit of test isolation."""
-    from libs.runtime.tenancy import create_app_with_keys
-
-    engine = postgres.create_engine(settings.database_url, pool_size=1)
-    try:
-        async with postgres.session_factory(engine)() as session, session.begin():
-            keys = await create_app_with_keys(session, name=f"test-{secrets.token_hex(3)}")
-    finally:
-        await engine.dispose()
-    return {
-        "app_id": keys.app_id,
-        "sdk_key": keys.sdk_key,
-        "server_key": keys.server_key,
-        "admin_token": keys.admin_token,
-    }
+    keys = await provision_app(settings.database_url, name=f"test-{secrets.token_hex(3)}")
+    return asdict(keys)
 
 
 async def eventually(probe: Any, *, within: float = 30.0, interval: float = 0.1) -> Any:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError
@@ -41,8 +41,7 @@ class DlqLimitExceeded(RuntimeError):
     """Too many consecutive records were dead-lettered: something upstream is broken."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """A decoded record with its position; the offset travels with the data."""
 
     topic: str
@@ -51,6 +50,12 @@ class Record:
     key: bytes | None
     value: Contract
     timestamp_ms: int
+
+    @property
+    def time(self) -> datetime:
+        """The record's Kafka timestamp: the same on every redelivery, so effects stamped
+        with it (rather than with the clock) are identical when a batch is replayed."""
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
 
 
 @dataclass(slots=True)
@@ -174,25 +179,25 @@ class ConsumerRunner:
         batch = Batch(records=[])
         failed: list[tuple[ConsumerRecord[Any, Any], str]] = []
         offsets: dict[TopicPartition, int] = {}
-        originals: dict[tuple[str, int, int], ConsumerRecord[Any, Any]] = {}
+        append = batch.records.append
         for tp, records in raw.items():
+            if not records:
+                continue
             metrics.CONSUMER_RECORDS.labels(self.group, tp.topic).inc(len(records))
+            offsets[tp] = records[-1].offset + 1
             model = contract_for(tp.topic).model
+            topic, partition = tp.topic, tp.partition
             for rec in records:
-                offsets[tp] = rec.offset + 1
-                originals[(tp.topic, tp.partition, rec.offset)] = rec
                 try:
                     value = decode(model, rec.value if rec.value is not None else b"")
                 except ContractError as exc:
                     failed.append((rec, str(exc)))
                     continue
-                batch.records.append(
-                    Record(tp.topic, tp.partition, rec.offset, rec.key, value, rec.timestamp)
-                )
+                append(Record(topic, partition, rec.offset, rec.key, value, rec.timestamp))
         if batch.records:
             await self._call_handler(batch)
         for record, reason in batch.rejected:
-            failed.append((originals[(record.topic, record.partition, record.offset)], reason))
+            failed.append((_original(raw, record), reason))
         if failed:
             self._count_consecutive_dlq(raw, {(r.topic, r.partition, r.offset) for r, _ in failed})
             await self._dead_letter(failed)
@@ -279,3 +284,13 @@ class ConsumerRunner:
                     "reason": reason[:500],
                 },
             )
+
+
+def _original(
+    raw: dict[TopicPartition, list[ConsumerRecord[Any, Any]]], record: Record
+) -> ConsumerRecord[Any, Any]:
+    """The undecoded record behind ``record`` (rejections are rare: a scan is fine)."""
+    for rec in raw[TopicPartition(record.topic, record.partition)]:
+        if rec.offset == record.offset:
+            return rec
+    raise LookupError(f"{record.topic}/{record.partition}@{record.offset} is not in the batch")

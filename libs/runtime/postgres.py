@@ -8,6 +8,8 @@ them all. Repository functions take an ``AsyncSession`` and never commit: the ca
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -103,30 +105,33 @@ async def migrate_async(url: str, revision: str = "head") -> None:
     await asyncio.to_thread(migrate, url, revision)
 
 
-async def ensure_database(url: str) -> None:
-    """Create the database named in ``url`` if it does not exist (local modes, tests)."""
+@asynccontextmanager
+async def _server_connection(url: str) -> AsyncIterator[tuple[Any, str]]:
+    """A raw asyncpg connection to the server's ``postgres`` database, and the name of
+    the database ``url`` points at."""
     import asyncpg
 
     parts = urlsplit(async_url(url))
     name = parts.path.lstrip("/")
-    admin_url = urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
-    conn = await asyncpg.connect(admin_url)
+    if not name or '"' in name:
+        raise ValueError(f"invalid database name {name!r}")
+    conn = await asyncpg.connect(
+        urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
+    )
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+        yield conn, name
     finally:
         await conn.close()
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database named in ``url`` if it does not exist (local modes, tests)."""
+    async with _server_connection(url) as (conn, name):
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
 
 
 async def drop_database(url: str) -> None:
-    import asyncpg
-
-    parts = urlsplit(async_url(url))
-    name = parts.path.lstrip("/")
-    admin_url = urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
-    conn = await asyncpg.connect(admin_url)
-    try:
+    """Drop the database named in ``url``, closing its connections (tests)."""
+    async with _server_connection(url) as (conn, name):
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()

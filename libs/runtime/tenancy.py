@@ -131,6 +131,22 @@ async def create_app_with_keys(
     return AppKeys(app_id, raw[KeyKind.SDK], raw[KeyKind.SERVER], raw[KeyKind.ADMIN])
 
 
+async def provision_app(
+    database_url: str, *, name: str, account_name: str = "default", timezone: str = "Asia/Tehran"
+) -> AppKeys:
+    """``create_app_with_keys`` in its own engine and transaction (CLI, tests). Commits."""
+    from libs.runtime.postgres import create_engine, session_factory
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            return await create_app_with_keys(
+                session, name=name, account_name=account_name, timezone=timezone
+            )
+    finally:
+        await engine.dispose()
+
+
 class KeyResolver:
     """Looks a raw key up by digest, with a short per-process cache.
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from libs.schemas.base import Id, ShortStr, TenantContract, UtcDatetime
+from libs.schemas.base import Id, ShortStr, TenantContract, TrackerToken, UserKey, UtcDatetime
 
 TOPIC = "attributions"
 KEY_RULE = "app_id:user_key"
@@ -28,7 +28,7 @@ class UserAttributed(TenantContract):
     """
 
     attribution_id: Id
-    user_key: Id
+    user_key: UserKey
     device_id: Id
     user_id: Id | None = None
     install_event_id: Id
@@ -37,7 +37,7 @@ class UserAttributed(TenantContract):
     method: AttributionMethod
     kind: AttributionKind
     status: AttributionStatus
-    tracker_token: Id | None = None
+    tracker_token: TrackerToken | None = None
     click_id: Id | None = None
     click_ts: UtcDatetime | None = None
     network: ShortStr | None = None

@@ -17,7 +17,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    JsonValue,
     StringConstraints,
     ValidationError,
 )
@@ -42,11 +41,31 @@ _NO_CONTROL_CHARS = r"^[^\x00-\x1F\x7F-\x9F]+$"
 
 Platform = Literal["android", "ios", "web", "server"]
 
+# NUL: Postgres text and JSONB cannot store it, so no contract string may carry one.
+NO_NUL = r"^[^\x00]*$"
+
 AppId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_NO_CONTROL_CHARS)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-ShortStr = Annotated[str, StringConstraints(max_length=256)]
-LongStr = Annotated[str, StringConstraints(max_length=4096)]
+# `user_id`, or `d:` + a device id: room for the prefix on top of an Id.
+UserKey = Annotated[str, StringConstraints(min_length=1, max_length=130, pattern=_NO_CONTROL_CHARS)]
+TrackerToken = Annotated[
+    str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NO_NUL)]
+ShortStr = Annotated[str, StringConstraints(max_length=256, pattern=NO_NUL)]
+LongStr = Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)]
+# IANA names are at most ~32 characters; 64 leaves room and matches the profile column.
+Timezone = Annotated[str, StringConstraints(max_length=64, pattern=r"^[^\x00-\x1F\x7F-\x9F]*$")]
+ANONYMOUS_PREFIX = "d:"
+
+
+def user_key_of(user_id: str | None, device_id: str | None) -> str:
+    """The profile key: ``user_id`` when known, else ``d:<device_id>`` (DESIGN, Identity)."""
+    if user_id is not None:
+        return user_id
+    if device_id is None:
+        raise ValueError("a user key needs a user_id or a device_id")
+    return ANONYMOUS_PREFIX + device_id
 
 
 class ContractError(ValueError):
@@ -96,44 +115,70 @@ def _to_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(_to_utc)]
 
 
-def _check_prop_value(node: object, path: list[str], depth: int, seen: list[int]) -> None:
-    where = ".".join(path)
-    if isinstance(node, dict | list):
-        if depth > MAX_PROP_DEPTH:
-            raise contract_violation(where, f"Nesting deeper than {MAX_PROP_DEPTH} levels")
-    if isinstance(node, dict):
-        if len(node) > MAX_PROP_KEYS:
-            raise contract_violation(where, f"Object should have at most {MAX_PROP_KEYS} keys")
-        seen[0] += len(node)
-        if seen[0] > MAX_PROP_TOTAL_KEYS:
-            raise contract_violation(
-                where, f"Props should have at most {MAX_PROP_TOTAL_KEYS} keys in total"
-            )
-        for key, child in node.items():
-            if not isinstance(key, str):
-                continue  # left to the JsonValue type check that follows
-            if not 1 <= len(key) <= MAX_PROP_KEY_LENGTH:
-                raise contract_violation(
-                    ".".join([*path, key]),
-                    f"Key should have 1 to {MAX_PROP_KEY_LENGTH} characters",
-                )
-            _check_prop_value(child, [*path, key], depth + 1, seen)
-    elif isinstance(node, list):
-        if len(node) > MAX_PROP_LIST_ITEMS:
-            raise contract_violation(where, f"List should have at most {MAX_PROP_LIST_ITEMS} items")
-        for index, child in enumerate(node):
-            _check_prop_value(child, [*path, str(index)], depth + 1, seen)
-    elif isinstance(node, str):
+def _prop_error(path: tuple[str, ...], reason: str) -> PydanticCustomError:
+    return contract_violation(".".join(path), reason)
+
+
+_NUL = "String must not contain the NUL character"
+_TOO_LONG = f"String should have at most {MAX_PROP_STRING_LENGTH} characters"
+_TOO_MANY = f"Props should have at most {MAX_PROP_TOTAL_KEYS} keys in total"
+
+
+def _check_prop_value(node: Any, path: tuple[str, ...], depth: int, seen: list[int]) -> None:
+    """Walk one props value. Hot path (every record of every consumer): the key path is
+    only joined into a string when there is an error to report."""
+    kind = type(node)
+    if kind is str:
         if len(node) > MAX_PROP_STRING_LENGTH:
-            raise contract_violation(
-                where, f"String should have at most {MAX_PROP_STRING_LENGTH} characters"
-            )
-    elif isinstance(node, float):
+            raise _prop_error(path, _TOO_LONG)
+        if "\x00" in node:
+            raise _prop_error(path, _NUL)
+    elif kind is dict:
+        if depth > MAX_PROP_DEPTH:
+            raise _prop_error(path, f"Nesting deeper than {MAX_PROP_DEPTH} levels")
+        items = node.items()
+        if len(items) > MAX_PROP_KEYS:
+            raise _prop_error(path, f"Object should have at most {MAX_PROP_KEYS} keys")
+        seen[0] += len(items)
+        if seen[0] > MAX_PROP_TOTAL_KEYS:
+            raise _prop_error(path, _TOO_MANY)
+        for key, child in items:
+            if type(key) is not str:
+                raise _prop_error(path, "Keys must be strings")
+            if not 1 <= len(key) <= MAX_PROP_KEY_LENGTH or "\x00" in key:
+                raise _prop_error(
+                    (*path, key), f"Key should have 1 to {MAX_PROP_KEY_LENGTH} characters"
+                )
+            child_kind = type(child)
+            if child_kind in _SCALARS_OK or (
+                child_kind is str and len(child) <= MAX_PROP_STRING_LENGTH and "\x00" not in child
+            ):
+                continue
+            _check_prop_value(child, (*path, key), depth + 1, seen)
+    elif kind is list:
+        if depth > MAX_PROP_DEPTH:
+            raise _prop_error(path, f"Nesting deeper than {MAX_PROP_DEPTH} levels")
+        if len(node) > MAX_PROP_LIST_ITEMS:
+            raise _prop_error(path, f"List should have at most {MAX_PROP_LIST_ITEMS} items")
+        for index, child in enumerate(node):
+            child_kind = type(child)
+            if child_kind in _SCALARS_OK or (
+                child_kind is str and len(child) <= MAX_PROP_STRING_LENGTH and "\x00" not in child
+            ):
+                continue
+            _check_prop_value(child, (*path, str(index)), depth + 1, seen)
+    elif kind is float:
         if not math.isfinite(node):
-            raise contract_violation(where, "Number must be finite (no NaN or Infinity)")
-    elif isinstance(node, int) and not isinstance(node, bool):
+            raise _prop_error(path, "Number must be finite (no NaN or Infinity)")
+    elif kind is int:
         if not MIN_PROP_INT <= node <= MAX_PROP_INT:
-            raise contract_violation(where, "Integer must fit in a signed 64-bit integer")
+            raise _prop_error(path, "Integer must fit in a signed 64-bit integer")
+    elif node is not None and kind is not bool:
+        raise _prop_error(path, f"Value of type {kind.__name__} is not JSON")
+
+
+# Values that need no check at all (short-circuits the walk for the common case).
+_SCALARS_OK = frozenset({bool, type(None)})
 
 
 def check_props(value: object) -> object:
@@ -144,12 +189,14 @@ def check_props(value: object) -> object:
     before pydantic recurses into it. Non-dict input is left to the type check.
     """
     if isinstance(value, dict):
-        _check_prop_value(value, [], 1, [0])
+        _check_prop_value(value, (), 1, [0])
     return value
 
 
+# The walk in check_props checks every value is JSON, so the type check after it is
+# the cheap dict[str, Any] (pydantic's JsonValue union costs a Python call per node).
 Props = Annotated[
-    dict[str, JsonValue],
+    dict[str, Any],
     BeforeValidator(check_props),
     # JSON Schema cannot express all the limits; state them for other backends.
     Field(
@@ -161,6 +208,9 @@ Props = Annotated[
             "integers within int64."
         ),
         json_schema_extra={
+            "additionalProperties": {
+                "type": ["object", "array", "string", "number", "integer", "boolean", "null"]
+            },
             "maxProperties": MAX_PROP_KEYS,
             "propertyNames": {"minLength": 1, "maxLength": MAX_PROP_KEY_LENGTH},
         },
@@ -196,7 +246,9 @@ def encode(model: Contract) -> bytes:
     Raises orjson.JSONEncodeError (a TypeError) only for strings holding lone
     surrogates, which `decode` can never produce.
     """
-    return orjson.dumps(model.model_dump(mode="json"))
+    # orjson writes the Python-mode dump (datetimes, nested dicts) natively, a third
+    # faster than pydantic's JSON mode; OPT_UTC_Z keeps the "...Z" form of UTC times.
+    return orjson.dumps(model.model_dump(), option=orjson.OPT_UTC_Z)
 
 
 def _error_field(error: Any) -> tuple[str | None, str]:

@@ -9,20 +9,20 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from libs.schemas.base import Id, LongStr, TenantContract, UtcDatetime
+from libs.schemas.base import NO_NUL, Id, LongStr, TenantContract, TrackerToken, UtcDatetime
 
 TOPIC = "clicks"
 KEY_RULE = "app_id:click_id"
 
-SubIdKey = Annotated[str, StringConstraints(min_length=1, max_length=32)]
-SubIdValue = Annotated[str, StringConstraints(max_length=256)]
+SubIdKey = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=NO_NUL)]
+SubIdValue = Annotated[str, StringConstraints(max_length=256, pattern=NO_NUL)]
 
 
 class ClickRecorded(TenantContract):
     """A click on a tracker link, as the tracker saw the HTTP request."""
 
     click_id: Id
-    tracker_token: Id
+    tracker_token: TrackerToken
     ts: UtcDatetime
     ip: Annotated[str, StringConstraints(max_length=64)] | None = None
     # The tracker truncates to this length; the contract rejects longer values.

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import StringConstraints
 
-from libs.schemas.base import Id, ShortStr, TenantContract, UtcDatetime
+from libs.schemas.base import Id, ShortStr, TenantContract, UserKey, UtcDatetime
 from libs.schemas.send_jobs import Channel
 
 TOPIC = "deliveries"
@@ -29,7 +29,7 @@ class DeliveryReceipt(TenantContract):
 
     receipt_id: Id
     job_id: Id
-    user_key: Id
+    user_key: UserKey
     channel: Channel
     status: DeliveryStatus
     provider: ShortStr

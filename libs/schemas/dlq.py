@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -18,6 +19,9 @@ from libs.schemas.base import Contract, UtcDatetime
 DLQ_SUFFIX = ".dlq"
 KEY_RULE = "the source record's key, unchanged"
 MAX_ERROR_LENGTH = 4096
+# The original value is kept up to this many bytes (base64 adds a third): a poison
+# record near the broker's 1 MB limit must still fit in its DLQ envelope.
+MAX_DLQ_VALUE_BYTES = 512 * 1024
 _TRUNCATED = "…[truncated]"
 
 _INT64_MAX = 2**63 - 1
@@ -52,6 +56,11 @@ class DlqRecord(Contract):
     error: Annotated[str, StringConstraints(max_length=MAX_ERROR_LENGTH)]
     consumer_group: TopicName
     failed_at: UtcDatetime
+    # Set when the value was cut to MAX_DLQ_VALUE_BYTES; the digest and length are those
+    # of the whole original, so it can be found again in the source topic.
+    value_truncated: bool = False
+    value_length: int = Field(default=0, ge=0, le=_INT64_MAX)
+    value_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
 
     @classmethod
     def from_failure(
@@ -72,12 +81,16 @@ class DlqRecord(Contract):
         """
         if len(error) > MAX_ERROR_LENGTH:
             error = error[: MAX_ERROR_LENGTH - len(_TRUNCATED)] + _TRUNCATED
+        raw = value or b""
         return cls(
             source_topic=source_topic,
             partition=partition,
             offset=offset,
-            key_b64=None if key is None else _b64(key),
-            value_b64=_b64(value or b""),
+            key_b64=None if key is None else _b64(key[:MAX_DLQ_VALUE_BYTES]),
+            value_b64=_b64(raw[:MAX_DLQ_VALUE_BYTES]),
+            value_truncated=len(raw) > MAX_DLQ_VALUE_BYTES,
+            value_length=len(raw),
+            value_sha256=hashlib.sha256(raw).hexdigest(),
             error=error,
             consumer_group=consumer_group,
             failed_at=failed_at,

@@ -11,14 +11,17 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, model_validator
 
 from libs.schemas.base import (
+    ANONYMOUS_PREFIX,
     Id,
     Name,
     Platform,
     Props,
     ShortStr,
     TenantContract,
+    Timezone,
     UtcDatetime,
     contract_violation,
+    user_key_of,
 )
 
 TOPIC = "events"
@@ -45,7 +48,7 @@ class Event(TenantContract):
     device_model: ShortStr | None = None
     app_version: ShortStr | None = None
     locale: ShortStr | None = None
-    timezone: ShortStr | None = None
+    timezone: Timezone | None = None
     session_id: Id | None = None
     ip: Annotated[str, StringConstraints(max_length=64)] | None = None
     props: Props = Field(default_factory=dict)
@@ -57,14 +60,15 @@ class Event(TenantContract):
     def _has_identity(self) -> Event:
         if self.device_id is None and self.user_id is None:
             raise contract_violation("device_id", "one of device_id or user_id is required")
+        if self.user_id is not None and self.user_id.startswith(ANONYMOUS_PREFIX):
+            # It would collide with the anonymous profile of a device.
+            raise contract_violation("user_id", f"must not start with {ANONYMOUS_PREFIX!r}")
         return self
 
     @property
     def user_key(self) -> str:
         """The profile key: `user_id` when known, else `d:<device_id>`."""
-        if self.user_id is not None:
-            return self.user_id
-        return f"d:{self.device_id}"
+        return user_key_of(self.user_id, self.device_id)
 
 
 def key(m: Event) -> str:

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from libs.schemas.base import Id
 from libs.schemas.send_jobs import MessageContent
 
 Channel = Literal["push", "web_push", "sms", "email", "in_app", "inbox", "log"]
@@ -26,7 +27,7 @@ class SegmentEntered(_Frozen):
 class SendStep(_Frozen):
     channel: Channel
     content: MessageContent | None = None
-    template_id: str | None = Field(default=None, min_length=1, max_length=64)
+    template_id: Id | None = None
     fallback_channels: list[Channel] = Field(default_factory=list, max_length=5)
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from libs.schemas.base import Id, TenantContract, UtcDatetime
+from libs.schemas.base import Id, TenantContract, UserKey, UtcDatetime
 
 TOPIC = "segment-changes"
 KEY_RULE = "app_id:user_key"
@@ -17,7 +17,7 @@ class SegmentChanged(TenantContract):
     """A membership transition; `cause_event_id` is the event that triggered it, if any."""
 
     change_id: Id
-    user_key: Id
+    user_key: UserKey
     segment_id: Id
     change: Literal["entered", "exited"]
     ts: UtcDatetime

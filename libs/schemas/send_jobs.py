@@ -11,12 +11,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, model_validator
 
 from libs.schemas.base import (
+    NO_NUL,
     Fragment,
     Id,
     LongStr,
     Props,
     ShortStr,
     TenantContract,
+    UserKey,
     UtcDatetime,
     contract_violation,
 )
@@ -26,15 +28,15 @@ KEY_RULE = "app_id:user_key"
 
 Channel = Literal["push", "web_push", "sms", "email", "in_app", "inbox", "log"]
 
-DataKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Title = Annotated[str, StringConstraints(max_length=512)]
+DataKey = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NO_NUL)]
+Title = Annotated[str, StringConstraints(max_length=512, pattern=NO_NUL)]
 
 
 class MessageContent(Fragment):
     """Inline message content; may hold `{{ variables }}` rendered from `context`."""
 
     title: Title | None = None
-    body: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+    body: Annotated[str, StringConstraints(min_length=1, max_length=8192, pattern=NO_NUL)]
     url: LongStr | None = None
     data: dict[DataKey, LongStr] = Field(default_factory=dict, max_length=20)
     subject: Title | None = None
@@ -48,7 +50,7 @@ class SendJob(TenantContract):
     """
 
     job_id: Id
-    user_key: Id
+    user_key: UserKey
     channel: Channel
     content: MessageContent | None = None
     template_id: Id | None = None

@@ -8,7 +8,7 @@ decisions and ids, so a duplicate publish is harmless downstream.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -30,9 +30,10 @@ class Matcher:
     async def __call__(self, batch: Batch) -> None:
         out: list[UserAttributed] = []
         async with self._sessions() as session, session.begin():
-            clicks = [r.value for r in batch.of("clicks") if isinstance(r.value, ClickRecorded)]
+            click_records = [r for r in batch.of("clicks") if isinstance(r.value, ClickRecorded)]
+            clicks = [r.value for r in click_records]
             await store.record_clicks(session, rows=[_click_row(c) for c in clicks])
-            for click in clicks:
+            for click_record, click in zip(click_records, clicks, strict=True):
                 for waiting in await store.installs_waiting_for(
                     session, app_id=click.app_id, click_id=click.click_id
                 ):
@@ -44,6 +45,7 @@ class Matcher:
                         user_key=waiting.user_key,
                         install_ts=waiting.install_ts,
                         ref_click_id=waiting.ref_click_id,
+                        at=click_record.time,
                     )
                     if attributed.method != "organic":
                         out.append(attributed)
@@ -59,6 +61,7 @@ class Matcher:
                         user_key=install.user_id or f"d:{install.device_id}",
                         install_ts=install.ts,
                         ref_click_id=logic.referrer_click_id(install.referrer),
+                        at=record.time,
                     )
                 )
             await session.flush()
@@ -76,7 +79,10 @@ class Matcher:
         user_key: str,
         install_ts: datetime,
         ref_click_id: str | None,
+        at: datetime,
     ) -> UserAttributed:
+        """Decide and record one install. ``at`` is the triggering record's Kafka time, so
+        a replay publishes a byte-identical UserAttributed."""
         click_row = (
             await store.find_click(session, app_id=app_id, click_id=ref_click_id)
             if ref_click_id
@@ -93,7 +99,6 @@ class Matcher:
             if decision.click is not None and click is not None
             else None
         )
-        now = datetime.now(UTC)
         attribution_id = logic.attribution_id(
             app_id, event_id, decision.click.click_id if decision.click else None
         )
@@ -110,7 +115,7 @@ class Matcher:
             "status": decision.status,
             "tracker_token": decision.click.tracker_token if decision.click else None,
             "click_id": decision.click.click_id if decision.click else None,
-            "attributed_at": now,
+            "attributed_at": at,
         }
         await store.save_install(session, values=values)
         return UserAttributed(
@@ -120,7 +125,7 @@ class Matcher:
             device_id=device_id,
             install_event_id=event_id,
             install_ts=install_ts,
-            attributed_at=now,
+            attributed_at=at,
             method=decision.method,
             kind=decision.kind,
             status=decision.status,

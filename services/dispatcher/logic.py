@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import TemplateError, Undefined
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 from libs.schemas import MessageContent
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from libs.runtime.pipeline import ConsumerRunner
-from libs.runtime.resources import Resources
-from libs.runtime.service import ServiceSpec
+from libs.runtime.service import ServiceSpec, one_consumer
 from services.dispatcher.consumer import TOPICS, Sender
 from services.dispatcher.providers import LogProvider, Provider
 
@@ -20,16 +16,9 @@ def providers() -> dict[str, Provider]:
     return dict.fromkeys(CHANNELS, log_provider)
 
 
-def consumers(resources: Resources) -> Sequence[ConsumerRunner]:
-    return [
-        ConsumerRunner(
-            group="dispatcher.sender",
-            topics=TOPICS,
-            handler=Sender(resources.sessions, resources.producer, providers()),
-            settings=resources.settings,
-            dlq_producer=resources.producer,
-        )
-    ]
-
-
-SERVICE = ServiceSpec(name="dispatcher", consumers=consumers)
+SERVICE = ServiceSpec(
+    name="dispatcher",
+    consumers=one_consumer(
+        "dispatcher.sender", TOPICS, lambda r: Sender(r.sessions, r.producer, providers())
+    ),
+)

@@ -36,7 +36,7 @@ class TriggerHandler:
                 if change.app_id not in configs:
                     configs[change.app_id] = await self._configs(session, change.app_id)
                 for journey in logic.triggered(configs[change.app_id], change):
-                    run, run_jobs = logic.start(journey, change, now)
+                    run, run_jobs = logic.start(journey, change, change.ts)
                     await store.start_run(
                         session,
                         app_id=change.app_id,

@@ -41,7 +41,7 @@ def triggered(journeys: list[JourneyConfig], change: SegmentChanged) -> list[Jou
 
 
 def start(
-    journey: JourneyConfig, change: SegmentChanged, now: datetime
+    journey: JourneyConfig, change: SegmentChanged, at: datetime
 ) -> tuple[str, list[SendJob]]:
     """The run id and the send jobs of its steps (all immediate in this subset)."""
     run = run_id(change.app_id, journey.id, change.user_key, change.change_id)
@@ -58,7 +58,7 @@ def start(
             journey_id=journey.id,
             run_id=run,
             step_id=step.id,
-            created_at=now,
+            created_at=at,
             fallback_channels=list(step.send.fallback_channels),
         )
         for step in journey.definition.steps

@@ -85,15 +85,20 @@ class ProfileUpdater:
         before = await store.load_profile(session, app_id=app_id, user_key=user_key)
         state = before or logic.ProfileState()
         cause = None
+        cause_time = now
         for record in records:
             value = record.value
             if isinstance(value, Event) and value.event_id in fresh:
                 fresh.discard(value.event_id)  # a duplicate inside the batch counts once
                 state = logic.apply_event(state, value)
-                cause = value.event_id
+                cause, cause_time = value.event_id, record.time
+                if value.device_id is not None:
+                    await store.set_alias(
+                        session, app_id=app_id, device_id=value.device_id, user_key=user_key
+                    )
             elif isinstance(value, UserAttributed):
                 state = logic.apply_attribution(state, value)
-                cause = value.attribution_id
+                cause, cause_time = value.attribution_id, record.time
         if state == before or cause is None:
             return []
         await store.save_profile(session, app_id=app_id, user_key=user_key, state=state)
@@ -124,7 +129,7 @@ class ProfileUpdater:
                     user_key=user_key,
                     segment_id=change.segment_id,
                     change=change.change,
-                    ts=now,
+                    ts=cause_time,
                     cause_event_id=cause,
                 )
             )

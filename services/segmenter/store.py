@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from libs.runtime.postgres import Base
-from libs.runtime.tables import Profile, Segment
+from libs.runtime.tables import DeviceAlias, Profile, Segment
 from services.segmenter.logic import ProfileState
 
 
@@ -88,6 +88,21 @@ async def save_profile(
         stmt.on_conflict_do_update(
             index_elements=[Profile.app_id, Profile.user_key],
             set_={k: stmt.excluded[k] for k in values if k not in ("app_id", "user_key")},
+        )
+    )
+
+
+async def set_alias(session: AsyncSession, *, app_id: str, device_id: str, user_key: str) -> None:
+    """Point ``device_id`` at ``user_key`` (the latest identity seen on the device wins)."""
+    now = datetime.now(UTC)
+    stmt = insert(DeviceAlias).values(
+        app_id=app_id, device_id=device_id, user_key=user_key, updated_at=now
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[DeviceAlias.app_id, DeviceAlias.device_id],
+            set_={"user_key": stmt.excluded.user_key, "updated_at": now},
+            where=DeviceAlias.user_key != stmt.excluded.user_key,
         )
     )
 

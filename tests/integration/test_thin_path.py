@@ -5,6 +5,7 @@ receipt in ClickHouse."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from libs.runtime import postgres
+from libs.runtime.tenancy import provision_app
 from tests.conftest import Platform, eventually
 
 pytestmark = pytest.mark.integration
@@ -173,12 +175,4 @@ async def test_other_apps_data_answers_404(
 
 
 async def _another_app(settings) -> dict[str, str]:
-    from libs.runtime.tenancy import create_app_with_keys
-
-    engine = postgres.create_engine(settings.database_url, pool_size=1)
-    try:
-        async with postgres.session_factory(engine)() as session, session.begin():
-            keys = await create_app_with_keys(session, name="other")
-    finally:
-        await engine.dispose()
-    return {"admin_token": keys.admin_token, "sdk_key": keys.sdk_key}
+    return asdict(await provision_app(settings.database_url, name="other"))

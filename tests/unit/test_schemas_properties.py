@@ -21,6 +21,15 @@ from libs.schemas.base import (
 )
 from libs.schemas.dlq import EXAMPLES as DLQ_EXAMPLES
 
+# Contract strings never carry NUL (Postgres cannot store it); a separate test checks
+# that NUL is rejected.
+_NO_NUL = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+
+
+def no_nul_text(*, min_size: int = 0, max_size: int | None = None) -> st.SearchStrategy[str]:
+    return st.text(alphabet=_NO_NUL, min_size=min_size, max_size=max_size)
+
+
 MODELS: list[tuple[type[Any], list[dict[str, Any]]]] = [
     *[(c.model, c.examples) for c in CONTRACTS.values()],
     (DlqRecord, DLQ_EXAMPLES),
@@ -37,12 +46,12 @@ json_scalars = (
     | st.booleans()
     | st.integers(min_value=-(2**63), max_value=2**64 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40)
+    | no_nul_text(max_size=40)
 )
 json_values = st.recursive(
     json_scalars,
     lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        st.lists(inner, max_size=4) | st.dictionaries(no_nul_text(max_size=8), inner, max_size=4)
     ),
     max_leaves=30,
 )
@@ -106,20 +115,20 @@ def test_deeply_nested_json_never_escapes_as_another_error(depth: int, field: st
 # --- valid Events --------------------------------------------------------------------
 
 ids = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=128)
-short = st.text(max_size=256)
+short = no_nul_text(max_size=256)
 offsets = st.sampled_from(
     [UTC, timezone(timedelta(hours=3, minutes=30)), timezone(timedelta(hours=-7))]
 )
 aware = st.datetimes(
     min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1), timezones=offsets
 )
-prop_keys = st.text(min_size=1, max_size=MAX_PROP_KEY_LENGTH)
+prop_keys = no_nul_text(min_size=1, max_size=MAX_PROP_KEY_LENGTH)
 prop_leaves = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=60)
+    | no_nul_text(max_size=60)
 )
 # props is level 1, so containers may appear at levels 2 and 3 only.
 level3 = st.lists(prop_leaves, max_size=5) | st.dictionaries(prop_keys, prop_leaves, max_size=5)
@@ -137,19 +146,19 @@ def events(draw: st.DrawFn) -> Event:
         schema_version=draw(st.integers(min_value=1, max_value=5)),
         app_id=draw(st.from_regex(r"\A[A-Za-z0-9_-]{1,64}\Z")),
         event_id=draw(ids),
-        name=draw(st.text(min_size=1, max_size=128)),
+        name=draw(no_nul_text(min_size=1, max_size=128)),
         device_id=device_id,
         user_id=user_id,
-        adid=draw(st.none() | st.text(max_size=128)),
+        adid=draw(st.none() | no_nul_text(max_size=128)),
         ts=draw(aware),
         received_at=draw(aware),
         source=draw(st.sampled_from(["sdk", "s2s", "backend"])),
         platform=draw(st.none() | st.sampled_from(["android", "ios", "web", "server"])),
         os_version=draw(st.none() | short),
         locale=draw(st.none() | short),
-        timezone=draw(st.none() | short),
+        timezone=draw(st.none() | st.text(alphabet="ABCabc/_+-0123456789", max_size=64)),
         session_id=draw(st.none() | ids),
-        ip=draw(st.none() | st.text(max_size=64)),
+        ip=draw(st.none() | no_nul_text(max_size=64)),
         props=draw(valid_props),
         revenue=draw(st.none() | st.floats(allow_nan=False, allow_infinity=False)),
         currency=draw(st.none() | st.from_regex(r"\A[A-Z]{3}\Z")),
@@ -174,7 +183,7 @@ def _violations() -> st.SearchStrategy[Any]:
     groups = MAX_PROP_TOTAL_KEYS // per_group + 1
     too_many_total = {f"g{g}": {f"k{i}": i for i in range(per_group)} for g in range(groups)}
     return st.one_of(
-        st.text(min_size=MAX_PROP_STRING_LENGTH + 1, max_size=MAX_PROP_STRING_LENGTH + 20),
+        no_nul_text(min_size=MAX_PROP_STRING_LENGTH + 1, max_size=MAX_PROP_STRING_LENGTH + 20),
         st.just({"a": {"b": []}}),  # a container at level 4
         st.just({"a": [{"b": 1}]}),
         st.just([[[1]]]),

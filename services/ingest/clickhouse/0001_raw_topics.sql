@@ -155,7 +155,9 @@ CREATE TABLE IF NOT EXISTS {db}.deliveries
 )
 ENGINE = ReplacingMergeTree(_inserted_at)
 PARTITION BY toYYYYMM(ts)
-ORDER BY (app_id, user_key, ts, receipt_id);
+-- Not ts: a receipt republished by a retried batch carries a new send time but the
+-- same receipt_id, and must collapse into one row.
+ORDER BY (app_id, user_key, receipt_id);
 
 CREATE TABLE IF NOT EXISTS {db}.config_changes
 (
