@@ -1,5 +1,8 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-PYTHON ?= python3
+# The first Python 3.11+ on PATH.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && echo $$p && break; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -10,6 +13,7 @@ install: $(STAMP)
 
 # Reinstall only when the dependency list changes; an unchanged tree costs nothing.
 $(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Hodhod needs Python 3.11 or newer on PATH" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -28,7 +28,10 @@ from libs.runtime.tenancy import provision_app
 
 log = logging.getLogger("hodhod")
 
-VAR = Path(os.environ.get("HODHOD_VAR_DIR", "var"))
+
+def var_path() -> Path:
+    """``./var`` unless ``HODHOD_VAR_DIR`` says otherwise (read when a command runs)."""
+    return Path(os.environ.get("HODHOD_VAR_DIR", "var"))
 
 
 def all_services() -> dict[str, ServiceSpec]:
@@ -66,7 +69,7 @@ def cli_settings(var: VarDir | None = None) -> tuple[PlatformSettings, Any]:
     """Settings from the environment, filling what it leaves unset from a running
     ``hodhod up`` in this directory, else from embedded Postgres under ``./var/pg``
     (started for the command and returned so the caller can stop it)."""
-    var = var or localinfra.VarDir(VAR)
+    var = var or localinfra.VarDir(var_path())
     state = var.read_state() or {}
     overrides: dict[str, Any] = {}
     embedded = None
@@ -74,7 +77,7 @@ def cli_settings(var: VarDir | None = None) -> tuple[PlatformSettings, Any]:
         if state.get("database_url"):
             overrides["database_url"] = state["database_url"]
         else:
-            embedded = localinfra.EmbeddedPostgres((VAR / "pg").resolve())
+            embedded = localinfra.EmbeddedPostgres((var_path() / "pg").resolve())
             overrides["database_url"] = embedded.url("hodhod")
     if not _env_has("HODHOD_KAFKA_BOOTSTRAP") and state.get("kafka_bootstrap"):
         overrides["kafka_bootstrap"] = state["kafka_bootstrap"]
@@ -105,7 +108,7 @@ def cmd_app_create(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    var = localinfra.VarDir(VAR)
+    var = localinfra.VarDir(var_path())
     settings, embedded = cli_settings(var)
     try:
         asyncio.run(postgres.ensure_database(settings.database_url))
@@ -159,7 +162,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    var = localinfra.VarDir(VAR)
+    var = localinfra.VarDir(var_path())
     try:
         var.acquire()
     except RuntimeError as exc:
@@ -168,15 +171,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     tansu = embedded = None
     try:
         overrides: dict[str, Any] = {}
-        if not _env_has("HODHOD_KAFKA_BOOTSTRAP"):
+        # Without --only this is the one-command mode: start what the environment does
+        # not point at. With --only it is the production shape: the environment (or the
+        # defaults) name external infrastructure, and nothing is started here.
+        local = not args.only
+        if local and not _env_has("HODHOD_KAFKA_BOOTSTRAP"):
             port = 9092 if not localinfra.port_open("127.0.0.1", 9092) else None
-            tansu = localinfra.Tansu.start(port=port, log_path=VAR / "tansu.log")
+            tansu = localinfra.Tansu.start(port=port, log_path=var_path() / "tansu.log")
             overrides["kafka_bootstrap"] = tansu.bootstrap
             log.info("started Tansu", extra={"bootstrap": tansu.bootstrap})
-        if not _env_has("HODHOD_DATABASE_URL", "DATABASE_URL"):
-            embedded = localinfra.EmbeddedPostgres((VAR / "pg").resolve())
+        if local and not _env_has("HODHOD_DATABASE_URL", "DATABASE_URL"):
+            embedded = localinfra.EmbeddedPostgres((var_path() / "pg").resolve())
             overrides["database_url"] = embedded.url("hodhod")
-            log.info("started embedded Postgres under %s", VAR / "pg")
+            log.info("started embedded Postgres under %s", var_path() / "pg")
         settings = PlatformSettings(**overrides)
         chosen = [specs[n] for n in names]
         asyncio.run(_prepare(settings, with_clickhouse=any(s.needs_clickhouse for s in chosen)))
@@ -184,7 +191,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             {
                 "pid": os.getpid(),
                 "kafka_bootstrap": settings.kafka_bootstrap,
-                "database_url": settings.database_url,
+                # Only the embedded server's URL (no password in it): a DATABASE_URL from
+                # the environment may carry one and is not copied to disk.
+                "database_url": settings.database_url if embedded is not None else None,
                 "clickhouse_url": settings.clickhouse_url,
                 "http": f"http://{settings.http_host}:{settings.http_port}",
                 "services": names,

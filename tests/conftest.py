@@ -47,9 +47,10 @@ def tansu(tmp_root: Path) -> Iterator[localinfra.Tansu]:
 @pytest.fixture(scope="session")
 def database_url(tmp_root: Path) -> Iterator[str]:
     """A fresh database on the machine's Postgres if it answers, else embedded."""
-    base = os.environ.get("HODHOD_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE)
+    explicit = os.environ.get("HODHOD_TEST_DATABASE_URL")
+    base = explicit or DEFAULT_TEST_DATABASE
     embedded = None
-    if not localinfra.port_open("127.0.0.1", 5432) and "HODHOD_TEST_DATABASE_URL" not in os.environ:
+    if explicit is None and not asyncio.run(_answers(base)):
         embedded = localinfra.EmbeddedPostgres(tmp_root / "pg")
         base = embedded.url("postgres")
     head, _, tail = base.partition("?")
@@ -61,6 +62,18 @@ def database_url(tmp_root: Path) -> Iterator[str]:
     asyncio.run(postgres.drop_database(url))
     if embedded is not None:
         embedded.stop()
+
+
+async def _answers(url: str) -> bool:
+    """True when ``url`` accepts a connection (up, and no password asked for)."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,8 @@ class AsyncClickHouse:
             rows,
             column_names=list(column_names),
             database=self.database,
+            # A backfill batch may span more months than the default limit of 100.
+            settings={"max_partitions_per_insert_block": 0},
         )
 
     async def ping(self) -> bool:

@@ -1,12 +1,14 @@
 """FastAPI dependencies over the process's ``Resources`` (``app.state.resources``).
 
-``SessionDep`` owns the transaction: it commits when the endpoint returns normally and
-rolls back when it raises. Store functions never commit.
+``SessionDep`` owns the transaction: it commits when the endpoint returns normally — before
+the response is sent, so a 201 means the row exists — and rolls back when it raises. Store
+functions never commit. Work that must follow the commit (publishing ConfigChanged) is
+registered with ``after_commit``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -24,8 +26,19 @@ def get_resources(request: Request) -> Resources:
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with get_resources(request).sessions() as session, session.begin():
-        yield session
+    hooks: list[Callable[[], Awaitable[None]]] = []
+    request.state.after_commit = hooks
+    async with get_resources(request).sessions() as session:
+        async with session.begin():
+            yield session
+        for hook in hooks:
+            await hook()
+
+
+def after_commit(request: Request, hook: Callable[[], Awaitable[None]]) -> None:
+    """Run ``hook`` once the request's transaction has committed (not if it rolls back)."""
+    hooks: list[Callable[[], Awaitable[None]]] = request.state.after_commit
+    hooks.append(hook)
 
 
 def get_producer(request: Request) -> Producer:
@@ -41,7 +54,7 @@ def get_settings(request: Request) -> PlatformSettings:
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 ProducerDep = Annotated[Producer, Depends(get_producer)]
 ClickHouseDep = Annotated[AsyncClickHouse, Depends(get_clickhouse)]
 SettingsDep = Annotated[PlatformSettings, Depends(get_settings)]

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from libs.runtime import metrics
 from libs.runtime.errors import HodhodError
 from libs.runtime.logging import request_id_var
+from libs.schemas.base import error_field
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,17 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
     return JSONResponse(error_body(code, message, field), status_code=status)
+
+
+def client_ip(request: Request, *, trust_forwarded_for: bool) -> str | None:
+    """The client's address: the first ``X-Forwarded-For`` hop when the deployment says
+    a proxy sets it (else any client could claim any address), the peer otherwise."""
+    if trust_forwarded_for:
+        forwarded = request.headers.get("x-forwarded-for", "")
+        first = forwarded.split(",")[0].strip()
+        if first and len(first) <= 64 and first.isprintable():
+            return first
+    return request.client.host if request.client else None
 
 
 def create_app(
@@ -102,9 +114,24 @@ def _add_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
         if first.get("type") == "json_invalid":
             return error_response(400, "malformed_json", "request body is not valid JSON")
-        field = _field_of(first.get("loc", ()))
-        message = str(first.get("msg", "invalid"))
+        loc_field, message = error_field(first)
+        field = _field_of((loc_field or "").split(".")) if loc_field else None
         return error_response(422, "invalid", f"{field}: {message}" if field else message, field)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Reached only by failures that are not the caller's: a store or the broker down
+        # (503, retry later) or a bug (500). The envelope carries the request id to quote.
+        from libs.runtime.pipeline import is_transient
+
+        request_id = request_id_var.get()
+        if is_transient(exc):
+            log.warning("dependency unavailable", extra={"error": repr(exc)[:500]})
+            return error_response(
+                503, "unavailable", f"a dependency is unavailable; retry (request {request_id})"
+            )
+        log.error("unhandled error", exc_info=exc)
+        return error_response(500, "internal", f"internal error (request {request_id})")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -150,6 +177,9 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"]:
+            await _send_json(send, 400, error_body("invalid_path", "the path contains NUL"))
             return
         limit = self.max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length")

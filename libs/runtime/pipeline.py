@@ -103,6 +103,29 @@ def is_transient(exc: BaseException) -> bool:
     return cause is not None and cause is not exc and is_transient(cause)
 
 
+def is_poison(exc: BaseException) -> bool:
+    """True for failures caused by the data of a record, which retrying cannot cure and
+    which must not stop the partition: the store refused a value (SQLSTATE classes 22
+    data exception and 23 integrity violation), a derived contract did not validate, a
+    number overflowed."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ContractError | ValidationError | OverflowError | UnicodeError):
+        return True
+    module = type(exc).__module__
+    if module.startswith("sqlalchemy"):
+        from sqlalchemy.exc import DataError, IntegrityError
+
+        if isinstance(exc, DataError | IntegrityError):
+            return True
+    orig = getattr(exc, "orig", exc)
+    state = str(getattr(orig, "sqlstate", "") or getattr(orig, "pgcode", "") or "")
+    if state.startswith(("22", "23")):
+        return True
+    cause = exc.__cause__
+    return cause is not None and cause is not exc and is_poison(cause)
+
+
 def _is_transient_sqlstate(exc: Any) -> bool:
     # 08: connection exception, 40001/40P01: serialization failure/deadlock,
     # 53: insufficient resources, 57P: operator intervention (server shutting down).
@@ -154,6 +177,9 @@ class ConsumerRunner:
             fetch_max_wait_ms=self._settings.kafka_fetch_max_wait_ms,
             max_poll_records=self._settings.kafka_max_batch,
             session_timeout_ms=self._settings.kafka_session_timeout_ms,
+            # A batch may retry for the whole budget; the member must not be evicted
+            # meanwhile (a second owner would process the same partition).
+            max_poll_interval_ms=int(self._settings.kafka_retry_budget_s * 1000) + 60_000,
             heartbeat_interval_ms=max(self._settings.kafka_session_timeout_ms // 10, 500),
         )
         await consumer.start()
@@ -218,6 +244,46 @@ class ConsumerRunner:
         metrics.CONSUMER_BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
 
     async def _call_handler(self, batch: Batch) -> None:
+        """Run the handler; on a poison failure, isolate the record(s) that cause it.
+
+        A batch that fails with a data error (``is_poison``) is replayed one record at a
+        time, each in its own handler call: records that fail alone with a data error are
+        rejected to the DLQ, the others take effect. Any other failure propagates.
+        """
+        try:
+            await self._retrying(batch)
+            return
+        except Exception as exc:
+            if not is_poison(exc):
+                metrics.CONSUMER_FAILURES.labels(self.group, "fatal").inc()
+                log.exception("consumer handler failed", extra={"group": self.group})
+                raise
+            first_error = exc
+        metrics.CONSUMER_FAILURES.labels(self.group, "poison").inc()
+        log.warning(
+            "batch failed on bad data; isolating the poison records",
+            extra={"group": self.group, "error": repr(first_error)[:500]},
+        )
+        batch.rejected.clear()
+        for record in batch.records:
+            single = Batch(records=[record])
+            try:
+                await self._retrying(single)
+            except Exception as exc:
+                if not is_poison(exc):
+                    metrics.CONSUMER_FAILURES.labels(self.group, "fatal").inc()
+                    log.exception("consumer handler failed", extra={"group": self.group})
+                    raise
+                batch.reject(record, f"handler failed: {type(exc).__name__}: {exc}")
+                continue
+            batch.rejected.extend(single.rejected)
+
+    async def _retrying(self, batch: Batch) -> None:
+        """The handler, retried with capped exponential backoff while it fails transiently.
+
+        Gives up (re-raising) when the retry budget is spent or ``stop()`` was called:
+        nothing is committed, so the batch is redelivered to the partition's next owner.
+        """
         delay = 0.1
         deadline = time.monotonic() + self._settings.kafka_retry_budget_s
         while True:
@@ -226,19 +292,23 @@ class ConsumerRunner:
                 return
             except Exception as exc:
                 if not is_transient(exc):
-                    metrics.CONSUMER_FAILURES.labels(self.group, "fatal").inc()
-                    log.exception("consumer handler failed", extra={"group": self.group})
                     raise
                 metrics.CONSUMER_FAILURES.labels(self.group, "transient").inc()
-                if time.monotonic() + delay > deadline:
-                    log.error("retry budget exhausted", extra={"group": self.group})
+                if time.monotonic() + delay > deadline or self._stopping.is_set():
+                    log.error(
+                        "giving up on a transient failure",
+                        extra={"group": self.group, "stopping": self._stopping.is_set()},
+                    )
                     raise
                 log.warning(
                     "transient failure, retrying batch",
                     extra={"group": self.group, "error": repr(exc), "delay_s": delay},
                 )
                 batch.rejected.clear()
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
                 delay = min(delay * 2, 30.0)
 
     def _count_consecutive_dlq(

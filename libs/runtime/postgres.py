@@ -105,6 +105,19 @@ async def migrate_async(url: str, revision: str = "head") -> None:
     await asyncio.to_thread(migrate, url, revision)
 
 
+async def lock(session: AsyncSession, *parts: str) -> None:
+    """Take a transaction-scoped advisory lock on the key ``parts`` (blocks until free).
+
+    For serialising writers of a row that may not exist yet, where ``SELECT … FOR UPDATE``
+    locks nothing: two replicas creating the same profile, or an install and its click
+    arriving on different partitions. Released at commit or rollback.
+    """
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": "\x1f".join(parts)},
+    )
+
+
 @asynccontextmanager
 async def _server_connection(url: str) -> AsyncIterator[tuple[Any, str]]:
     """A raw asyncpg connection to the server's ``postgres`` database, and the name of

@@ -35,7 +35,7 @@ class KafkaSettings(BaseServiceSettings):
     # Tansu answers a new group's join after about half of this, and a restarted member
     # waits for the old member's session to expire (it ignores LeaveGroup).
     kafka_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
-    kafka_max_batch: int = Field(default=500, ge=1, le=100_000)
+    kafka_max_batch: int = Field(default=500, ge=1, le=5_000)
     kafka_linger_ms: int = Field(default=5, ge=0, le=1_000)
     kafka_retry_budget_s: float = Field(default=600.0, gt=0)
     kafka_dlq_max_consecutive: int = Field(default=1000, ge=1)
@@ -60,6 +60,8 @@ class HttpSettings(BaseServiceSettings):
     # The address SDKs and browsers reach us at; used to build tracker click URLs.
     public_url: str | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Take the client address from X-Forwarded-For: only behind a proxy that sets it.
+    trust_forwarded_for: bool = False
 
 
 class PlatformSettings(KafkaSettings, PostgresSettings, ClickHouseSettings, HttpSettings):

@@ -85,6 +85,25 @@ class ContractError(ValueError):
         return f"{self.field}: {self.reason}" if self.field else self.reason
 
 
+def find_nul(value: Any, path: tuple[str, ...] = ()) -> str | None:
+    """The dotted path of the first string (or key) holding NUL in a JSON-like value."""
+    if isinstance(value, str):
+        return ".".join(path) if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return ".".join((*path, key))
+            found = find_nul(child, (*path, str(key)))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            found = find_nul(child, (*path, str(index)))
+            if found is not None:
+                return found
+    return None
+
+
 def contract_violation(field: str, reason: str) -> PydanticCustomError:
     """An error for validators to raise whose `field` is appended to the pydantic loc.
 
@@ -251,7 +270,9 @@ def encode(model: Contract) -> bytes:
     return orjson.dumps(model.model_dump(), option=orjson.OPT_UTC_Z)
 
 
-def _error_field(error: Any) -> tuple[str | None, str]:
+def error_field(error: Any) -> tuple[str | None, str]:
+    """The dotted field path and reason of one pydantic error dict, following the extra
+    path a ``contract_violation`` carries."""
     loc = [str(part) for part in error["loc"]]
     reason = str(error["msg"])
     ctx = error.get("ctx") or {}
@@ -286,7 +307,7 @@ def validate(model_cls: type[C], raw: dict[str, Any]) -> C:
     try:
         return model_cls.model_validate(raw)
     except ValidationError as exc:
-        field, reason = _error_field(exc.errors(include_url=False)[0])
+        field, reason = error_field(exc.errors(include_url=False)[0])
         raise ContractError(field, reason) from None
     except RecursionError:
         # Unknown fields may nest as deep as orjson allows; never let that escape.

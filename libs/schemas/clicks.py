@@ -9,7 +9,15 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from libs.schemas.base import NO_NUL, Id, LongStr, TenantContract, TrackerToken, UtcDatetime
+from libs.schemas.base import (
+    NO_NUL,
+    Id,
+    LongStr,
+    ShortStr,
+    TenantContract,
+    TrackerToken,
+    UtcDatetime,
+)
 
 TOPIC = "clicks"
 KEY_RULE = "app_id:click_id"
@@ -24,13 +32,15 @@ class ClickRecorded(TenantContract):
     click_id: Id
     tracker_token: TrackerToken
     ts: UtcDatetime
-    ip: Annotated[str, StringConstraints(max_length=64)] | None = None
+    ip: Annotated[str, StringConstraints(max_length=64, pattern=NO_NUL)] | None = None
     # The tracker truncates to this length; the contract rejects longer values.
-    user_agent: Annotated[str, StringConstraints(max_length=2048)] | None = None
-    accept_language: Annotated[str, StringConstraints(max_length=256)] | None = None
+    user_agent: Annotated[str, StringConstraints(max_length=2048, pattern=NO_NUL)] | None = None
+    accept_language: ShortStr | None = None
     referer: LongStr | None = None
-    adid: Annotated[str, StringConstraints(max_length=128)] | None = None
-    network_click_id: Annotated[str, StringConstraints(max_length=256)] | None = None
+    adid: Annotated[str, StringConstraints(max_length=128, pattern=NO_NUL)] | None = None
+    network_click_id: Annotated[str, StringConstraints(max_length=256, pattern=NO_NUL)] | None = (
+        None
+    )
     sub_ids: dict[SubIdKey, SubIdValue] = Field(default_factory=dict, max_length=10)
     redirect_url: LongStr | None = None
     is_bot: bool = False

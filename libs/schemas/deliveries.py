@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import StringConstraints
 
-from libs.schemas.base import Id, ShortStr, TenantContract, UserKey, UtcDatetime
+from libs.schemas.base import NO_NUL, Id, ShortStr, TenantContract, UserKey, UtcDatetime
 from libs.schemas.send_jobs import Channel
 
 TOPIC = "deliveries"
@@ -33,8 +33,10 @@ class DeliveryReceipt(TenantContract):
     channel: Channel
     status: DeliveryStatus
     provider: ShortStr
-    provider_message_id: Annotated[str, StringConstraints(max_length=256)] | None = None
-    error: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    provider_message_id: (
+        Annotated[str, StringConstraints(max_length=256, pattern=NO_NUL)] | None
+    ) = None
+    error: Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL)] | None = None
     ts: UtcDatetime
     journey_id: Id | None = None
 

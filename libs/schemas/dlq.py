@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from libs.schemas.base import Contract, UtcDatetime
+from libs.schemas.base import NO_NUL, Contract, UtcDatetime
 
 DLQ_SUFFIX = ".dlq"
 KEY_RULE = "the source record's key, unchanged"
@@ -25,7 +25,7 @@ MAX_DLQ_VALUE_BYTES = 512 * 1024
 _TRUNCATED = "…[truncated]"
 
 _INT64_MAX = 2**63 - 1
-TopicName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+TopicName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NO_NUL)]
 # Canonical padded base64, so key_bytes()/value_bytes() cannot fail on a decoded record.
 Base64 = Annotated[
     str,
@@ -53,7 +53,7 @@ class DlqRecord(Contract):
     offset: int = Field(ge=0, le=_INT64_MAX)
     key_b64: Base64 | None = None
     value_b64: Base64
-    error: Annotated[str, StringConstraints(max_length=MAX_ERROR_LENGTH)]
+    error: Annotated[str, StringConstraints(max_length=MAX_ERROR_LENGTH, pattern=NO_NUL)]
     consumer_group: TopicName
     failed_at: UtcDatetime
     # Set when the value was cut to MAX_DLQ_VALUE_BYTES; the digest and length are those
@@ -79,6 +79,7 @@ class DlqRecord(Contract):
         Raises pydantic.ValidationError only for caller bugs (naive `failed_at`,
         negative offsets), never because of the record's content.
         """
+        error = error.replace("\x00", "\\x00")  # the reason may quote the poison itself
         if len(error) > MAX_ERROR_LENGTH:
             error = error[: MAX_ERROR_LENGTH - len(_TRUNCATED)] + _TRUNCATED
         raw = value or b""

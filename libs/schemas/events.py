@@ -12,6 +12,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from libs.schemas.base import (
     ANONYMOUS_PREFIX,
+    NO_NUL,
     Id,
     Name,
     Platform,
@@ -39,7 +40,7 @@ class Event(TenantContract):
     name: Name
     device_id: Id | None = None
     user_id: Id | None = None
-    adid: Annotated[str, StringConstraints(max_length=128)] | None = None
+    adid: Annotated[str, StringConstraints(max_length=128, pattern=NO_NUL)] | None = None
     ts: UtcDatetime
     received_at: UtcDatetime
     source: Literal["sdk", "s2s", "backend"] = "backend"
@@ -50,7 +51,7 @@ class Event(TenantContract):
     locale: ShortStr | None = None
     timezone: Timezone | None = None
     session_id: Id | None = None
-    ip: Annotated[str, StringConstraints(max_length=64)] | None = None
+    ip: Annotated[str, StringConstraints(max_length=64, pattern=NO_NUL)] | None = None
     props: Props = Field(default_factory=dict)
     # Negative amounts are refunds; only NaN/Infinity are meaningless.
     revenue: Annotated[float, Field(allow_inf_nan=False)] | None = None

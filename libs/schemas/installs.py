@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import StringConstraints
 
-from libs.schemas.base import Id, LongStr, Platform, ShortStr, TenantContract, UtcDatetime
+from libs.schemas.base import NO_NUL, Id, LongStr, Platform, ShortStr, TenantContract, UtcDatetime
 
 TOPIC = "installs"
 KEY_RULE = "app_id:device_id"
@@ -25,7 +25,7 @@ class InstallReported(TenantContract):
     event_id: Id
     device_id: Id
     user_id: Id | None = None
-    adid: Annotated[str, StringConstraints(max_length=128)] | None = None
+    adid: Annotated[str, StringConstraints(max_length=128, pattern=NO_NUL)] | None = None
     ts: UtcDatetime
     received_at: UtcDatetime
     platform: Platform | None = None
@@ -33,8 +33,8 @@ class InstallReported(TenantContract):
     device_model: ShortStr | None = None
     app_version: ShortStr | None = None
     locale: ShortStr | None = None
-    ip: Annotated[str, StringConstraints(max_length=64)] | None = None
-    user_agent: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    ip: Annotated[str, StringConstraints(max_length=64, pattern=NO_NUL)] | None = None
+    user_agent: Annotated[str, StringConstraints(max_length=2048, pattern=NO_NUL)] | None = None
     referrer: LongStr | None = None
     install_begin_ts: UtcDatetime | None = None
 

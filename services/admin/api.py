@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from libs.runtime.deps import ClickHouseDep, ProducerDep, SessionDep, SettingsDep
+from libs.runtime.deps import ClickHouseDep, ProducerDep, SessionDep, SettingsDep, after_commit
 from libs.runtime.errors import InvalidInput, NotFound
 from libs.runtime.tables import Journey, Segment, Tracker
 from libs.runtime.tenancy import AdminAppDep
@@ -52,17 +52,19 @@ def _tracker_read(request: Request, public_url: str | None, t: Tracker) -> Track
     )
 
 
-async def _changed(producer: ProducerDep, app_id: str, entity: str, entity_id: str) -> None:
-    await producer.publish(
-        ConfigChanged(
-            app_id=app_id,
-            change_id=uuid.uuid4().hex,
-            entity=entity,
-            entity_id=entity_id,
-            action="created",
-            ts=datetime.now(UTC),
-        )
+def _changed(
+    request: Request, producer: ProducerDep, app_id: str, entity: str, entity_id: str
+) -> None:
+    """Announce a configuration change once it is committed (caches invalidate on it)."""
+    change = ConfigChanged(
+        app_id=app_id,
+        change_id=uuid.uuid4().hex,
+        entity=entity,
+        entity_id=entity_id,
+        action="created",
+        ts=datetime.now(UTC),
     )
+    after_commit(request, lambda: producer.publish(change))
 
 
 @router.post("/trackers", status_code=201, operation_id="create_tracker")
@@ -77,7 +79,7 @@ async def create_tracker(
     values = body.model_dump()
     values["store_url"] = str(body.store_url)
     tracker = await store.create_tracker(session, app_id=app_id, values=values)
-    await _changed(producer, app_id, "tracker", tracker.token)
+    _changed(request, producer, app_id, "tracker", tracker.token)
     return _tracker_read(request, settings.public_url, tracker)
 
 
@@ -105,7 +107,11 @@ def _segment_read(s: Segment) -> SegmentRead:
 
 @router.post("/segments", status_code=201, operation_id="create_segment")
 async def create_segment(
-    body: SegmentCreate, app_id: AdminAppDep, session: SessionDep, producer: ProducerDep
+    body: SegmentCreate,
+    request: Request,
+    app_id: AdminAppDep,
+    session: SessionDep,
+    producer: ProducerDep,
 ) -> SegmentRead:
     try:
         parse_rule(body.rule)
@@ -116,7 +122,7 @@ async def create_segment(
             code="invalid_rule",
         ) from None
     segment = await store.create_segment(session, app_id=app_id, name=body.name, rule=body.rule)
-    await _changed(producer, app_id, "segment", segment.id)
+    _changed(request, producer, app_id, "segment", segment.id)
     return _segment_read(segment)
 
 
@@ -146,7 +152,11 @@ def _journey_read(j: Journey) -> JourneyRead:
 
 @router.post("/journeys", status_code=201, operation_id="create_journey")
 async def create_journey(
-    body: JourneyCreate, app_id: AdminAppDep, session: SessionDep, producer: ProducerDep
+    body: JourneyCreate,
+    request: Request,
+    app_id: AdminAppDep,
+    session: SessionDep,
+    producer: ProducerDep,
 ) -> JourneyRead:
     segment_id = body.trigger.segment_entered
     if await store.get_segment(session, app_id=app_id, segment_id=segment_id) is None:
@@ -158,7 +168,7 @@ async def create_journey(
         trigger=body.trigger.model_dump(),
         definition=body.definition.model_dump(mode="json", exclude_none=True),
     )
-    await _changed(producer, app_id, "journey", journey.id)
+    _changed(request, producer, app_id, "journey", journey.id)
     return _journey_read(journey)
 
 

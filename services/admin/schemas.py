@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
+from libs.schemas.base import contract_violation, find_nul
 from libs.schemas.journeys import JourneyDefinition, SegmentEntered
 
 TrackerChannel = Literal[
@@ -26,6 +27,15 @@ TrackerChannel = Literal[
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # Everything here ends up in Postgres, which cannot store NUL.
+        where = find_nul(data)
+        if where is not None:
+            raise contract_violation(where, "must not contain the NUL character")
+        return data
 
 
 class TrackerCreate(_In):

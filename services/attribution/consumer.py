@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch
 from libs.schemas import ClickRecorded, InstallReported, UserAttributed
+from libs.schemas.base import user_key_of
 from services.attribution import logic, store
 from services.attribution.metrics import ATTRIBUTIONS
 
@@ -32,6 +33,8 @@ class Matcher:
         async with self._sessions() as session, session.begin():
             click_records = [r for r in batch.of("clicks") if isinstance(r.value, ClickRecorded)]
             clicks = [r.value for r in click_records]
+            for click in sorted(clicks, key=lambda c: (c.app_id, c.click_id)):
+                await store.lock_click(session, app_id=click.app_id, click_id=click.click_id)
             await store.record_clicks(session, rows=[_click_row(c) for c in clicks])
             for click_record, click in zip(click_records, clicks, strict=True):
                 for waiting in await store.installs_waiting_for(
@@ -58,7 +61,7 @@ class Matcher:
                         app_id=install.app_id,
                         event_id=install.event_id,
                         device_id=install.device_id,
-                        user_key=install.user_id or f"d:{install.device_id}",
+                        user_key=user_key_of(install.user_id, install.device_id),
                         install_ts=install.ts,
                         ref_click_id=logic.referrer_click_id(install.referrer),
                         at=record.time,
@@ -83,11 +86,10 @@ class Matcher:
     ) -> UserAttributed:
         """Decide and record one install. ``at`` is the triggering record's Kafka time, so
         a replay publishes a byte-identical UserAttributed."""
-        click_row = (
-            await store.find_click(session, app_id=app_id, click_id=ref_click_id)
-            if ref_click_id
-            else None
-        )
+        click_row = None
+        if ref_click_id:
+            await store.lock_click(session, app_id=app_id, click_id=ref_click_id)
+            click_row = await store.find_click(session, app_id=app_id, click_id=ref_click_id)
         click = (
             logic.ClickFacts(click_row.click_id, click_row.tracker_token, click_row.ts)
             if click_row is not None

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from libs.runtime.postgres import Base
+from libs.runtime.postgres import Base, lock
 from libs.runtime.tables import Tracker
 
 
@@ -58,7 +58,14 @@ async def record_clicks(session: AsyncSession, *, rows: list[dict[str, Any]]) ->
         await session.execute(insert(Click).values(rows).on_conflict_do_nothing())
 
 
+async def lock_click(session: AsyncSession, *, app_id: str, click_id: str) -> None:
+    """Serialise the two paths that meet on one click id — an install naming it and the
+    click itself arriving — across replicas, so neither misses the other."""
+    await lock(session, "click", app_id, click_id)
+
+
 async def find_click(session: AsyncSession, *, app_id: str, click_id: str) -> Click | None:
+    """The indexed click, or None (not seen yet, or another app's)."""
     return await session.scalar(
         select(Click).where(Click.app_id == app_id, Click.click_id == click_id)
     )

@@ -58,7 +58,9 @@ class Sender:
             return None
         provider = self._providers.get(job.channel)
         status, message_id, error = "failed", None, None
-        if provider is None:
+        if job.expires_at is not None and datetime.now(UTC) >= job.expires_at:
+            status, error = "suppressed", f"expired at {job.expires_at.isoformat()}"
+        elif provider is None:
             error = f"no provider configured for channel {job.channel}"
         elif job.content is None:
             error = f"template {job.template_id} not found"

@@ -13,11 +13,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from libs.runtime.errors import InvalidInput
-from libs.schemas import ContractError, Event, InstallReported, validate
+from libs.schemas import ContractError, Event, InstallReported, encode, validate
 
 MAX_BATCH = 500
 MAX_EVENT_AGE = timedelta(days=7)
 MAX_FUTURE = timedelta(hours=1)
+# One event as a Kafka record: far below the broker's 1 MB request limit, so that a
+# batch of large events can never make a publish fail.
+MAX_EVENT_BYTES = 64 * 1024
 DEVICE_FIELDS = (
     "device_id",
     "user_id",
@@ -108,6 +111,11 @@ def parse_batch(
             )
         except InvalidInput as exc:
             result.rejected.append(Rejection(index, exc.field, exc.message))
+            continue
+        if len(encode(event)) > MAX_EVENT_BYTES:
+            result.rejected.append(
+                Rejection(index, "props", f"event is larger than {MAX_EVENT_BYTES} bytes encoded")
+            )
             continue
         result.events.append(event)
         if event.name == "$install":

@@ -9,6 +9,8 @@ compiler that must agree with ``evaluate``).
 from __future__ import annotations
 
 import json
+import math
+import sys
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -59,7 +61,7 @@ def apply_event(state: ProfileState, event: Event) -> ProfileState:
         changes["sessions"] = state.sessions + 1
     elif event.name == "$purchase":
         changes["purchases"] = state.purchases + 1
-        changes["revenue"] = state.revenue + (event.revenue or 0.0)
+        changes["revenue"] = _finite_sum(state.revenue, event.revenue or 0.0)
     elif event.name == "$attributes":
         changes["attributes"] = apply_attributes(state.attributes, event.props)
     return replace(state, **changes)
@@ -75,7 +77,7 @@ def apply_attributes(current: dict[str, Any], props: dict[str, Any]) -> dict[str
     for name, value in _mapping(props.get("increment")).items():
         if _is_number(value):
             base = attrs.get(name, 0)
-            attrs[name] = (base if _is_number(base) else 0) + value
+            attrs[name] = _finite_sum(base if _is_number(base) else 0, value)
     unset = props.get("unset")
     for name in unset if isinstance(unset, list) else []:
         if isinstance(name, str):
@@ -88,6 +90,21 @@ def apply_attributes(current: dict[str, Any], props: dict[str, Any]) -> dict[str
 def _mapping(value: Any) -> dict[str, Any]:
     # Malformed parts of $attributes (a list where an object belongs) are ignored.
     return value if isinstance(value, dict) else {}
+
+
+INT64_MAX = 2**63 - 1
+
+
+def _finite_sum(left: float, right: float) -> float:
+    """``left + right``, saturating instead of overflowing: integers stay within int64
+    (what every downstream store and encoder takes) and floats stay finite (JSON and
+    Postgres JSONB have no infinity), so a profile always stays storable."""
+    if isinstance(left, int) and isinstance(right, int):
+        return max(-INT64_MAX - 1, min(INT64_MAX, left + right))
+    total = float(left) + float(right)
+    if math.isfinite(total):
+        return total
+    return math.copysign(sys.float_info.max, total) if not math.isnan(total) else float(left)
 
 
 def _is_number(value: Any) -> bool:

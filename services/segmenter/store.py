@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from libs.runtime.postgres import Base
+from libs.runtime.postgres import Base, lock
 from libs.runtime.tables import DeviceAlias, Profile, Segment
 from services.segmenter.logic import ProfileState
 
@@ -51,7 +51,12 @@ async def first_sightings(session: AsyncSession, *, app_id: str, event_ids: list
 
 
 async def load_profile(session: AsyncSession, *, app_id: str, user_key: str) -> ProfileState | None:
-    """The profile, locked for this transaction (one writer per user at a time)."""
+    """The profile, locked for this transaction (one writer per user at a time), or None.
+
+    The advisory lock also covers a profile that does not exist yet, so two replicas
+    that both see it missing cannot both create it and lose one another's update.
+    """
+    await lock(session, "profile", app_id, user_key)
     row = await session.scalar(
         select(Profile)
         .where(Profile.app_id == app_id, Profile.user_key == user_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -9,7 +10,8 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from libs.runtime.deps import ProducerDep
+from libs.runtime.deps import ProducerDep, SettingsDep
+from libs.runtime.http import client_ip
 from libs.schemas import ClickRecorded
 from services.tracker import logic
 from services.tracker.metrics import CLICKS, PUBLISH_FAILURES
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["tracker"])
 
+ENQUEUE_TIMEOUT_S = 0.5
 NOT_FOUND_PAGE = "<!doctype html><title>Link not found</title><h1>This link is not active.</h1>"
 
 
@@ -33,8 +36,11 @@ def _cache(request: Request) -> TrackerCache:
 @router.get(
     "/c/{token}", operation_id="track_click", response_class=RedirectResponse, status_code=302
 )
-async def track_click(token: str, request: Request, producer: ProducerDep) -> Response:
-    if len(token) > 32:
+async def track_click(
+    token: str, request: Request, producer: ProducerDep, settings: SettingsDep
+) -> Response:
+    """Answers 302 to the tracker's store URL, or a 404 page; never waits for Kafka."""
+    if not logic.TOKEN.fullmatch(token):
         return HTMLResponse(NOT_FOUND_PAGE, status_code=404)
     tracker = await _cache(request).get(token)
     if tracker is None:
@@ -47,26 +53,34 @@ async def track_click(token: str, request: Request, producer: ProducerDep) -> Re
         click_id=uuid.uuid4().hex,
         tracker_token=tracker.token,
         ts=datetime.now(UTC),
-        ip=logic.client_ip(
-            headers.get("x-forwarded-for"), request.client.host if request.client else None
-        ),
-        user_agent=user_agent[: logic.MAX_USER_AGENT] if user_agent else None,
-        accept_language=(headers.get("accept-language") or "")[:256] or None,
-        referer=(headers.get("referer") or "")[:4096] or None,
-        adid=(request.query_params.get("adid") or "")[:128] or None,
+        ip=client_ip(request, trust_forwarded_for=settings.trust_forwarded_for),
+        user_agent=logic.clean(user_agent, logic.MAX_USER_AGENT),
+        accept_language=logic.clean(headers.get("accept-language"), 256),
+        referer=logic.clean(headers.get("referer"), 4096),
+        adid=logic.clean(request.query_params.get("adid"), 128),
         is_bot=logic.is_bot(user_agent),
     )
-    # The redirect must not wait for the broker: enqueue and count failures later.
-    future = await producer.publish_nowait(click)
-    future.add_done_callback(_count_failure)
+    # The redirect must not wait for the broker: enqueue and count failures later. If
+    # the broker cannot even take the record, the user still reaches the store.
+    try:
+        future = await asyncio.wait_for(producer.publish_nowait(click), ENQUEUE_TIMEOUT_S)
+    except Exception as exc:
+        _count_failure_now(exc)
+    else:
+        future.add_done_callback(_count_failure)
     CLICKS.labels("bot" if click.is_bot else "ok").inc()
     return RedirectResponse(
         logic.redirect_url(tracker.store_url, click.click_id, tracker.token), status_code=302
     )
 
 
-def _count_failure(future: object) -> None:
-    exc = getattr(future, "exception", lambda: None)()
-    if exc is not None:
-        PUBLISH_FAILURES.inc()
-        log.error("click not published", extra={"error": repr(exc)})
+def _count_failure(future: asyncio.Future[object]) -> None:
+    if future.cancelled():
+        _count_failure_now(asyncio.CancelledError())
+    elif future.exception() is not None:
+        _count_failure_now(future.exception())
+
+
+def _count_failure_now(exc: BaseException | None) -> None:
+    PUBLISH_FAILURES.inc()
+    log.error("click not published", extra={"error": repr(exc)})

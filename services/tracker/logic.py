@@ -41,10 +41,13 @@ def is_bot(user_agent: str | None) -> bool:
     return bool(BOT_PATTERN.search(user_agent))
 
 
-def client_ip(forwarded_for: str | None, peer: str | None) -> str | None:
-    """The first address of ``X-Forwarded-For`` when present (set by our load balancer)."""
-    if forwarded_for:
-        first = forwarded_for.split(",")[0].strip()
-        if first and len(first) <= 64:
-            return first
-    return peer
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(value: str | None, limit: int) -> str | None:
+    """A request-derived string made safe to record: control characters (NUL above all,
+    which Postgres refuses) removed, cut to ``limit``; None when nothing is left."""
+    if not value:
+        return None
+    return _CONTROL.sub("", value)[:limit] or None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import orjson
@@ -275,3 +276,130 @@ async def test_garbage_on_a_topic_goes_to_dlq(platform: Platform, app_keys: dict
             return response.status_code == 200
 
         await eventually(profile)
+
+
+async def test_nul_in_paths_and_bodies_is_a_4xx(
+    http: httpx.AsyncClient, app_keys: dict[str, str]
+) -> None:
+    headers = {"Authorization": f"Bearer {app_keys['admin_token']}"}
+    assert (await http.get("/c/%00")).status_code == 400
+    assert (await http.get("/admin/v1/users/%00", headers=headers)).status_code == 400
+    tracker = await http.post(
+        "/admin/v1/trackers",
+        headers=headers,
+        json={
+            "name": "x",
+            "channel": "web",
+            "store_url": "https://example.com",
+            "network": "a\u0000",
+        },
+    )
+    assert tracker.status_code == 422
+    assert error_of(tracker)["field"] == "network"
+    segment = await http.post(
+        "/admin/v1/segments",
+        headers=headers,
+        json={"name": "s", "rule": {"attribute": "city", "op": "eq", "value": "Te\u0000hran"}},
+    )
+    assert segment.status_code == 422
+    assert error_of(segment)["field"] == "rule.value"
+
+
+async def test_click_with_control_characters_is_recorded_clean(
+    http: httpx.AsyncClient, app_keys: dict[str, str], platform: Platform
+) -> None:
+    """A NUL in a query parameter must neither fail the redirect nor poison the click
+    consumer (Postgres refuses NUL): it is stripped before the click is recorded."""
+    headers = {"Authorization": f"Bearer {app_keys['admin_token']}"}
+    created = await http.post(
+        "/admin/v1/trackers",
+        headers=headers,
+        json={"name": "t", "channel": "landing_page", "store_url": "https://example.com/app"},
+    )
+    token = created.json()["token"]
+    response = await http.get(f"/c/{token}?adid=ab%00cd")
+    assert response.status_code == 302
+    click_id = parse_qs(parse_qs(urlsplit(response.headers["location"]).query)["referrer"][0])[
+        "click_id"
+    ][0]
+    device = f"dev-{uuid.uuid4().hex[:6]}"
+    posted = await http.post(
+        "/v1/events",
+        headers=sdk(app_keys),
+        json={
+            "events": [
+                event("$install", device_id=device, props={"referrer": f"click_id={click_id}"})
+            ]
+        },
+    )
+    assert posted.json()["accepted"] == 1
+
+    async def attributed() -> bool:
+        r = await http.get(f"/admin/v1/users/d:{device}", headers=headers)
+        return r.status_code == 200 and (r.json()["attribution"] or {}).get("method") == (
+            "click_id"
+        )
+
+    await eventually(attributed)
+    assert not platform.crashes
+
+
+async def test_identity_edges(http: httpx.AsyncClient, app_keys: dict[str, str]) -> None:
+    headers = {"Authorization": f"Bearer {app_keys['admin_token']}"}
+    long_device = "x" * 128
+    response = await http.post(
+        "/v1/events",
+        headers=sdk(app_keys),
+        json={
+            "events": [
+                event("$install", device_id=long_device),
+                event(user_id="d:someone-else"),
+                event(timezone="Z" * 100),
+            ]
+        },
+    )
+    body = response.json()
+    assert body["accepted"] == 1
+    assert [(r["index"], r["field"]) for r in body["rejected"]] == [(1, "user_id"), (2, "timezone")]
+
+    async def profile() -> bool:
+        r = await http.get(f"/admin/v1/users/d:{long_device}", headers=headers)
+        return r.status_code == 200
+
+    await eventually(profile)
+
+
+async def test_an_expired_send_job_is_suppressed(
+    http: httpx.AsyncClient, app_keys: dict[str, str], platform: Platform
+) -> None:
+    from libs.schemas import MessageContent, SendJob
+
+    producer = Producer(platform.settings.kafka_bootstrap)
+    await producer.start()
+    now = datetime.now(UTC)
+    job = SendJob(
+        app_id=app_keys["app_id"],
+        job_id=uuid.uuid4().hex,
+        user_key="u-late",
+        channel="sms",
+        content=MessageContent(body="Your code is 1234"),
+        transactional=True,
+        created_at=now - timedelta(hours=2),
+        expires_at=now - timedelta(hours=1),
+    )
+    try:
+        await producer.publish(job)
+    finally:
+        await producer.stop()
+
+    async def receipt() -> list | None:
+        r = await http.get(
+            "/admin/v1/deliveries",
+            params={"user_key": "u-late"},
+            headers={"Authorization": f"Bearer {app_keys['admin_token']}"},
+        )
+        return r.json()["items"] or None
+
+    items = await eventually(receipt)
+    assert [(i["job_id"], i["status"]) for i in items] == [(job.job_id, "suppressed")]
+    assert "expired" in items[0]["error"]

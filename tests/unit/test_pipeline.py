@@ -238,3 +238,65 @@ def test_error_classification() -> None:
     wrapped = RuntimeError("wrapper")
     wrapped.__cause__ = ConnectionResetError()
     assert is_transient(wrapped)
+
+
+async def test_a_poison_record_is_isolated_and_the_rest_take_effect() -> None:
+    """A record that makes the store refuse its data (here: a DataError for e2) fails the
+    batch; the runner replays record by record, dead-letters e2 alone and commits."""
+    from sqlalchemy.exc import DataError
+
+    journal = Journal()
+
+    async def handler(batch: Batch) -> None:
+        ids = [r.value.event_id for r in batch.records]  # type: ignore[attr-defined]
+        if "e2" in ids:
+            raise DataError("insert", {}, Exception("invalid byte sequence 0x00"))
+        journal.entries.append(("write", ids))
+
+    r = runner(journal, handler)
+    await r._handle(  # type: ignore[arg-type]
+        FakeConsumer(journal), {TP: [record(0, good(1)), record(1, good(2)), record(2, good(3))]}
+    )
+    assert journal.entries[:2] == [("write", ["e1"]), ("write", ["e3"])]
+    assert journal.entries[2][0] == "dlq"
+    topic, dead = journal.entries[2][1]
+    assert (topic, dead.offset) == ("events.dlq", 1)
+    assert "DataError" in dead.error
+    assert journal.entries[3] == ("commit", {TP: 3})
+
+
+async def test_stop_ends_a_transient_retry_without_commit() -> None:
+    journal = Journal()
+
+    async def handler(batch: Batch) -> None:
+        raise TransientError("db down")
+
+    r = runner(journal, handler, kafka_retry_budget_s=600)
+    task = asyncio.create_task(
+        r._handle(FakeConsumer(journal), {TP: [record(0, good(1))]})  # type: ignore[arg-type]
+    )
+    await asyncio.sleep(0.3)
+    r.stop()
+    with pytest.raises(TransientError):
+        await asyncio.wait_for(task, 5)
+    assert journal.entries == []
+
+
+def test_poison_classification() -> None:
+    from pydantic import BaseModel, ValidationError
+    from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+
+    from libs.runtime.pipeline import is_poison
+
+    class M(BaseModel):
+        x: int
+
+    try:
+        M(x="nope")  # type: ignore[arg-type]
+    except ValidationError as exc:
+        assert is_poison(exc)
+    assert is_poison(DataError("q", {}, Exception("22021")))
+    assert is_poison(IntegrityError("q", {}, Exception("23505")))
+    assert is_poison(OverflowError())
+    assert not is_poison(OperationalError("q", {}, Exception("gone")))
+    assert not is_poison(KeyError("bug"))

@@ -714,3 +714,17 @@ def test_no_segments_no_changes() -> None:
         )
         == []
     )
+
+
+def test_counters_saturate_instead_of_overflowing() -> None:
+    import math
+    import sys
+
+    from services.segmenter.logic import INT64_MAX, apply_attributes
+
+    attrs = apply_attributes({"score": 1e308}, {"increment": {"score": 1e308}})
+    assert attrs["score"] == sys.float_info.max and math.isfinite(attrs["score"])
+    attrs = apply_attributes({"n": INT64_MAX}, {"increment": {"n": 5}})
+    assert attrs["n"] == INT64_MAX and isinstance(attrs["n"], int)
+    attrs = apply_attributes({"n": 2}, {"increment": {"n": 3}})
+    assert attrs["n"] == 5 and isinstance(attrs["n"], int)

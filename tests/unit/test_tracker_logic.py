@@ -7,8 +7,10 @@ from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from starlette.requests import Request
 
-from services.tracker.logic import client_ip, is_bot, redirect_url, referrer_value
+from libs.runtime.http import client_ip
+from services.tracker.logic import TOKEN, clean, is_bot, redirect_url, referrer_value
 
 
 def _query(url: str) -> list[tuple[str, str]]:
@@ -178,27 +180,59 @@ def test_cubot_phone_is_not_a_bot() -> None:
     assert is_bot(agent) is False
 
 
-def test_client_ip_takes_the_first_forwarded_address() -> None:
-    assert client_ip("5.160.12.34, 10.0.0.1, 10.0.0.2", "10.0.0.9") == "5.160.12.34"
+def _request(forwarded: str | None, peer: str | None) -> Request:
+    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded is not None else []
+    scope = {"type": "http", "headers": headers, "client": (peer, 1234) if peer else None}
+    return Request(scope)
 
 
-def test_client_ip_strips_whitespace() -> None:
-    assert client_ip("  5.160.12.34  ,10.0.0.1", "10.0.0.9") == "5.160.12.34"
+def test_client_ip_takes_the_first_forwarded_address_when_trusted() -> None:
+    req = _request("5.160.12.34, 10.0.0.1, 10.0.0.2", "10.0.0.9")
+    assert client_ip(req, trust_forwarded_for=True) == "5.160.12.34"
+    assert client_ip(_request("  5.160.12.34  ,10.0.0.1", "p"), trust_forwarded_for=True) == (
+        "5.160.12.34"
+    )
+    assert client_ip(_request("2001:db8::1", "p"), trust_forwarded_for=True) == "2001:db8::1"
 
 
-def test_client_ip_single_forwarded_address() -> None:
-    assert client_ip("2001:db8::1", "10.0.0.9") == "2001:db8::1"
+def test_client_ip_ignores_forwarded_for_unless_trusted() -> None:
+    """Anyone can send X-Forwarded-For; only a deployment behind a proxy may believe it."""
+    req = _request("5.160.12.34", "10.0.0.9")
+    assert client_ip(req, trust_forwarded_for=False) == "10.0.0.9"
 
 
-@pytest.mark.parametrize("forwarded", [None, "", " ", ", 10.0.0.1", "x" * 65])
+@pytest.mark.parametrize("forwarded", [None, "", " ", ", 10.0.0.1", "x" * 65, "1.2.3.4\x00"])
 def test_client_ip_falls_back_to_peer(forwarded: str | None) -> None:
-    assert client_ip(forwarded, "10.0.0.9") == "10.0.0.9"
-
-
-def test_client_ip_accepts_exactly_64_characters() -> None:
-    assert client_ip("x" * 64, "peer") == "x" * 64
+    assert client_ip(_request(forwarded, "10.0.0.9"), trust_forwarded_for=True) == "10.0.0.9"
 
 
 def test_client_ip_without_anything_is_none() -> None:
-    assert client_ip(None, None) is None
-    assert client_ip("", None) is None
+    assert client_ip(_request(None, None), trust_forwarded_for=True) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "limit", "expected"),
+    [
+        (None, 10, None),
+        ("", 10, None),
+        ("abc", 10, "abc"),
+        ("a\x00b\x01c\x7f\x9fd", 10, "abcd"),
+        ("\x00\x00", 10, None),
+        ("گوشی", 10, "گوشی"),
+        ("x" * 20, 5, "xxxxx"),
+    ],
+)
+def test_clean_removes_control_characters_and_truncates(
+    raw: str | None, limit: int, expected: str | None
+) -> None:
+    assert clean(raw, limit) == expected
+
+
+@pytest.mark.parametrize("token", ["abc", "A-b_9", "x" * 32])
+def test_token_shape_accepted(token: str) -> None:
+    assert TOKEN.fullmatch(token)
+
+
+@pytest.mark.parametrize("token", ["", "x" * 33, "a\x00", "a/b", "a b", "توکن"])
+def test_token_shape_rejected(token: str) -> None:
+    assert not TOKEN.fullmatch(token)
