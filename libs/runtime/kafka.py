@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from libs.schemas import ALL_TOPICS, CONTRACTS, Contract, contract_for, dlq_topic, encode
+from libs.schemas import ALL_TOPICS, CONTRACTS, Contract, TopicContract, dlq_topic, encode
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,12 @@ class Producer:
         return bool(self._producer.client.cluster.brokers())
 
     @staticmethod
-    def serialise(message: Contract, topic: str | None = None) -> tuple[str, bytes, bytes]:
-        topic = topic or _topic_of(message)
-        contract = contract_for(topic)
-        return topic, contract.key(message).encode(), encode(message)
+    def serialise(message: Contract) -> tuple[str, bytes, bytes]:
+        """(topic, key, value) of a contract instance; TypeError for a non-topic model."""
+        contract = _CONTRACT_OF.get(type(message))
+        if contract is None:
+            raise TypeError(f"{type(message).__name__} is not the contract of any topic")
+        return contract.topic, contract.key(message).encode(), encode(message)
 
     async def publish(self, *messages: Contract) -> None:
         """Send and wait until every record is acknowledged. Raises on failure."""
@@ -157,8 +159,6 @@ class Producer:
         return self._producer
 
 
-def _topic_of(message: Contract) -> str:
-    for contract in CONTRACTS.values():
-        if type(message) is contract.model:
-            return contract.topic
-    raise TypeError(f"{type(message).__name__} is not the contract of any topic")
+_CONTRACT_OF: dict[type[Contract], TopicContract[Any]] = {
+    c.model: c for c in CONTRACTS.values()
+}

@@ -205,7 +205,7 @@ class ConsumerRunner:
         batch = Batch(records=[])
         failed: list[tuple[ConsumerRecord[Any, Any], str]] = []
         offsets: dict[TopicPartition, int] = {}
-        append = batch.records.append
+        append, new = batch.records.append, tuple.__new__
         for tp, records in raw.items():
             if not records:
                 continue
@@ -219,7 +219,8 @@ class ConsumerRunner:
                 except ContractError as exc:
                     failed.append((rec, str(exc)))
                     continue
-                append(Record(topic, partition, rec.offset, rec.key, value, rec.timestamp))
+                # tuple.__new__ skips the NamedTuple's Python-level __new__ (hot path).
+                append(new(Record, (topic, partition, rec.offset, rec.key, value, rec.timestamp)))
         if batch.records:
             await self._call_handler(batch)
         for record, reason in batch.rejected:

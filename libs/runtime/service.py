@@ -131,7 +131,7 @@ def compose(
     )
 
 
-GC_GEN0_THRESHOLD = 20_000
+GC_GEN0_THRESHOLD = 50_000
 
 
 def tune_gc() -> None:
