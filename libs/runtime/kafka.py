@@ -159,6 +159,4 @@ class Producer:
         return self._producer
 
 
-_CONTRACT_OF: dict[type[Contract], TopicContract[Any]] = {
-    c.model: c for c in CONTRACTS.values()
-}
+_CONTRACT_OF: dict[type[Contract], TopicContract[Any]] = {c.model: c for c in CONTRACTS.values()}

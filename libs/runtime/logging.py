@@ -22,6 +22,7 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
+    "color_message",  # uvicorn's ANSI-coloured duplicate of msg
 }
 
 

@@ -91,7 +91,6 @@ def compose(
         ) as resources:
             app.state.resources = resources
             app.state.key_resolver = KeyResolver(resources.sessions)
-            app.state.readiness.update(_readiness(resources))
             running = Running()
             app.state.running = running
             for spec in specs:
@@ -101,6 +100,7 @@ def compose(
                 running.consumers.extend(spec.consumers(resources))
                 for coro in spec.tasks(resources):
                     running.tasks.append(asyncio.create_task(coro))
+            app.state.readiness.update(_readiness(resources, running))
             for runner in running.consumers:
                 task = asyncio.create_task(runner.run(), name=runner.group)
                 task.add_done_callback(
@@ -146,11 +146,19 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
-def _readiness(resources: Resources) -> dict[str, Callable[[], Coroutine[Any, Any, bool]]]:
+def _readiness(
+    resources: Resources, running: Running
+) -> dict[str, Callable[[], Coroutine[Any, Any, bool]]]:
+    async def consumers_joined() -> bool:
+        # Until every group has its partitions, records wait (Tansu: a few seconds).
+        return all(runner.assigned.is_set() for runner in running.consumers)
+
     checks: dict[str, Callable[[], Coroutine[Any, Any, bool]]] = {
         "postgres": lambda: postgres.ping(resources.engine),
         "kafka": resources.producer.ping,
     }
+    if running.consumers:
+        checks["consumers"] = consumers_joined
     if resources.clickhouse is not None:
         checks["clickhouse"] = resources.clickhouse.ping
     return checks

@@ -55,7 +55,12 @@ def test_up_app_create_second_up_and_ctrl_c(tmp_path: Path, settings: PlatformSe
     )
     try:
         ready = wait_ready(f"http://127.0.0.1:{port}", up)
-        assert ready["checks"] == {"postgres": True, "kafka": True, "clickhouse": True}
+        assert ready["checks"] == {
+            "postgres": True,
+            "kafka": True,
+            "clickhouse": True,
+            "consumers": True,
+        }
         state = json.loads((tmp_path / "var" / "hodhod.json").read_text())
         assert state["pid"] == up.pid
         assert state["database_url"] is None  # from the environment: not written to disk

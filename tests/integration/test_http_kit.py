@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
 import httpx
 import pytest
+
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
 
-async def test_probes_and_metrics(http: httpx.AsyncClient) -> None:
+async def test_probes_and_metrics(http: httpx.AsyncClient, app_keys: dict[str, str]) -> None:
     assert (await http.get("/healthz")).json() == {"status": "ok"}
     ready = await http.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"postgres": True, "kafka": True, "clickhouse": True}
+    assert ready.json()["checks"] == {
+        "postgres": True,
+        "kafka": True,
+        "clickhouse": True,
+        "consumers": True,
+    }
     await http.get("/c/unknown-token")
-    metrics = (await http.get("/metrics")).text
+    now = datetime.now(UTC).isoformat()
+    await http.post(
+        "/v1/events",
+        headers={"X-Hodhod-Key": app_keys["sdk_key"]},
+        json={
+            "events": [
+                {"event_id": str(uuid.uuid4()), "name": "$open", "device_id": "m", "ts": now}
+            ]
+        },
+    )
+
+    async def batch_observed() -> str | None:
+        text = (await http.get("/metrics")).text
+        return text if 'hodhod_consumer_batch_seconds_count{consumer="segmenter' in text else None
+
+    metrics = await eventually(batch_observed)
     for name in (
         "hodhod_consumer_records_total",
         "hodhod_consumer_batch_seconds_bucket",
