@@ -133,6 +133,27 @@ def _is_transient_sqlstate(exc: Any) -> bool:
     return state.startswith(("08", "40001", "40P01", "53", "57P"))
 
 
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """When a batch is complete: after ``max_records`` records, ``max_bytes`` of values or
+    ``max_wait_s`` since its first record, whichever comes first. The default hands each
+    fetch over at once (latency first); sinks that like big writes (the warehouse) wait."""
+
+    max_records: int = 0
+    max_bytes: int = 0
+    max_wait_s: float = 0.0
+
+    def full(self, records: int, size: int, waited_s: float) -> bool:
+        """A limit of 0 is no limit; with none set, every fetch is a batch."""
+        if not (self.max_records or self.max_bytes or self.max_wait_s):
+            return True
+        return bool(
+            (self.max_records and records >= self.max_records)
+            or (self.max_bytes and size >= self.max_bytes)
+            or (self.max_wait_s and waited_s >= self.max_wait_s)
+        )
+
+
 class ConsumerRunner:
     """Runs one consumer group until ``stop()``; see the module docstring for the contract.
 
@@ -150,8 +171,10 @@ class ConsumerRunner:
         settings: KafkaSettings,
         dlq_producer: Producer,
         client_id: str | None = None,
+        policy: BatchPolicy | None = None,
     ) -> None:
         self.group = group
+        self._policy = policy or BatchPolicy()
         self.topics = list(topics)
         self._handler = handler
         self._settings = settings
@@ -184,16 +207,32 @@ class ConsumerRunner:
         )
         await consumer.start()
         log.info("consumer started", extra={"group": self.group, "topics": self.topics})
+        pending: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        count = size = 0
+        first_at = 0.0
         try:
             while not self._stopping.is_set():
+                wait_ms = 200
+                if pending:
+                    left = self._policy.max_wait_s - (time.monotonic() - first_at)
+                    wait_ms = max(0, min(200, int(left * 1000)))
                 raw = await consumer.getmany(
-                    timeout_ms=200, max_records=self._settings.kafka_max_batch
+                    timeout_ms=wait_ms, max_records=self._settings.kafka_max_batch
                 )
                 if consumer.assignment():
                     self.assigned.set()
-                if not raw:
-                    continue
-                await self._handle(consumer, raw)
+                for tp, records in raw.items():
+                    if not pending:
+                        first_at = time.monotonic()
+                    pending.setdefault(tp, []).extend(records)
+                    count += len(records)
+                    if self._policy.max_bytes:
+                        size += sum(len(r.value or b"") for r in records)
+                if pending and self._policy.full(count, size, time.monotonic() - first_at):
+                    await self._handle(consumer, pending)
+                    pending, count, size = {}, 0, 0
+            if pending:  # stopping: the batch in hand is finished, not dropped
+                await self._handle(consumer, pending)
         finally:
             await consumer.stop()
             log.info("consumer stopped", extra={"group": self.group})

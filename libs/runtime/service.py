@@ -22,7 +22,7 @@ from fastapi import APIRouter, FastAPI
 
 from libs.runtime import postgres
 from libs.runtime.http import create_app
-from libs.runtime.pipeline import ConsumerRunner, Handler
+from libs.runtime.pipeline import BatchPolicy, ConsumerRunner, Handler
 from libs.runtime.resources import Resources, open_resources
 from libs.runtime.settings import PlatformSettings
 from libs.runtime.tenancy import KeyResolver
@@ -42,10 +42,13 @@ class ServiceSpec:
 
 
 def one_consumer(
-    group: str, topics: Sequence[str], handler: Callable[[Resources], Handler]
+    group: str,
+    topics: Sequence[str],
+    handler: Callable[[Resources], Handler],
+    policy: BatchPolicy | None = None,
 ) -> Callable[[Resources], Sequence[ConsumerRunner]]:
     """The ``consumers`` of a service that runs one group: ``handler`` builds the batch
-    handler from the process's resources."""
+    handler from the process's resources; ``policy`` says when a batch is complete."""
 
     def build(resources: Resources) -> Sequence[ConsumerRunner]:
         return [
@@ -55,6 +58,7 @@ def one_consumer(
                 handler=handler(resources),
                 settings=resources.settings,
                 dlq_producer=resources.producer,
+                policy=policy,
             )
         ]
 

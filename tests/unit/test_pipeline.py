@@ -300,3 +300,24 @@ def test_poison_classification() -> None:
     assert is_poison(OverflowError())
     assert not is_poison(OperationalError("q", {}, Exception("gone")))
     assert not is_poison(KeyError("bug"))
+
+
+@pytest.mark.parametrize(
+    ("policy", "records", "size", "waited", "full"),
+    [
+        ((0, 0, 0.0), 1, 10, 0.0, True),  # no limits: every fetch is a batch
+        ((100, 0, 0.0), 99, 10**9, 99.0, False),  # only the record limit counts
+        ((100, 0, 0.0), 100, 0, 0.0, True),
+        ((0, 1000, 0.0), 5, 999, 0.0, False),
+        ((0, 1000, 0.0), 5, 1000, 0.0, True),
+        ((50_000, 64 << 20, 1.0), 10, 100, 0.5, False),
+        ((50_000, 64 << 20, 1.0), 10, 100, 1.0, True),
+        ((50_000, 64 << 20, 1.0), 50_000, 100, 0.1, True),
+    ],
+)
+def test_batch_policy(
+    policy: tuple[int, int, float], records: int, size: int, waited: float, full: bool
+) -> None:
+    from libs.runtime.pipeline import BatchPolicy
+
+    assert BatchPolicy(*policy).full(records, size, waited) is full
