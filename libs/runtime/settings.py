@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -64,5 +64,29 @@ class HttpSettings(BaseServiceSettings):
     trust_forwarded_for: bool = False
 
 
-class PlatformSettings(KafkaSettings, PostgresSettings, ClickHouseSettings, HttpSettings):
+class IngestSettings(BaseServiceSettings):
+    """Limits of the event API (``/v1/events``, ``/v1/s2s/events``)."""
+
+    ingest_max_batch: int = Field(default=500, ge=1, le=5_000)
+    # How old an SDK event may be; server-to-server events may carry any past ts.
+    ingest_max_event_age_days: int = Field(default=7, ge=1, le=3_650)
+    # Token bucket per API key, counting events (not requests), per process: a key can
+    # sustain ``rate`` events/s and send ``burst`` at once after being idle.
+    ingest_rate_per_s: float = Field(default=200.0, gt=0)
+    ingest_rate_burst: int = Field(default=1_000, ge=1)
+
+    @model_validator(mode="after")
+    def _a_full_batch_fits_the_bucket(self) -> IngestSettings:
+        if self.ingest_rate_burst < self.ingest_max_batch:
+            # Otherwise a full batch could never be accepted, however long the client waits.
+            raise ValueError(
+                f"HODHOD_INGEST_RATE_BURST ({self.ingest_rate_burst}) must be at least "
+                f"HODHOD_INGEST_MAX_BATCH ({self.ingest_max_batch})"
+            )
+        return self
+
+
+class PlatformSettings(
+    KafkaSettings, PostgresSettings, ClickHouseSettings, HttpSettings, IngestSettings
+):
     """Everything the one-process launcher needs; each service reads only its part."""

@@ -1,24 +1,66 @@
-"""``POST /v1/events``: the SDK event API."""
+"""The event API: ``POST /v1/events`` (SDK key) and the server-to-server input
+``POST /v1/s2s/events`` and ``POST /v1/s2s/verify`` (server key).
+
+Thin: read the body, check the per-key rate limit, call ``logic``, publish, answer.
+Every endpoint answers only after Kafka acknowledged each record it publishes; a
+request refused (rate limit, bad envelope) publishes nothing.
+"""
 
 from __future__ import annotations
 
 import gzip
+import time
 import zlib
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
-from libs.runtime.deps import ProducerDep
+from libs.runtime.deps import ProducerDep, SettingsDep
 from libs.runtime.errors import HodhodError, PayloadTooLarge
-from libs.runtime.tenancy import SdkAppDep
+from libs.runtime.http import client_ip, error_body, error_response
+from libs.runtime.kafka import Producer
+from libs.runtime.settings import PlatformSettings
+from libs.runtime.tenancy import SdkAppDep, ServerAppDep, hash_key
 from services.ingest import logic
-from services.ingest.metrics import EVENTS
+from services.ingest.metrics import EVENTS, RATE_LIMITED, RATE_LIMITED_EVENTS, VERIFICATIONS
+from services.ingest.ratelimit import TokenBuckets, retry_after_seconds
 
 router = APIRouter(tags=["ingest"])
 
 MAX_INFLATED_BYTES = 8 * 1_048_576
+Source = Literal["sdk", "s2s"]
+
+
+class Rejected(BaseModel):
+    index: int
+    field: str | None
+    reason: str
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+    rejected: list[Rejected]
+
+
+class VerificationAccepted(BaseModel):
+    verification_id: str
+
+
+_TOO_MANY: dict[int | str, dict[str, Any]] = {
+    429: {
+        "description": "The key's rate limit (events per second) is exhausted; nothing "
+        "of the request was accepted. Retry after `Retry-After` seconds.",
+        "content": {
+            "application/json": {
+                "example": error_body("rate_limited", "rate limit of 200 events/s exceeded")
+            }
+        },
+    }
+}
 
 
 async def _json_body(request: Request) -> Any:
@@ -37,23 +79,130 @@ async def _json_body(request: Request) -> Any:
         raise HodhodError("request body is not valid JSON", code="malformed_json") from None
 
 
-@router.post("/v1/events", operation_id="post_events")
-async def post_events(request: Request, app_id: SdkAppDep, producer: ProducerDep) -> dict[str, Any]:
-    """Accept a batch; answers after every accepted record is acknowledged by Kafka."""
+def _limiter(request: Request, settings: PlatformSettings) -> TokenBuckets:
+    """The process's buckets, made on first use (never at import time)."""
+    state = request.app.state
+    limiter: TokenBuckets | None = getattr(state, "ingest_rate_limiter", None)
+    if limiter is None:
+        limiter = TokenBuckets(
+            rate_per_s=settings.ingest_rate_per_s, burst=settings.ingest_rate_burst
+        )
+        state.ingest_rate_limiter = limiter
+    return limiter
+
+
+def _key_digest(request: Request) -> str:
+    """The digest of the key the request authenticated with (the tenancy dependency has
+    already accepted it): the rate limit is per key, not per app."""
+    raw = request.headers.get("x-hodhod-key", "")
+    if not raw:
+        raw = request.headers.get("authorization", "").partition(" ")[2].strip()
+    return hash_key(raw)
+
+
+def _rate_limited(
+    request: Request, settings: PlatformSettings, *, cost: int, source: Source
+) -> JSONResponse | None:
+    """A 429 answer when the key's bucket lacks ``cost`` tokens, else None (spent)."""
+    limiter = _limiter(request, settings)
+    wait = limiter.take(_key_digest(request), cost, now=time.monotonic())
+    if wait <= 0:
+        return None
+    RATE_LIMITED.labels(source).inc()
+    RATE_LIMITED_EVENTS.labels(source).inc(cost)
+    retry_after = retry_after_seconds(wait)
+    response = error_response(
+        429,
+        "rate_limited",
+        f"rate limit of {limiter.rate_per_s:g} events/s (burst {limiter.burst}) exceeded "
+        f"for this key; nothing was accepted, retry in {retry_after} s",
+    )
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+async def _ingest(
+    request: Request,
+    *,
+    app_id: str,
+    producer: Producer,
+    settings: PlatformSettings,
+    source: Source,
+) -> EventsAccepted | JSONResponse:
     body = await _json_body(request)
+    events = logic.batch_events(body, max_batch=settings.ingest_max_batch)
+    # An empty batch still costs one token, or empty requests would be free.
+    refused = _rate_limited(request, settings, cost=max(1, len(events)), source=source)
+    if refused is not None:
+        return refused
+    sdk = source == "sdk"
     result = logic.parse_batch(
         body,
         app_id=app_id,
         received_at=datetime.now(UTC),
-        ip=request.client.host if request.client else None,
-        user_agent=request.headers.get("user-agent"),
+        # A server calls on behalf of users: its own address and agent describe no user.
+        ip=client_ip(request, trust_forwarded_for=settings.trust_forwarded_for) if sdk else None,
+        user_agent=request.headers.get("user-agent") if sdk else None,
+        source=source,
+        max_batch=settings.ingest_max_batch,
+        max_age=timedelta(days=settings.ingest_max_event_age_days) if sdk else None,
     )
     await producer.publish_all([*result.events, *result.installs])
     EVENTS.labels("accepted").inc(len(result.events))
     EVENTS.labels("rejected").inc(len(result.rejected))
-    return {
-        "accepted": len(result.events),
-        "rejected": [
-            {"index": r.index, "field": r.field, "reason": r.reason} for r in result.rejected
-        ],
-    }
+    return EventsAccepted(
+        accepted=len(result.events),
+        rejected=[Rejected(index=r.index, field=r.field, reason=r.reason) for r in result.rejected],
+    )
+
+
+@router.post(
+    "/v1/events", operation_id="post_events", response_model=EventsAccepted, responses=_TOO_MANY
+)
+async def post_events(
+    request: Request, app_id: SdkAppDep, producer: ProducerDep, settings: SettingsDep
+) -> Any:
+    """Accept an SDK batch (events up to ``HODHOD_INGEST_MAX_EVENT_AGE_DAYS`` old).
+
+    Answers after every accepted record is acknowledged by Kafka.
+    """
+    return await _ingest(request, app_id=app_id, producer=producer, settings=settings, source="sdk")
+
+
+@router.post(
+    "/v1/s2s/events",
+    operation_id="post_s2s_events",
+    response_model=EventsAccepted,
+    responses=_TOO_MANY,
+)
+async def post_s2s_events(
+    request: Request, app_id: ServerAppDep, producer: ProducerDep, settings: SettingsDep
+) -> Any:
+    """Events sent by the app's backend (server key): the SDK body and answer, any past
+    ``ts`` accepted (backfill and import), source ``s2s``."""
+    return await _ingest(request, app_id=app_id, producer=producer, settings=settings, source="s2s")
+
+
+@router.post(
+    "/v1/s2s/verify",
+    operation_id="post_s2s_verify",
+    status_code=202,
+    response_model=VerificationAccepted,
+    responses=_TOO_MANY,
+)
+async def post_s2s_verify(
+    request: Request, app_id: ServerAppDep, producer: ProducerDep, settings: SettingsDep
+) -> Any:
+    """Publish ``UserVerified`` to ``verifications`` and answer once Kafka acknowledged it.
+
+    Idempotent when the caller sends ``ts``: a retry publishes the same
+    ``verification_id``, which consumers deduplicate.
+    """
+    body = await _json_body(request)
+    refused = _rate_limited(request, settings, cost=1, source="s2s")
+    if refused is not None:
+        return refused
+    verified = logic.parse_verification(body, app_id=app_id, now=datetime.now(UTC))
+    await producer.publish(verified)
+    VERIFICATIONS.inc()
+    return VerificationAccepted(verification_id=verified.verification_id)

@@ -1,19 +1,25 @@
-"""Ingest rules: turn an SDK batch into contracts, event by event. Pure.
+"""Ingest rules: turn an SDK or server batch into contracts, event by event. Pure.
 
-Partial acceptance: every event is validated on its own; valid ones become ``Event``
+Partial acceptance: every event is validated on its own (the contract, the user-id rule
+and the shape of reserved ``$`` events in ``reserved.py``); valid ones become ``Event``
 records (and ``InstallReported`` for ``$install``), invalid ones are reported by index
 with the field and the reason. Nothing valid is dropped because a neighbour was bad.
+
+Server-to-server verifications (``UserVerified``) are built here too.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from libs.runtime.errors import InvalidInput
-from libs.schemas import ContractError, Event, InstallReported, encode, validate
+from libs.schemas import ContractError, Event, InstallReported, UserVerified, encode, validate
+from libs.schemas.base import ANONYMOUS_PREFIX
+from services.ingest.reserved import check_event, check_user_id
 
 MAX_BATCH = 500
 MAX_EVENT_AGE = timedelta(days=7)
@@ -72,6 +78,23 @@ def clock_skew(sent_at: datetime | None, received_at: datetime) -> timedelta:
     return received_at - sent_at if sent_at is not None else timedelta(0)
 
 
+def batch_events(body: Any, *, max_batch: int = MAX_BATCH) -> list[Any]:
+    """The raw ``events`` list of a batch body, checked as an envelope only.
+
+    Raises ``InvalidInput`` (field ``events``) for a body that is not an object, has no
+    events list, or has more than ``max_batch`` events. Cheap: the API calls it to count
+    a request's events for the rate limit before any event is parsed.
+    """
+    if not isinstance(body, Mapping):
+        raise InvalidInput("body must be a JSON object with an events list", field="events")
+    events = body.get("events")
+    if not isinstance(events, list):
+        raise InvalidInput("must be a list of events", field="events")
+    if len(events) > max_batch:
+        raise InvalidInput(f"at most {max_batch} events per request", field="events")
+    return events
+
+
 def parse_batch(
     body: Any,
     *,
@@ -87,14 +110,9 @@ def parse_batch(
 
     Raises ``InvalidInput`` only for an unusable envelope (not an object, no events list,
     too many events, bad ``sent_at``); per-event problems land in ``rejected``.
+    ``max_age=None`` accepts any past ``ts`` (server-to-server backfill).
     """
-    if not isinstance(body, Mapping):
-        raise InvalidInput("body must be a JSON object with an events list", field="events")
-    events = body.get("events")
-    if not isinstance(events, list):
-        raise InvalidInput("must be a list of events", field="events")
-    if len(events) > max_batch:
-        raise InvalidInput(f"at most {max_batch} events per request", field="events")
+    events = batch_events(body, max_batch=max_batch)
     sent_at = parse_time(body["sent_at"], "sent_at") if body.get("sent_at") is not None else None
     skew = clock_skew(sent_at, received_at)
     result = BatchResult()
@@ -155,7 +173,7 @@ def _event(
     data = {k: raw[k] for k in DEVICE_FIELDS if raw.get(k) is not None}
     props = raw.get("props")
     try:
-        return validate(
+        event = validate(
             Event,
             {
                 "app_id": app_id,
@@ -173,6 +191,8 @@ def _event(
         )
     except ContractError as exc:
         raise InvalidInput(exc.reason, field=exc.field) from None
+    check_event(event)
+    return event
 
 
 def install_from(event: Event, *, user_agent: str | None) -> InstallReported:
@@ -202,3 +222,56 @@ def install_from(event: Event, *, user_agent: str | None) -> InstallReported:
         referrer=referrer,
         install_begin_ts=begin_ts,
     )
+
+
+VERIFY_FIELDS = frozenset({"user_id", "device_id", "ts", "method"})
+# Fixed forever: verification ids of retried calls must stay equal across releases.
+VERIFICATION_NAMESPACE = uuid.UUID("5d0c6b1e-3f49-4c1b-9a51-7f3e0f1b2c84")
+
+
+def verification_id(app_id: str, user_id: str, ts: datetime) -> str:
+    """Deterministic id of a verification: a retried call publishes the same id, which
+    consumers deduplicate. ``ts`` is compared in UTC to the microsecond."""
+    name = f"{app_id}\x1f{user_id}\x1f{ts.astimezone(UTC).isoformat()}"
+    return "v_" + str(uuid.uuid5(VERIFICATION_NAMESPACE, name))
+
+
+def parse_verification(body: Any, *, app_id: str, now: datetime) -> UserVerified:
+    """A ``POST /v1/s2s/verify`` body as ``UserVerified``.
+
+    ``ts`` defaults to ``now`` (then a retry is a new verification: send ``ts`` to make
+    retries idempotent); any past ``ts`` is accepted, the future only within
+    ``MAX_FUTURE``. Raises ``InvalidInput`` naming the field; placeholder user ids are
+    refused like on events.
+    """
+    if not isinstance(body, Mapping):
+        raise InvalidInput("body must be a JSON object with a user_id", field=None)
+    unknown = sorted(set(body) - VERIFY_FIELDS)
+    if unknown:
+        raise InvalidInput(
+            "unknown field; expected user_id, device_id, ts, method", field=unknown[0]
+        )
+    user_id = body.get("user_id")
+    if not isinstance(user_id, str):
+        raise InvalidInput("a verification needs the user_id (a string)", field="user_id")
+    check_user_id(user_id)
+    ts = parse_time(body["ts"], "ts") if body.get("ts") is not None else now
+    if ts > now + MAX_FUTURE:
+        raise InvalidInput("is in the future", field="ts")
+    try:
+        verified = validate(
+            UserVerified,
+            {
+                "app_id": app_id,
+                "verification_id": verification_id(app_id, user_id, ts),
+                "user_id": user_id,
+                "device_id": body.get("device_id"),
+                "ts": ts,
+                "method": body.get("method"),
+            },
+        )
+    except ContractError as exc:
+        raise InvalidInput(exc.reason, field=exc.field) from None
+    if verified.user_id.startswith(ANONYMOUS_PREFIX):
+        raise InvalidInput(f"must not start with {ANONYMOUS_PREFIX!r}", field="user_id")
+    return verified

@@ -2,7 +2,20 @@
 
 from prometheus_client import Counter
 
-EVENTS = Counter("hodhod_ingest_events_total", "SDK events by outcome", ["outcome"])
+EVENTS = Counter("hodhod_ingest_events_total", "SDK and S2S events by outcome", ["outcome"])
+RATE_LIMITED = Counter(
+    "hodhod_ingest_rate_limited_requests_total",
+    "Event requests refused with 429 by the per-key rate limit",
+    ["source"],
+)
+RATE_LIMITED_EVENTS = Counter(
+    "hodhod_ingest_rate_limited_events_total",
+    "Events in requests refused with 429 by the per-key rate limit",
+    ["source"],
+)
+VERIFICATIONS = Counter(
+    "hodhod_ingest_verifications_total", "UserVerified records published by /v1/s2s/verify"
+)
 WAREHOUSE_ROWS = Counter(
     "hodhod_ingest_warehouse_rows_total", "Rows inserted into ClickHouse", ["table"]
 )

@@ -264,8 +264,8 @@ def test_invalid_field_values_name_the_field(override: dict[str, Any], field: st
 
 def test_props_limits_reject_with_props_field() -> None:
     result = parse([ev(props={"a": [[[1]]]})])
-    assert only_rejection(result)[1] is not None
-    assert only_rejection(result)[1].startswith("props")
+    field = only_rejection(result)[1]
+    assert field is not None and field.startswith("props")
 
 
 def test_event_without_identity_names_device_id() -> None:
