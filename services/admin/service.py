@@ -2,5 +2,6 @@
 
 from libs.runtime.service import ServiceSpec
 from services.admin.api import router
+from services.admin.reports_api import router as reports_router
 
-SERVICE = ServiceSpec(name="admin", routers=lambda: [router], needs_clickhouse=True)
+SERVICE = ServiceSpec(name="admin", routers=lambda: [router, reports_router], needs_clickhouse=True)

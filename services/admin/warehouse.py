@@ -3,6 +3,7 @@ replayed rows (ReplacingMergeTree) are counted once."""
 
 from __future__ import annotations
 
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from libs.runtime.clickhouse import AsyncClickHouse
@@ -18,3 +19,206 @@ async def deliveries_of(
         "ORDER BY ts DESC LIMIT {limit:UInt32}",
         {"app_id": app_id, "user_key": user_key, "limit": limit},
     )
+
+
+# Every report counts users by profile identity: an event carries its user_id, else the
+# latest user_id any event of its device carried (the device logged in later), else the
+# anonymous key d:<device_id>. Resolved at query time, like PostHog's person overrides.
+IDENTITY = """
+aliases AS (
+    SELECT device_id, argMax(user_id, ts) AS uid
+    FROM {db}.events FINAL
+    WHERE app_id = {{app_id:String}} AND user_id IS NOT NULL AND device_id IS NOT NULL
+    GROUP BY device_id
+),
+ev AS (
+    SELECT coalesce(e.user_id, nullIf(a.uid, ''), concat('d:', e.device_id)) AS uk,
+           e.name AS name, e.ts AS ts, toDate(e.ts) AS d, e.platform AS platform,
+           e.timezone AS timezone, e.props AS props, e.revenue AS revenue
+    FROM {db}.events AS e FINAL
+    LEFT JOIN aliases AS a ON a.device_id = e.device_id
+    WHERE e.app_id = {{app_id:String}}
+),
+activity AS (
+    SELECT DISTINCT uk, d FROM ev WHERE name NOT IN ('$install', '$uninstall')
+)"""
+
+ATTRIBUTION = """
+attr AS (
+    SELECT coalesce(nullIf(al.uid, ''), t.user_key) AS uk,
+           argMax(t.tracker_token, t.attributed_at) AS tracker,
+           argMax(JSONExtractString(t.payload, 'channel'), t.attributed_at) AS channel
+    FROM {db}.attributions AS t FINAL
+    LEFT JOIN aliases AS al ON concat('d:', al.device_id) = t.user_key
+    WHERE t.app_id = {{app_id:String}}
+    GROUP BY uk
+)"""
+
+
+async def retention(
+    ch: AsyncClickHouse,
+    *,
+    app_id: str,
+    start: date,
+    end: date,
+    weekly: bool,
+    days: tuple[int, ...],
+    rolling: bool,
+    tracker: str | None,
+    channel: str | None,
+    platform: str | None,
+) -> list[dict[str, Any]]:
+    """Cohorts of users whose first ``$install`` falls in [start, end] (UTC dates), with
+    the users active on day N (classic) or on day N or later (rolling); day 0 is the
+    install date. Filters apply to the cohort: tracker/channel of the user's latest
+    attribution, platform of the first install."""
+    compare = ">=" if rolling else "="
+    retained = ",\n".join(
+        f"uniqExactIf(a.uk, dateDiff('day', c.day0, a.d) {compare} {n}) AS r{n}" for n in days
+    )
+    cohort_of = "toMonday(c.day0)" if weekly else "c.day0"
+    sql = f"""
+WITH {IDENTITY.format(db=ch.database)},
+{ATTRIBUTION.format(db=ch.database)},
+installs AS (
+    SELECT uk, min(d) AS day0, argMin(platform, ts) AS platform
+    FROM ev WHERE name = '$install' GROUP BY uk
+),
+cohort AS (
+    SELECT i.uk AS uk, i.day0 AS day0
+    FROM installs AS i LEFT JOIN attr AS t ON t.uk = i.uk
+    WHERE i.day0 BETWEEN {{start:Date}} AND {{end:Date}}
+      AND ({{tracker:String}} = '' OR t.tracker = {{tracker:String}})
+      AND ({{channel:String}} = '' OR t.channel = {{channel:String}})
+      AND ({{platform:String}} = '' OR i.platform = {{platform:String}})
+)
+SELECT {cohort_of} AS cohort, uniqExact(c.uk) AS size,
+{retained}
+FROM cohort AS c LEFT JOIN activity AS a ON a.uk = c.uk
+GROUP BY cohort ORDER BY cohort"""
+    rows = await ch.query_rows(
+        sql,
+        {
+            "app_id": app_id,
+            "start": start,
+            "end": end,
+            "tracker": tracker or "",
+            "channel": channel or "",
+            "platform": platform or "",
+        },
+    )
+    return [
+        {
+            "cohort": row["cohort"].isoformat(),
+            "size": int(row["size"]),
+            "retained": {str(n): int(row[f"r{n}"]) for n in days},
+        }
+        for row in rows
+    ]
+
+
+async def active_users(
+    ch: AsyncClickHouse, *, app_id: str, spans: list[tuple[date, date]]
+) -> list[dict[str, Any]]:
+    """Per span: ``dau`` = mean daily active users over its days, ``wau`` = users active
+    in the 7 days ending on its last day, ``mau`` = in the 30 days ending on it;
+    stickiness = dau / mau. Activity excludes ``$install`` and ``$uninstall``."""
+    start, end = spans[0][0], spans[-1][1]
+    sql = f"""
+WITH {IDENTITY.format(db=ch.database)}
+SELECT d, uk FROM activity
+WHERE d BETWEEN {{start:Date}} - 29 AND {{end:Date}}"""
+    rows = await ch.query_rows(sql, {"app_id": app_id, "start": start, "end": end})
+    by_day: dict[date, set[str]] = {}
+    for row in rows:
+        by_day.setdefault(row["d"], set()).add(row["uk"])
+
+    def unique(first: date, last: date) -> int:
+        users: set[str] = set()
+        day = first
+        while day <= last:
+            users |= by_day.get(day, set())
+            day += timedelta(days=1)
+        return len(users)
+
+    out = []
+    for first, last in spans:
+        n_days = (last - first).days + 1
+        daily = [len(by_day.get(first + timedelta(days=i), ())) for i in range(n_days)]
+        dau = round(sum(daily) / n_days, 4)
+        mau = unique(last - timedelta(days=29), last)
+        out.append(
+            {
+                "period": first.isoformat(),
+                "dau": dau,
+                "wau": unique(last - timedelta(days=6), last),
+                "mau": mau,
+                "stickiness": round(dau / mau, 4) if mau else 0.0,
+            }
+        )
+    return out
+
+
+async def session_hours(
+    ch: AsyncClickHouse, *, app_id: str, start: date, end: date
+) -> list[tuple[str | None, datetime, int]]:
+    """(time zone, UTC quarter-hour start, sessions) of ``$open`` events in [start, end].
+
+    Quarter hours, not hours: zones such as Asia/Tehran (+03:30) and Asia/Kathmandu
+    (+05:45) split a UTC hour between two local hours.
+    """
+    sql = f"""
+SELECT timezone, toStartOfFifteenMinutes(ts) AS hour, count() AS n
+FROM {ch.database}.events FINAL
+WHERE app_id = {{app_id:String}} AND name = '$open'
+  AND toDate(ts) BETWEEN {{start:Date}} AND {{end:Date}}
+GROUP BY timezone, hour"""
+    rows = await ch.query_rows(sql, {"app_id": app_id, "start": start, "end": end})
+    return [(row["timezone"], row["hour"], int(row["n"])) for row in rows]
+
+
+async def event_report(
+    ch: AsyncClickHouse,
+    *,
+    app_id: str,
+    start: date,
+    end: date,
+    interval: str,
+    name: str | None,
+    prop: str | None,
+    value: str | None,
+) -> list[dict[str, Any]]:
+    """Counts, unique users and revenue per event name and period (day, ISO week from
+    Monday, or month), optionally for one name and one ``props`` equality filter."""
+    bucket = {"day": "d", "week": "toMonday(d)", "month": "toStartOfMonth(d)"}[interval]
+    sql = f"""
+WITH {IDENTITY.format(db=ch.database)}
+SELECT {bucket} AS period, name, count() AS count, uniqExact(uk) AS users,
+       sum(coalesce(revenue, 0)) AS revenue
+FROM ev
+WHERE d BETWEEN {{start:Date}} AND {{end:Date}}
+  AND ({{name:String}} = '' OR name = {{name:String}})
+  AND ({{prop:String}} = '' OR JSONExtractRaw(props, {{prop:String}}) IN
+       (concat('"', {{value:String}}, '"'), {{value:String}}))
+GROUP BY period, name ORDER BY period, name"""
+    rows = await ch.query_rows(
+        sql,
+        {
+            "app_id": app_id,
+            "start": start,
+            "end": end,
+            "name": name or "",
+            "prop": prop or "",
+            "value": value or "",
+        },
+    )
+    return [
+        {
+            "period": row["period"].isoformat(),
+            "name": row["name"],
+            "count": int(row["count"]),
+            "users": int(row["users"]),
+            "revenue": float(row["revenue"]),
+        }
+        for row in rows
+    ]

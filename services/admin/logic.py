@@ -1,0 +1,115 @@
+"""Report rules that need no SQL: parameter checks, date windows, local-time bucketing,
+CSV rendering. Pure: the caller passes dates, rows and time zones in."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from libs.runtime.errors import InvalidInput
+
+MAX_RANGE_DAYS = 400
+DEFAULT_RETENTION_DAYS = (1, 3, 7, 14, 30, 90)
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+DEFAULT_TIMEZONE = "Asia/Tehran"
+
+
+def date_range(start: date, end: date) -> tuple[date, date]:
+    """Checks a report's ``from``/``to`` (inclusive, UTC dates)."""
+    if end < start:
+        raise InvalidInput("must not be before from", field="to")
+    if (end - start).days > MAX_RANGE_DAYS:
+        raise InvalidInput(f"a report spans at most {MAX_RANGE_DAYS} days", field="to")
+    return start, end
+
+
+def retention_days(raw: str | None) -> tuple[int, ...]:
+    """``days=1,3,7`` → (1, 3, 7); sorted, unique, each 0..365."""
+    if not raw:
+        return DEFAULT_RETENTION_DAYS
+    try:
+        days = sorted({int(part) for part in raw.split(",") if part.strip()})
+    except ValueError:
+        raise InvalidInput("must be comma-separated day numbers", field="days") from None
+    if not days or len(days) > 30 or days[0] < 0 or days[-1] > 365:
+        raise InvalidInput("1 to 30 day numbers between 0 and 365", field="days")
+    return tuple(days)
+
+
+def zone(name: str | None, default: str = DEFAULT_TIMEZONE) -> ZoneInfo:
+    """The IANA zone ``name``, or ``default`` when it is missing or unknown."""
+    for candidate in (name, default):
+        if candidate:
+            try:
+                return ZoneInfo(candidate)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def heatmap(rows: Iterable[tuple[str | None, datetime, int]], default_tz: str) -> list[list[int]]:
+    """7 × 24 counts, Monday first, in each user's local time.
+
+    ``rows`` are (time zone, UTC bucket start, sessions in that bucket); buckets must not
+    straddle a local hour (quarter hours suffice for every zone). Each start is converted
+    in its own zone, so daylight-saving changes land in the right local hour.
+    """
+    grid = [[0] * 24 for _ in WEEKDAYS]
+    zones: dict[str | None, ZoneInfo] = {}
+    for tz_name, hour_start, count in rows:
+        tz = zones.get(tz_name)
+        if tz is None:
+            tz = zones[tz_name] = zone(tz_name, default_tz)
+        start = hour_start if hour_start.tzinfo else hour_start.replace(tzinfo=UTC)
+        local = start.astimezone(tz)
+        grid[local.weekday()][local.hour] += count
+    return grid
+
+
+def stickiness(dau: float, mau: int) -> float:
+    return round(dau / mau, 4) if mau else 0.0
+
+
+def periods(start: date, end: date, interval: str) -> list[tuple[date, date]]:
+    """Consecutive [first, last] day spans covering ``start``..``end`` by day, ISO week
+    (Monday start) or calendar month; the first and last spans are clipped to the range."""
+    spans = []
+    cursor = start
+    while cursor <= end:
+        if interval == "day":
+            last = cursor
+        elif interval == "week":
+            last = cursor + timedelta(days=6 - cursor.weekday())
+        else:
+            next_month = (cursor.replace(day=28) + timedelta(days=4)).replace(day=1)
+            last = next_month - timedelta(days=1)
+        last = min(last, end)
+        spans.append((cursor, last))
+        cursor = last + timedelta(days=1)
+    return spans
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as CSV with a header; nested values (dicts) are flattened as ``name.key``."""
+    flat_columns: list[str] = []
+    for column in columns:
+        sample = rows[0].get(column) if rows else None
+        if isinstance(sample, Mapping):
+            flat_columns.extend(f"{column}.{key}" for key in sample)
+        else:
+            flat_columns.append(column)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(flat_columns)
+    for row in rows:
+        values = []
+        for column in flat_columns:
+            head, _, key = column.partition(".")
+            value = row.get(head)
+            values.append(value.get(key) if key and isinstance(value, Mapping) else value)
+        writer.writerow(values)
+    return out.getvalue()

@@ -1,0 +1,133 @@
+"""Analytics reports (admin token): retention, active users, heatmap, events. Each is
+scoped by the token's app and a UTC date range; ``format=csv`` gives tabular ones as CSV."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse, Response
+
+from libs.runtime.deps import ClickHouseDep, SessionDep
+from libs.runtime.errors import InvalidInput
+from libs.runtime.tenancy import AdminAppDep, App
+from services.admin import logic, warehouse
+
+router = APIRouter(prefix="/admin/v1/reports", tags=["reports"])
+
+From = Annotated[date, Query(alias="from")]
+To = Annotated[date, Query(alias="to")]
+Format = Annotated[Literal["json", "csv"], Query()]
+Filter = Annotated[str | None, Query(max_length=256)]
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> Response:
+    return PlainTextResponse(logic.to_csv(rows, columns), media_type="text/csv")
+
+
+@router.get("/retention", operation_id="report_retention")
+async def retention(
+    app_id: AdminAppDep,
+    ch: ClickHouseDep,
+    start: From,
+    end: To,
+    cohort: Literal["day", "week"] = "day",
+    days: str | None = None,
+    mode: Literal["classic", "rolling"] = "classic",
+    tracker: Filter = None,
+    channel: Filter = None,
+    platform: Filter = None,
+    format: Format = "json",
+) -> Any:
+    start, end = logic.date_range(start, end)
+    wanted = logic.retention_days(days)
+    cohorts = await warehouse.retention(
+        ch,
+        app_id=app_id,
+        start=start,
+        end=end,
+        weekly=cohort == "week",
+        days=wanted,
+        rolling=mode == "rolling",
+        tracker=tracker,
+        channel=channel,
+        platform=platform,
+    )
+    if format == "csv":
+        return _csv(cohorts, ["cohort", "size", "retained"])
+    return {"cohorts": cohorts}
+
+
+@router.get("/active-users", operation_id="report_active_users")
+async def active_users(
+    app_id: AdminAppDep,
+    ch: ClickHouseDep,
+    start: From,
+    end: To,
+    interval: Literal["day", "week", "month"] = "day",
+    format: Format = "json",
+) -> Any:
+    start, end = logic.date_range(start, end)
+    rows = await warehouse.active_users(
+        ch, app_id=app_id, spans=logic.periods(start, end, interval)
+    )
+    if format == "csv":
+        return _csv(rows, ["period", "dau", "wau", "mau", "stickiness"])
+    return {"rows": rows}
+
+
+@router.get("/heatmap", operation_id="report_heatmap")
+async def heatmap(
+    app_id: AdminAppDep,
+    ch: ClickHouseDep,
+    session: SessionDep,
+    start: From,
+    end: To,
+    format: Format = "json",
+) -> Any:
+    start, end = logic.date_range(start, end)
+    app = await session.get(App, app_id)
+    default_tz = app.timezone if app is not None else logic.DEFAULT_TIMEZONE
+    grid = logic.heatmap(
+        await warehouse.session_hours(ch, app_id=app_id, start=start, end=end), default_tz
+    )
+    if format == "csv":
+        rows = [
+            {"weekday": day, **{str(h): grid[i][h] for h in range(24)}}
+            for i, day in enumerate(logic.WEEKDAYS)
+        ]
+        return _csv(rows, ["weekday", *[str(h) for h in range(24)]])
+    return {"weekdays": list(logic.WEEKDAYS), "counts": grid}
+
+
+@router.get("/events", operation_id="report_events")
+async def events(
+    app_id: AdminAppDep,
+    ch: ClickHouseDep,
+    start: From,
+    end: To,
+    interval: Literal["day", "week", "month"] = "day",
+    name: Annotated[str | None, Query(max_length=128)] = None,
+    where: Annotated[str | None, Query(max_length=512, description="prop:value")] = None,
+    format: Format = "json",
+) -> Any:
+    start, end = logic.date_range(start, end)
+    prop = value = None
+    if where:
+        prop, sep, value = where.partition(":")
+        if not sep or not prop:
+            raise InvalidInput("expected prop:value", field="where")
+    rows = await warehouse.event_report(
+        ch,
+        app_id=app_id,
+        start=start,
+        end=end,
+        interval=interval,
+        name=name,
+        prop=prop,
+        value=value,
+    )
+    if format == "csv":
+        return _csv(rows, ["period", "name", "count", "users", "revenue"])
+    return {"rows": rows}

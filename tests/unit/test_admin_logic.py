@@ -1,0 +1,75 @@
+"""Report helpers: parameter checks, spans, local-time heatmap, CSV."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from libs.runtime.errors import InvalidInput
+from services.admin import logic
+
+
+def test_date_range_checks_order_and_span() -> None:
+    assert logic.date_range(date(2026, 1, 1), date(2026, 1, 1)) == (
+        date(2026, 1, 1),
+        date(2026, 1, 1),
+    )
+    with pytest.raises(InvalidInput) as err:
+        logic.date_range(date(2026, 1, 2), date(2026, 1, 1))
+    assert err.value.field == "to"
+    with pytest.raises(InvalidInput):
+        logic.date_range(date(2025, 1, 1), date(2026, 6, 1))
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, (1, 3, 7, 14, 30, 90)), ("7,1,1", (1, 7)), ("0", (0,)), (" 3 , 30 ", (3, 30))],
+)
+def test_retention_days(raw: str | None, expected: tuple[int, ...]) -> None:
+    assert logic.retention_days(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["x", "1,,y", "-1", "366", ",".join(map(str, range(31)))])
+def test_retention_days_rejects(raw: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        logic.retention_days(raw)
+    assert err.value.field == "days"
+
+
+def test_periods_cover_the_range_clipped() -> None:
+    assert logic.periods(date(2026, 11, 25), date(2026, 12, 2), "week") == [
+        (date(2026, 11, 25), date(2026, 11, 29)),
+        (date(2026, 11, 30), date(2026, 12, 2)),
+    ]
+    assert logic.periods(date(2026, 1, 30), date(2026, 3, 1), "month") == [
+        (date(2026, 1, 30), date(2026, 1, 31)),
+        (date(2026, 2, 1), date(2026, 2, 28)),
+        (date(2026, 3, 1), date(2026, 3, 1)),
+    ]
+    assert len(logic.periods(date(2026, 1, 1), date(2026, 1, 10), "day")) == 10
+
+
+def test_heatmap_uses_each_zone_including_half_hours_and_dst() -> None:
+    rows = [
+        ("Asia/Tehran", datetime(2026, 11, 30, 10, 30, tzinfo=UTC), 2),  # Mon 14:00 local
+        ("Asia/Tehran", datetime(2026, 11, 30, 10, 15, tzinfo=UTC), 1),  # Mon 13:45 local
+        # New York: 2026-03-08 is the spring-forward day; 07:00 UTC is 03:00 EDT
+        ("America/New_York", datetime(2026, 3, 8, 7, 0, tzinfo=UTC), 5),
+        (None, datetime(2026, 11, 30, 20, 45, tzinfo=UTC), 1),  # default zone: Tue 00:15
+        ("Not/AZone", datetime(2026, 11, 30, 20, 45, tzinfo=UTC), 1),  # unknown → default
+    ]
+    grid = logic.heatmap(rows, "Asia/Tehran")
+    assert grid[0][14] == 2 and grid[0][13] == 1
+    assert grid[6][3] == 5  # Sunday 03:00
+    assert grid[1][0] == 2
+    assert sum(map(sum, grid)) == 10
+
+
+def test_csv_flattens_nested_columns() -> None:
+    rows = [{"cohort": "2026-10-01", "size": 3, "retained": {"1": 2, "7": 1}}]
+    assert logic.to_csv(rows, ["cohort", "size", "retained"]) == (
+        "cohort,size,retained.1,retained.7\n2026-10-01,3,2,1\n"
+    )
+    assert logic.to_csv([], ["a", "b"]) == "a,b\n"
+    assert logic.to_csv([{"name": "خرید", "n": 1}], ["name", "n"]) == "name,n\nخرید,1\n"
