@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
@@ -15,7 +15,7 @@ from libs.runtime.tables import Journey, Segment, Tracker
 from libs.runtime.tenancy import AdminAppDep
 from libs.schemas import ConfigChanged
 from libs.schemas.rules import RuleError, parse_rule
-from services.admin import store, warehouse
+from services.admin import logic, store, warehouse
 from services.admin.schemas import (
     DeliveryList,
     DeliveryRead,
@@ -215,3 +215,25 @@ async def list_deliveries(
 ) -> DeliveryList:
     rows = await warehouse.deliveries_of(ch, app_id=app_id, user_key=user_key, limit=limit)
     return DeliveryList(items=[DeliveryRead(**row) for row in rows])
+
+
+@router.get("/users/{user_key}/timeline", operation_id="get_user_timeline")
+async def get_user_timeline(
+    user_key: str,
+    app_id: AdminAppDep,
+    session: SessionDep,
+    ch: ClickHouseDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    """The CRM view: latest events (device events before login included), attribution,
+    message receipts, and the user's most active local hours."""
+    data = await warehouse.timeline(ch, app_id=app_id, user_key=user_key, limit=limit)
+    profile = await store.get_profile(session, app_id=app_id, user_key=user_key)
+    if profile is None and not data["events"]:
+        raise NotFound(f"no user {user_key}", field="user_key")
+    default_tz = profile.timezone if profile and profile.timezone else None
+    hours = logic.active_hours(
+        [(e["timezone"] or default_tz, e["ts"]) for e in data["events"] if e["name"] == "$open"],
+        default_tz or logic.DEFAULT_TIMEZONE,
+    )
+    return {"user_key": user_key, **data, "most_active_hours": hours}

@@ -70,8 +70,16 @@ def heatmap(rows: Iterable[tuple[str | None, datetime, int]], default_tz: str) -
     return grid
 
 
-def stickiness(dau: float, mau: int) -> float:
-    return round(dau / mau, 4) if mau else 0.0
+def active_hours(
+    sessions: Iterable[tuple[str | None, datetime]], default_tz: str, top: int = 3
+) -> list[dict[str, int]]:
+    """The ``top`` local hours of day with the most sessions, most first (ties: earlier)."""
+    counts = [0] * 24
+    for tz_name, ts in sessions:
+        start = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        counts[start.astimezone(zone(tz_name, default_tz)).hour] += 1
+    ranked = sorted(range(24), key=lambda h: (-counts[h], h))
+    return [{"hour": h, "sessions": counts[h]} for h in ranked[:top] if counts[h]]
 
 
 def periods(start: date, end: date, interval: str) -> list[tuple[date, date]]:

@@ -131,3 +131,21 @@ async def events(
     if format == "csv":
         return _csv(rows, ["period", "name", "count", "users", "revenue"])
     return {"rows": rows}
+
+
+@router.get("/churn", operation_id="report_churn")
+async def churn(
+    app_id: AdminAppDep,
+    ch: ClickHouseDep,
+    start: From,
+    end: To,
+    inactive_days: Annotated[int, Query(ge=1, le=365)] = 30,
+    format: Format = "json",
+) -> Any:
+    start, end = logic.date_range(start, end)
+    result = await warehouse.churn(
+        ch, app_id=app_id, start=start, end=end, inactive_days=inactive_days
+    )
+    if format == "csv":
+        return _csv(result["cohorts"], ["cohort", "size", "churned"])
+    return result

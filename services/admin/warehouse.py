@@ -222,3 +222,101 @@ GROUP BY period, name ORDER BY period, name"""
         }
         for row in rows
     ]
+
+
+async def churn(
+    ch: AsyncClickHouse, *, app_id: str, start: date, end: date, inactive_days: int
+) -> dict[str, Any]:
+    """Of the users active in [start, end] (the population), those whose last activity up
+    to ``end`` is at least ``inactive_days`` days before ``end`` have churned; also per
+    install week of the population, and the users who sent ``$uninstall`` in the range."""
+    sql = f"""
+WITH {IDENTITY.format(db=ch.database)},
+last_seen AS (
+    SELECT uk, max(d) AS last_day, countIf(d BETWEEN {{start:Date}} AND {{end:Date}}) AS hits
+    FROM activity WHERE d <= {{end:Date}} GROUP BY uk
+),
+population AS (SELECT uk, last_day FROM last_seen WHERE hits > 0),
+installed AS (SELECT uk, toMonday(min(d)) AS week FROM ev WHERE name = '$install' GROUP BY uk),
+removed AS (
+    SELECT DISTINCT uk FROM ev
+    WHERE name = '$uninstall' AND d BETWEEN {{start:Date}} AND {{end:Date}}
+)
+SELECT p.uk AS uk, dateDiff('day', p.last_day, {{end:Date}}) >= {{n:UInt32}} AS churned,
+       i.week AS week, p.uk IN (SELECT uk FROM removed) AS uninstalled
+FROM population AS p LEFT JOIN installed AS i ON i.uk = p.uk"""
+    rows = await ch.query_rows(
+        sql, {"app_id": app_id, "start": start, "end": end, "n": inactive_days}
+    )
+    uninstalled_sql = f"""
+WITH {IDENTITY.format(db=ch.database)}
+SELECT uniqExact(uk) AS n FROM ev
+WHERE name = '$uninstall' AND d BETWEEN {{start:Date}} AND {{end:Date}}"""
+    uninstalls = int(
+        (await ch.query_rows(uninstalled_sql, {"app_id": app_id, "start": start, "end": end}))[0][
+            "n"
+        ]
+    )
+    cohorts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        week = row["week"].isoformat() if row["week"] and row["week"].year > 1970 else None
+        if week is None:
+            continue
+        c = cohorts.setdefault(week, {"size": 0, "churned": 0})
+        c["size"] += 1
+        c["churned"] += int(bool(row["churned"]))
+    population = len(rows)
+    churned = sum(1 for row in rows if row["churned"])
+    return {
+        "active": population,
+        "churned": churned,
+        "churn_rate": round(churned / population, 4) if population else 0.0,
+        "uninstalls": uninstalls,
+        "uninstall_rate": round(uninstalls / population, 4) if population else 0.0,
+        "cohorts": [{"cohort": k, **v} for k, v in sorted(cohorts.items())],
+    }
+
+
+async def timeline(
+    ch: AsyncClickHouse, *, app_id: str, user_key: str, limit: int = 200
+) -> dict[str, Any]:
+    """The user's latest events (including those their devices sent before login),
+    their attributions and message receipts, and local session hours by count."""
+    params = {"app_id": app_id, "user_key": user_key, "limit": limit}
+    events = await ch.query_rows(
+        f"""
+WITH {IDENTITY.format(db=ch.database)}
+SELECT ts, name, platform, timezone, props, revenue FROM ev
+WHERE uk = {{user_key:String}} ORDER BY ts DESC LIMIT {{limit:UInt32}}""",
+        params,
+    )
+    attributions = await ch.query_rows(
+        f"""
+WITH {IDENTITY.format(db=ch.database)},
+{ATTRIBUTION.format(db=ch.database)}
+SELECT tracker, channel FROM attr WHERE uk = {{user_key:String}}""",
+        params,
+    )
+    devices = await ch.query_rows(
+        f"""
+WITH {IDENTITY.format(db=ch.database)}
+SELECT DISTINCT e.device_id AS device_id FROM {ch.database}.events AS e FINAL
+LEFT JOIN aliases AS a ON a.device_id = e.device_id
+WHERE e.app_id = {{app_id:String}} AND e.device_id IS NOT NULL
+  AND coalesce(e.user_id, nullIf(a.uid, ''), concat('d:', e.device_id)) = {{user_key:String}}""",
+        params,
+    )
+    keys = [user_key, *(f"d:{row['device_id']}" for row in devices)]
+    deliveries = await ch.query_rows(
+        f"""
+SELECT job_id, channel, status, provider, error, journey_id, ts
+FROM {ch.database}.deliveries FINAL
+WHERE app_id = {{app_id:String}} AND user_key IN {{keys:Array(String)}}
+ORDER BY ts DESC LIMIT {{limit:UInt32}}""",
+        {**params, "keys": keys},
+    )
+    return {
+        "events": events,
+        "attribution": attributions[0] if attributions else None,
+        "deliveries": deliveries,
+    }

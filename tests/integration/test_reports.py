@@ -190,6 +190,41 @@ class Reference:
             day += timedelta(days=1)
         return rows
 
+    def churn(self, start: date, end: date, n: int) -> dict[str, Any]:
+        active = self.activity()
+        population = {
+            uk: max(d for d in ds if d <= end)
+            for uk, ds in active.items()
+            if any(start <= d <= end for d in ds)
+        }
+        churned = {uk for uk, last in population.items() if (end - last).days >= n}
+        installed: dict[str, date] = {}
+        for e in self.events:
+            if e.name == "$install":
+                uk = self.uk(e)
+                installed[uk] = min(installed.get(uk, e.ts.date()), e.ts.date())
+        cohorts: dict[str, dict[str, int]] = {}
+        for uk in population:
+            if uk in installed:
+                week = (installed[uk] - timedelta(days=installed[uk].weekday())).isoformat()
+                c = cohorts.setdefault(week, {"size": 0, "churned": 0})
+                c["size"] += 1
+                c["churned"] += uk in churned
+        removed = {
+            self.uk(e)
+            for e in self.events
+            if e.name == "$uninstall" and start <= e.ts.date() <= end
+        }
+        size = len(population)
+        return {
+            "active": size,
+            "churned": len(churned),
+            "churn_rate": round(len(churned) / size, 4) if size else 0.0,
+            "uninstalls": len(removed),
+            "uninstall_rate": round(len(removed) / size, 4) if size else 0.0,
+            "cohorts": [{"cohort": k, **v} for k, v in sorted(cohorts.items())],
+        }
+
     def events_report(self, start: date, end: date, name: str, sku: str | None) -> list[dict]:
         per: dict[date, dict[str, Any]] = {}
         for e in self.events:
@@ -276,6 +311,22 @@ async def test_reports_equal_an_independent_computation(
         },
     )
     assert report.json()["rows"] == ref.events_report(start, date(2026, 11, 30), "$purchase", "A")
+
+    for n in (7, 30):
+        churn = await http.get(
+            "/admin/v1/reports/churn",
+            headers=admin,
+            params={"from": start.isoformat(), "to": "2026-11-20", "inactive_days": n},
+        )
+        assert churn.json() == ref.churn(start, date(2026, 11, 20), n), n
+
+    identified = next(e.user_id for e in events if e.user_id)
+    timeline = await http.get(f"/admin/v1/users/{identified}/timeline", headers=admin)
+    assert timeline.status_code == 200, timeline.text
+    mine = [e for e in events if ref.uk(e) == identified]
+    assert len(timeline.json()["events"]) == min(len(mine), 200)
+    assert {e["name"] for e in timeline.json()["events"]} == {e.name for e in mine}
+    assert timeline.json()["attribution"]["tracker"] in {t for t, _ in TRACKERS}
 
     as_csv = await http.get(
         "/admin/v1/reports/retention", headers=admin, params={**params, "format": "csv"}

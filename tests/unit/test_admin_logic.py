@@ -73,3 +73,17 @@ def test_csv_flattens_nested_columns() -> None:
     )
     assert logic.to_csv([], ["a", "b"]) == "a,b\n"
     assert logic.to_csv([{"name": "خرید", "n": 1}], ["name", "n"]) == "name,n\nخرید,1\n"
+
+
+def test_active_hours_are_local_and_ranked() -> None:
+    sessions = [
+        ("Asia/Tehran", datetime(2026, 11, 30, 16, 40, tzinfo=UTC)),  # 20:10 local
+        ("Asia/Tehran", datetime(2026, 11, 29, 16, 50, tzinfo=UTC)),  # 20:20 local
+        (None, datetime(2026, 11, 30, 5, 0, tzinfo=UTC)),  # default zone: 08:30
+        ("Europe/Berlin", datetime(2026, 11, 30, 7, 0, tzinfo=UTC)),  # 08:00 local
+    ]
+    assert logic.active_hours(sessions, "Asia/Tehran") == [
+        {"hour": 8, "sessions": 2},
+        {"hour": 20, "sessions": 2},
+    ]
+    assert logic.active_hours([], "UTC") == []
