@@ -49,15 +49,19 @@ def run_one(name: str) -> dict[str, Any]:
     return result
 
 
+def _want(target: dict[str, Any]) -> str:
+    if "maximum" in target:
+        return f"want < {target['maximum']}"
+    return f"want >= {target['minimum']}"
+
+
 def report(result: dict[str, Any]) -> None:
     print(f"\n== {result['benchmark']} ({result['wall_seconds']} s) ==")
     for key, value in result.get("figures", {}).items():
         print(f"  {key:<48} {value}")
     for target in result.get("targets", []):
         verdict = "met" if target["met"] else "MISSED"
-        print(
-            f"  target {target['name']}: {target['value']} (want >= {target['minimum']}) {verdict}"
-        )
+        print(f"  target {target['name']}: {target['value']} ({_want(target)}) {verdict}")
 
 
 def main(argv: list[str]) -> int:

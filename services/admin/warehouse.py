@@ -72,29 +72,52 @@ async def retention(
     the users active on day N (classic) or on day N or later (rolling); day 0 is the
     install date. Filters apply to the cohort: tracker/channel of the user's latest
     attribution, platform of the first install."""
-    compare = ">=" if rolling else "="
-    retained = ",\n".join(
-        f"uniqExactIf(a.uk, dateDiff('day', c.day0, a.d) {compare} {n}) AS r{n}" for n in days
+    # Duplicated rows (replays not yet merged) cannot change a minimum or a set, so this
+    # report skips FINAL; one pass groups every event by resolved user (1.3 s for 10M
+    # events and 200k users on chDB, where the join of distinct (user, day) rows took 8).
+    if rolling:
+        checks = [f"countIf(arrayExists(x -> x >= day0 + {n}, days)) AS r{n}" for n in days]
+    else:
+        checks = [f"countIf(has(days, day0 + {n})) AS r{n}" for n in days]
+    cohort_of = "toMonday(day0)" if weekly else "day0"
+    db = ch.database
+    # Filters cost a join or a column each: only the ones asked for are in the query.
+    by_source = bool(tracker or channel)
+    attribution = f",\n{ATTRIBUTION.format(db=db)}" if by_source else ""
+    join = "LEFT JOIN attr AS t ON t.uk = p.uk" if by_source else ""
+    platform_column = (
+        "argMinIf(e.platform, e.ts, e.name = '$install') AS platform," if platform else ""
     )
-    cohort_of = "toMonday(c.day0)" if weekly else "c.day0"
+    filters = "".join(
+        [
+            " AND t.tracker = {tracker:String}" if tracker else "",
+            " AND t.channel = {channel:String}" if channel else "",
+            " AND p.platform = {platform:String}" if platform else "",
+        ]
+    )
     sql = f"""
-WITH {IDENTITY.format(db=ch.database)},
-{ATTRIBUTION.format(db=ch.database)},
-installs AS (
-    SELECT uk, min(d) AS day0, argMin(platform, ts) AS platform
-    FROM ev WHERE name = '$install' GROUP BY uk
-),
-cohort AS (
-    SELECT i.uk AS uk, i.day0 AS day0
-    FROM installs AS i LEFT JOIN attr AS t ON t.uk = i.uk
-    WHERE i.day0 BETWEEN {{start:Date}} AND {{end:Date}}
-      AND ({{tracker:String}} = '' OR t.tracker = {{tracker:String}})
-      AND ({{channel:String}} = '' OR t.channel = {{channel:String}})
-      AND ({{platform:String}} = '' OR i.platform = {{platform:String}})
+WITH aliases AS (
+    SELECT device_id, argMax(user_id, ts) AS uid
+    FROM {db}.events
+    WHERE app_id = {{app_id:String}} AND user_id IS NOT NULL AND device_id IS NOT NULL
+    GROUP BY device_id
+){attribution},
+per_user AS (
+    SELECT coalesce(e.user_id, nullIf(a.uid, ''), concat('d:', e.device_id)) AS uk,
+           minIf(toDate(e.ts), e.name = '$install') AS day0,
+           {platform_column}
+           groupUniqArrayIf(toDate(e.ts), e.name NOT IN ('$install', '$uninstall')) AS days,
+           countIf(e.name = '$install') AS installs
+    FROM {db}.events AS e
+    LEFT JOIN aliases AS a ON a.device_id = e.device_id
+    WHERE e.app_id = {{app_id:String}}
+    GROUP BY uk
+    HAVING installs > 0 AND day0 BETWEEN {{start:Date}} AND {{end:Date}}
 )
-SELECT {cohort_of} AS cohort, uniqExact(c.uk) AS size,
-{retained}
-FROM cohort AS c LEFT JOIN activity AS a ON a.uk = c.uk
+SELECT {cohort_of} AS cohort, count() AS size,
+{", ".join(checks)}
+FROM per_user AS p {join}
+WHERE 1{filters}
 GROUP BY cohort ORDER BY cohort"""
     rows = await ch.query_rows(
         sql,
