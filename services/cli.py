@@ -55,9 +55,13 @@ def clickhouse_migrations() -> Path:
 
 
 def migrate_clickhouse(settings: PlatformSettings) -> list[int]:
+    from services.ingest.warehouse import apply_ttl
+
     client = clickhouse.get_client(settings.clickhouse_url)
     try:
-        return clickhouse.migrate(client, clickhouse_migrations(), settings.clickhouse_database)
+        applied = clickhouse.migrate(client, clickhouse_migrations(), settings.clickhouse_database)
+        apply_ttl(client, settings.clickhouse_database, settings.clickhouse_ttl_days)
+        return applied
     finally:
         client.close()
 

@@ -52,6 +52,8 @@ class PostgresSettings(BaseServiceSettings):
 class ClickHouseSettings(BaseServiceSettings):
     clickhouse_url: str = "chdb://./var/clickhouse"
     clickhouse_database: str = "hodhod"
+    # Raw rows older than this many days are dropped by ClickHouse; 0 keeps them forever.
+    clickhouse_ttl_days: int = Field(default=0, ge=0, le=36_500)
 
 
 class HttpSettings(BaseServiceSettings):

@@ -44,6 +44,7 @@ class Rejected(BaseModel):
 class EventsAccepted(BaseModel):
     accepted: int
     rejected: list[Rejected]
+    duplicates: int = 0
 
 
 class VerificationAccepted(BaseModel):
@@ -153,6 +154,7 @@ async def _ingest(
     return EventsAccepted(
         accepted=len(result.events),
         rejected=[Rejected(index=r.index, field=r.field, reason=r.reason) for r in result.rejected],
+        duplicates=result.duplicates,
     )
 
 

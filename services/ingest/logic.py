@@ -54,6 +54,9 @@ class BatchResult:
     events: list[Event] = field(default_factory=list)
     installs: list[InstallReported] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    # Repeats of an event_id already accepted in the same batch (an SDK retry that
+    # re-sent a queue): dropped, not rejected — the first copy stands for them.
+    duplicates: int = 0
 
 
 def parse_time(value: Any, field_name: str) -> datetime:
@@ -116,6 +119,7 @@ def parse_batch(
     sent_at = parse_time(body["sent_at"], "sent_at") if body.get("sent_at") is not None else None
     skew = clock_skew(sent_at, received_at)
     result = BatchResult()
+    seen: set[str] = set()
     for index, raw in enumerate(events):
         try:
             event = _event(
@@ -135,6 +139,10 @@ def parse_batch(
                 Rejection(index, "props", f"event is larger than {MAX_EVENT_BYTES} bytes encoded")
             )
             continue
+        if event.event_id in seen:
+            result.duplicates += 1
+            continue
+        seen.add(event.event_id)
         result.events.append(event)
         if event.name == "$install":
             try:

@@ -242,6 +242,38 @@ TABLES: dict[str, tuple[str, tuple[str, ...], Callable[[Any], list[Any]]]] = {
 }
 
 
+# The time each raw table's TTL counts from.
+TTL_COLUMNS = {
+    "events": "ts",
+    "clicks": "ts",
+    "installs": "ts",
+    "verifications": "ts",
+    "attributions": "attributed_at",
+    "segment_changes": "ts",
+    "send_jobs": "created_at",
+    "deliveries": "ts",
+    "config_changes": "ts",
+}
+
+
+def apply_ttl(client: Any, database: str, days: int) -> None:
+    """Set (or with 0, remove) the retention TTL of every raw table. Blocking; idempotent;
+    run by ``hodhod migrate`` and at start, after the migrations."""
+    for table, column in TTL_COLUMNS.items():
+        if days > 0:
+            client.command(
+                f"ALTER TABLE {database}.{table} MODIFY TTL toDateTime({column}) "
+                f"+ INTERVAL {int(days)} DAY"
+            )
+        else:
+            has_ttl = client.command(
+                f"SELECT count() FROM system.tables WHERE database = '{database}' "
+                f"AND name = '{table}' AND create_table_query LIKE '% TTL %'"
+            )
+            if int(has_ttl):
+                client.command(f"ALTER TABLE {database}.{table} REMOVE TTL")
+
+
 def rows_by_table(records: Sequence[Record]) -> dict[str, tuple[tuple[str, ...], list[list[Any]]]]:
     """Group a batch into ``table -> (columns, rows)``. Pure."""
     grouped: dict[str, list[list[Any]]] = defaultdict(list)

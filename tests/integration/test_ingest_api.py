@@ -113,7 +113,7 @@ async def test_s2s_accepts_history_the_sdk_refuses(
         "/v1/s2s/events", headers=server(app_keys), json={"events": [backfill]}
     )
     assert via_s2s.status_code == 200, via_s2s.text
-    assert via_s2s.json() == {"accepted": 1, "rejected": []}
+    assert via_s2s.json() == {"accepted": 1, "rejected": [], "duplicates": 0}
 
     (record,) = await records_of(
         platform, "events", app_keys["app_id"], lambda found: len(found) >= 1

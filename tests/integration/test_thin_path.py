@@ -107,7 +107,7 @@ async def test_click_to_delivery(
         },
     )
     assert posted.status_code == 200, posted.text
-    assert posted.json() == {"accepted": 1, "rejected": []}
+    assert posted.json() == {"accepted": 1, "rejected": [], "duplicates": 0}
 
     user_key = f"d:{device}"
 

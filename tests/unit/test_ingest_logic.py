@@ -574,3 +574,23 @@ def test_junk_bodies_raise_only_invalid_input(body: Any) -> None:
         parse_batch(body, app_id="a", received_at=NOW, ip=None, user_agent=None)
     except InvalidInput:
         pass
+
+
+def test_repeats_of_an_event_id_in_one_batch_are_dropped() -> None:
+    from datetime import UTC, datetime
+
+    from services.ingest.logic import parse_batch
+
+    now = datetime.now(UTC)
+    one = {"event_id": "e-1", "name": "$open", "device_id": "d", "ts": now.isoformat()}
+    other = {**one, "event_id": "e-2"}
+    result = parse_batch(
+        {"events": [one, other, one, dict(one)]},
+        app_id="app",
+        received_at=now,
+        ip=None,
+        user_agent=None,
+    )
+    assert [e.event_id for e in result.events] == ["e-1", "e-2"]
+    assert result.duplicates == 2
+    assert result.rejected == []
