@@ -329,7 +329,7 @@ async def test_default_limit_lets_a_full_batch_through(
     batch = [event("custom", props={"i": i}) for i in range(platform.settings.ingest_max_batch)]
     response = await http.post("/v1/events", headers=sdk(app_keys), json={"events": batch})
     assert response.status_code == 200
-    assert response.json() == {"accepted": len(batch), "rejected": []}
+    assert response.json() == {"accepted": len(batch), "rejected": [], "duplicates": 0}
 
 
 # --- docs/topics.md ------------------------------------------------------------------------
