@@ -558,7 +558,7 @@ def test_junk_events_never_raise_and_every_event_is_accounted_for(
     except InvalidInput as exc:
         assert exc.field == "sent_at"  # the only envelope problem this input can have
         return
-    assert len(result.events) + len(result.rejected) == len(events)
+    assert len(result.events) + len(result.rejected) + result.duplicates == len(events)
     accepted = {e.event_id for e in result.events}
     assert {i.event_id for i in result.installs} <= accepted
     assert len(result.installs) == sum(e.name == "$install" for e in result.events)
