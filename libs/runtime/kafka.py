@@ -124,21 +124,29 @@ class Producer:
         return bool(self._producer.client.cluster.brokers())
 
     @staticmethod
-    def serialise(message: Contract) -> tuple[str, bytes, bytes]:
-        """(topic, key, value) of a contract instance; TypeError for a non-topic model."""
+    def serialise(message: Contract, value: bytes | None = None) -> tuple[str, bytes, bytes]:
+        """(topic, key, value) of a contract instance; TypeError for a non-topic model.
+
+        ``value`` is the message's ``encode`` when the caller already has it.
+        """
         contract = _CONTRACT_OF.get(type(message))
         if contract is None:
             raise TypeError(f"{type(message).__name__} is not the contract of any topic")
-        return contract.topic, contract.key(message).encode(), encode(message)
+        return contract.topic, contract.key(message).encode(), value or encode(message)
 
     async def publish(self, *messages: Contract) -> None:
         """Send and wait until every record is acknowledged. Raises on failure."""
         await self.publish_all(messages)
 
-    async def publish_all(self, messages: Sequence[Contract]) -> None:
+    async def publish_all(
+        self, messages: Sequence[Contract], encoded: Sequence[bytes | None] = ()
+    ) -> None:
+        """Send every message and wait for all acknowledgements. ``encoded`` may carry
+        the messages' bytes already made (by position), so they are not encoded twice."""
         futures = []
-        for message in messages:
-            topic, key, value = self.serialise(message)
+        for index, message in enumerate(messages):
+            given = encoded[index] if index < len(encoded) else None
+            topic, key, value = self.serialise(message, given)
             futures.append(await self._producer.send(topic, value=value, key=key))
         if futures:
             await asyncio.gather(*futures)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from libs.runtime.postgres import Base
@@ -88,6 +89,24 @@ class Profile(Base):
     purchases: Mapped[int] = mapped_column(Integer, default=0)
     revenue: Mapped[float] = mapped_column(Float, default=0.0)
     events: Mapped[int] = mapped_column(BigInteger, default=0)
+    push_permission: Mapped[bool | None] = mapped_column(Boolean)
+    # [{"device_id", "token", "provider": "fcm"|"apns", "valid": bool, "updated_at"}]
+    push_tokens: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
+    phone: Mapped[str | None] = mapped_column(String(256))
+    email: Mapped[str | None] = mapped_column(String(256))
+    # [{"device_id", "token", "valid": bool, "updated_at"}]
+    web_push: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
+    # channels the user opted out of: push, sms, email, web_push, in_app
+    opt_outs: Mapped[list[str]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
+    last_lat: Mapped[float | None] = mapped_column(Float)
+    last_lon: Mapped[float | None] = mapped_column(Float)
+    last_location_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
 
 

@@ -148,7 +148,7 @@ async def _ingest(
         max_batch=settings.ingest_max_batch,
         max_age=timedelta(days=settings.ingest_max_event_age_days) if sdk else None,
     )
-    await producer.publish_all([*result.events, *result.installs])
+    await producer.publish_all([*result.events, *result.installs], result.encoded)
     EVENTS.labels("accepted").inc(len(result.events))
     EVENTS.labels("rejected").inc(len(result.rejected))
     return EventsAccepted(

@@ -57,6 +57,8 @@ class BatchResult:
     # Repeats of an event_id already accepted in the same batch (an SDK retry that
     # re-sent a queue): dropped, not rejected — the first copy stands for them.
     duplicates: int = 0
+    # ``encode`` of each accepted event (made for the size check), for the producer.
+    encoded: list[bytes] = field(default_factory=list)
 
 
 def parse_time(value: Any, field_name: str) -> datetime:
@@ -134,7 +136,8 @@ def parse_batch(
         except InvalidInput as exc:
             result.rejected.append(Rejection(index, exc.field, exc.message))
             continue
-        if len(encode(event)) > MAX_EVENT_BYTES:
+        value = encode(event)
+        if len(value) > MAX_EVENT_BYTES:
             result.rejected.append(
                 Rejection(index, "props", f"event is larger than {MAX_EVENT_BYTES} bytes encoded")
             )
@@ -144,11 +147,13 @@ def parse_batch(
             continue
         seen.add(event.event_id)
         result.events.append(event)
+        result.encoded.append(value)
         if event.name == "$install":
             try:
                 result.installs.append(install_from(event, user_agent=user_agent))
             except InvalidInput as exc:
                 result.events.pop()
+                result.encoded.pop()
                 result.rejected.append(Rejection(index, exc.field, exc.message))
     return result
 

@@ -1,15 +1,17 @@
 """The ``segmenter.profiles`` consumer: events and attributions in, SegmentChanged out.
 
 Per user in the batch (in key order, so concurrent replicas lock in the same order):
-lock the profile, fold the records not seen before, re-evaluate the app's segments and
-store membership changes. SegmentChanged records are published before the Postgres
-commit; a retry recomputes the same change ids.
+lock the profile, fold the records not seen before (profile, daily counters and recent
+events, all in the batch's transaction, so a replay changes nothing), re-evaluate the
+app's segments and store membership changes. SegmentChanged records are published
+before the Postgres commit; a retry recomputes the same change ids.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -17,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Record
 from libs.schemas import Event, SegmentChanged, UserAttributed
-from libs.schemas.rules import Node, RuleError, parse_rule
+from libs.schemas.rules import EventCond, Node, RevenueCond, RfmCond, RuleError, parse_rule, walk
 from services.segmenter import logic, store
 from services.segmenter.metrics import SEGMENT_CHANGES
 
@@ -33,6 +35,16 @@ def user_of(record: Record) -> tuple[str, str]:
     raise TypeError(f"unexpected record on {record.topic}")
 
 
+@dataclass(frozen=True)
+class AppRules:
+    """The app's active segments and what evaluating them needs loaded."""
+
+    segments: dict[str, Node]
+    context: logic.Context
+    counters: bool
+    recent: bool
+
+
 class ProfileUpdater:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], producer: Producer) -> None:
         self._sessions = sessions
@@ -45,10 +57,10 @@ class ProfileUpdater:
         out: list[SegmentChanged] = []
         now = datetime.now(UTC)
         async with self._sessions() as session, session.begin():
-            rules: dict[str, dict[str, Node]] = {}
+            rules: dict[str, AppRules] = {}
             for app_id, user_key in sorted(by_user):
                 if app_id not in rules:
-                    rules[app_id] = await self._rules(session, app_id)
+                    rules[app_id] = await self._rules(session, app_id, now)
                 out.extend(
                     await self._update_user(
                         session, app_id, user_key, by_user[(app_id, user_key)], rules[app_id], now
@@ -59,7 +71,7 @@ class ProfileUpdater:
         for change in out:
             SEGMENT_CHANGES.labels(change.change).inc()
 
-    async def _rules(self, session: AsyncSession, app_id: str) -> dict[str, Node]:
+    async def _rules(self, session: AsyncSession, app_id: str, now: datetime) -> AppRules:
         parsed: dict[str, Node] = {}
         for segment in await store.active_segments(session, app_id=app_id):
             try:
@@ -67,7 +79,19 @@ class ProfileUpdater:
             except RuleError as exc:
                 # Admin validates rules on write; a stored bad rule is skipped, loudly.
                 log.error("segment rule invalid", extra={"segment": segment.id, "error": str(exc)})
-        return parsed
+        nodes = [n for rule in parsed.values() for n in walk(rule)]
+        rfm = None
+        if any(isinstance(n, RfmCond) for n in nodes):
+            rfm = await store.rfm_thresholds(session, app_id=app_id, now=now)
+        return AppRules(
+            segments=parsed,
+            context=logic.Context(rfm=rfm),
+            counters=any(
+                isinstance(n, RevenueCond) or (isinstance(n, EventCond) and not n.exact)
+                for n in nodes
+            ),
+            recent=any(isinstance(n, EventCond) and n.exact for n in nodes),
+        )
 
     async def _update_user(
         self,
@@ -75,7 +99,7 @@ class ProfileUpdater:
         app_id: str,
         user_key: str,
         records: list[Record],
-        segments: dict[str, Node],
+        rules: AppRules,
         now: datetime,
     ) -> list[SegmentChanged]:
         events = [r.value for r in records if isinstance(r.value, Event)]
@@ -86,10 +110,12 @@ class ProfileUpdater:
         state = before or logic.ProfileState()
         cause = None
         cause_time = now
+        applied: list[Event] = []
         for record in records:
             value = record.value
             if isinstance(value, Event) and value.event_id in fresh:
                 fresh.discard(value.event_id)  # a duplicate inside the batch counts once
+                applied.append(value)
                 state = logic.apply_event(state, value)
                 cause, cause_time = value.event_id, record.time
                 if value.device_id is not None:
@@ -99,18 +125,32 @@ class ProfileUpdater:
             elif isinstance(value, UserAttributed):
                 state = logic.apply_attribution(state, value)
                 cause, cause_time = value.attribution_id, record.time
+        if applied:
+            await store.add_events(
+                session, app_id=app_id, user_key=user_key, events=applied, now=now
+            )
         if state == before or cause is None:
             return []
         await store.save_profile(session, app_id=app_id, user_key=user_key, state=state)
         current = await store.memberships(session, app_id=app_id, user_key=user_key)
+        view = await store.load_view(
+            session,
+            app_id=app_id,
+            user_key=user_key,
+            state=state,
+            counters=rules.counters,
+            recent=rules.recent,
+            segments=current,
+        )
         changes = logic.membership_changes(
             app_id=app_id,
             user_key=user_key,
-            segments=segments,
+            segments=rules.segments,
             current=current,
-            state=state,
+            state=view,
             now=now,
             cause=cause,
+            context=rules.context,
         )
         out = []
         for change in changes:

@@ -1,26 +1,67 @@
-"""Profile folding and segment evaluation. Pure: time comes in as ``now``.
+"""Profile folding and segment evaluation. Pure: time and app context come in as values.
 
 ``apply_event`` folds one event into a profile state; ``evaluate`` answers a parsed
-segment rule for one profile; ``membership_changes`` diffs the answers against the
-stored memberships. The segments issue extends this (identity merge, counters, the SQL
-compiler that must agree with ``evaluate``).
+segment rule (``libs.schemas.rules``) for one ``ProfileView``; ``membership_changes``
+diffs the answers against the stored memberships. ``services.segmenter.compiler`` turns
+the same rules into SQL and must agree with ``evaluate`` on every input (a hypothesis
+test against Postgres proves it); change both together.
+
+RFM (recency, frequency, monetary), per app:
+
+- recency = time since ``last_seen``; frequency = ``sessions``; monetary = ``revenue``.
+- Thresholds are the 20/40/60/80th percentiles of each over the app's profiles, linearly
+  interpolated (Postgres ``percentile_cont``; ``quintile_thresholds`` here), recency in
+  days and only over profiles with a ``last_seen``. They are computed per app
+  (``store.rfm_thresholds``) and passed into both evaluators as ``RfmThresholds``.
+- f = 1 + #{thresholds t : sessions > t}; m = 1 + #{t : revenue > t};
+  r = 5 − #{t : last_seen < now − t days} (the most recent users score 5); a profile
+  that was never seen scores r = 1. Without thresholds no one matches an rfm condition.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from libs.schemas import Event, UserAttributed
-from libs.schemas.rules import All, AnyOf, AttributeCond, InstallCond, Node, Not, SeenCond
+from libs.schemas.rules import (
+    CHANNELS,
+    COORDINATE_DECIMALS,
+    All,
+    AnyOf,
+    AttributeCond,
+    EventCond,
+    GeofenceCond,
+    InstallCond,
+    Node,
+    Not,
+    ReachableCond,
+    RevenueCond,
+    RfmCond,
+    SeenCond,
+    SegmentCond,
+    Window,
+    referenced_segments,
+)
 
 CHANGE_NS = uuid.UUID("a3d7c0de-51e5-4c5b-9a43-0f0c6b8f7c11")
 MAX_ATTRIBUTES = 200
+MAX_TOKENS = 20
+MAX_CONTACT = 256
+# One event's share of a daily revenue counter is clamped to this, so that no sequence of
+# events can overflow the counter's float8 sum in Postgres (which raises, not saturates).
+MAX_EVENT_REVENUE = 1e18
+PUSH_PROVIDERS = frozenset({"fcm", "apns", "webpush"})
+IN_APP_WINDOW = timedelta(days=30)
+EARTH_RADIUS_M = 6_371_008.8
+DEG = math.pi / 180.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +81,76 @@ class ProfileState:
     purchases: int = 0
     revenue: float = 0.0
     events: int = 0
+    push_permission: bool | None = None
+    # [{"device_id", "token", "provider", "valid", "updated_at"}]
+    push_tokens: list[dict[str, Any]] = field(default_factory=list)
+    phone: str | None = None
+    email: str | None = None
+    # [{"device_id", "token", "valid", "updated_at"}]
+    web_push: list[dict[str, Any]] = field(default_factory=list)
+    opt_outs: list[str] = field(default_factory=list)
+    last_lat: float | None = None
+    last_lon: float | None = None
+    last_location_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DailyCount:
+    """One row of ``segmenter_daily_counters`` for this user."""
+
+    name: str
+    day: date
+    count: int
+    revenue: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecentEvent:
+    """One row of ``segmenter_recent_events`` (for ``where`` filters and sub-day windows)."""
+
+    name: str
+    ts: datetime
+    props: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileView:
+    """What evaluation sees of one user: the profile, its counters and recent events, and
+    the segments it is a member of."""
+
+    state: ProfileState
+    counters: tuple[DailyCount, ...] = ()
+    recent: tuple[RecentEvent, ...] = ()
+    segments: Set[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RfmThresholds:
+    """Four ascending quintile cut points of each measure (empty: nobody to measure)."""
+
+    recency_days: tuple[float, ...] = ()
+    frequency: tuple[float, ...] = ()
+    monetary: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """App-level inputs of evaluation, the same for every user of the app."""
+
+    rfm: RfmThresholds | None = None
+
+
+NO_CONTEXT = Context()
+
+
+# --- folding ------------------------------------------------------------------------------
 
 
 def apply_event(state: ProfileState, event: Event) -> ProfileState:
     """Fold ``event`` in. Out-of-order safe: an older event never moves ``last_seen``
-    back nor overwrites device fields set by a newer one."""
+    back nor overwrites fields set by a newer one (device fields, permission, contacts
+    and opt-outs by ``last_seen``; location and tokens by their own times; ``set_once``
+    fills only a missing contact). Malformed props of reserved events are ignored."""
     newer = state.last_seen is None or event.ts >= state.last_seen
     changes: dict[str, Any] = {
         "events": state.events + 1,
@@ -57,14 +163,83 @@ def apply_event(state: ProfileState, event: Event) -> ProfileState:
             value = getattr(event, name)
             if value is not None:
                 changes[name] = value
-    if event.name == "$open":
-        changes["sessions"] = state.sessions + 1
-    elif event.name == "$purchase":
-        changes["purchases"] = state.purchases + 1
-        changes["revenue"] = _finite_sum(state.revenue, event.revenue or 0.0)
-    elif event.name == "$attributes":
-        changes["attributes"] = apply_attributes(state.attributes, event.props)
+    props = event.props
+    match event.name:
+        case "$open":
+            changes["sessions"] = state.sessions + 1
+        case "$purchase":
+            changes["purchases"] = state.purchases + 1
+            changes["revenue"] = _finite_sum(state.revenue, event.revenue or 0.0)
+        case "$attributes":
+            changes["attributes"] = apply_attributes(state.attributes, props)
+            for name in ("phone", "email"):
+                value = _mapping(props.get("set")).get(name)
+                once = _mapping(props.get("set_once")).get(name)
+                if newer and _is_contact(value):
+                    changes[name] = value
+                elif getattr(state, name) is None and _is_contact(once):
+                    changes[name] = once
+        case "$push_token":
+            changes.update(_push_token(state, event))
+        case "$push_permission":
+            if newer and isinstance(props.get("granted"), bool):
+                changes["push_permission"] = props["granted"]
+        case "$location":
+            changes.update(_location(state, event))
+        case "$opt_out" | "$opt_in":
+            channel = props.get("channel")
+            if newer and isinstance(channel, str) and channel in CHANNELS:
+                outs = set(state.opt_outs)
+                if event.name == "$opt_out":
+                    outs.add(channel)
+                else:
+                    outs.discard(channel)
+                changes["opt_outs"] = sorted(outs)
     return replace(state, **changes)
+
+
+def _is_contact(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_CONTACT
+
+
+def _push_token(state: ProfileState, event: Event) -> dict[str, Any]:
+    token, provider = event.props.get("token"), event.props.get("provider")
+    if not isinstance(token, str) or not 0 < len(token) <= 4096:
+        return {}
+    if not isinstance(provider, str) or provider not in PUSH_PROVIDERS:
+        return {}
+    entry: dict[str, Any] = {"device_id": event.device_id, "token": token}
+    if provider != "webpush":
+        entry["provider"] = provider
+    entry.update(valid=True, updated_at=event.ts.isoformat())
+    target = "web_push" if provider == "webpush" else "push_tokens"
+    current: list[dict[str, Any]] = getattr(state, target)
+    kept = []
+    for old in current:
+        same = old.get("device_id") == event.device_id and old.get("provider") == entry.get(
+            "provider"
+        )
+        if same:
+            when = as_date(old["updated_at"]) if isinstance(old.get("updated_at"), str) else None
+            if when is not None and when > event.ts:
+                return {}  # a newer token of this device is already known
+            continue
+        kept.append(old)
+    return {target: [*kept, entry][-MAX_TOKENS:]}
+
+
+def _location(state: ProfileState, event: Event) -> dict[str, Any]:
+    lat, lon = event.props.get("lat"), event.props.get("lon")
+    if not (_is_number(lat) and _is_number(lon)):
+        return {}
+    # ~1 cm, as in geofence rules: keeps the SQL twin's float8 arithmetic from underflowing.
+    lat = round(float(lat), COORDINATE_DECIMALS)  # type: ignore[arg-type]
+    lon = round(float(lon), COORDINATE_DECIMALS)  # type: ignore[arg-type]
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return {}
+    if state.last_location_at is not None and event.ts < state.last_location_at:
+        return {}
+    return {"last_lat": lat, "last_lon": lon, "last_location_at": event.ts}
 
 
 def apply_attributes(current: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
@@ -108,14 +283,18 @@ def _finite_sum(left: float, right: float) -> float:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _same(left: Any, right: Any) -> bool:
-    """JSON equality: ``true`` is not ``1`` (Python says it is)."""
-    if isinstance(left, bool) != isinstance(right, bool):
-        return False
-    return bool(left == right)
+def daily_counts(events: Iterable[Event]) -> list[DailyCount]:
+    """The counter increments of ``events`` (first sightings only), one per (name, UTC day)."""
+    totals: dict[tuple[str, date], tuple[int, float]] = {}
+    for event in events:
+        key = (event.name, event.ts.astimezone(UTC).date())
+        count, revenue = totals.get(key, (0, 0.0))
+        amount = max(-MAX_EVENT_REVENUE, min(MAX_EVENT_REVENUE, float(event.revenue or 0.0)))
+        totals[key] = (count + 1, revenue + amount)
+    return [DailyCount(name, day, c, r) for (name, day), (c, r) in sorted(totals.items())]
 
 
 def apply_attribution(state: ProfileState, attributed: UserAttributed) -> ProfileState:
@@ -149,30 +328,229 @@ def apply_attribution(state: ProfileState, attributed: UserAttributed) -> Profil
     )
 
 
-def evaluate(node: Node, state: ProfileState, now: datetime) -> bool:
-    if isinstance(node, All):
-        return all(evaluate(n, state, now) for n in node.nodes)
-    if isinstance(node, AnyOf):
-        return any(evaluate(n, state, now) for n in node.nodes)
-    if isinstance(node, Not):
-        return not evaluate(node.node, state, now)
-    if isinstance(node, SeenCond):
-        seen = state.first_seen if node.which == "first_seen" else state.last_seen
-        if seen is None:
+# --- evaluation ---------------------------------------------------------------------------
+
+# The only strings that compare as dates, in both evaluators (Postgres:
+# ``hodhod_iso_timestamp`` in migration 0002): ISO dates and date-times, optional zone.
+ISO_DATE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
+    r"(?:Z|[+-](?:0[0-9]|1[0-5]):[0-5][0-9])?)?"  # Postgres takes offsets up to 15:59
+)
+
+
+def as_view(profile: ProfileState | ProfileView) -> ProfileView:
+    return profile if isinstance(profile, ProfileView) else ProfileView(profile)
+
+
+def evaluate(
+    node: Node,
+    profile: ProfileState | ProfileView,
+    now: datetime,
+    context: Context = NO_CONTEXT,
+) -> bool:
+    """Answer ``node`` for one user. Pure and total: never raises for a parsed rule."""
+    return _eval(node, as_view(profile), now, context)
+
+
+def _eval(node: Node, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    return _EVALUATORS[type(node)](node, view, now, ctx)
+
+
+def _all(node: Any, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    return all(_eval(n, view, now, ctx) for n in node.nodes)
+
+
+def _any(node: Any, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    return any(_eval(n, view, now, ctx) for n in node.nodes)
+
+
+def _not(node: Any, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    return not _eval(node.node, view, now, ctx)
+
+
+def ago(now: datetime, delta: timedelta) -> datetime | None:
+    """``now - delta``, or None when that is before the first representable instant
+    (then nothing is before it and everything is after it)."""
+    try:
+        return now - delta
+    except OverflowError:
+        return None
+
+
+def _seen(node: SeenCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    state = view.state
+    seen = state.first_seen if node.which == "first_seen" else state.last_seen
+    if seen is None:
+        return False
+    threshold = ago(now, node.ago)
+    if threshold is None:
+        return node.op == "after"
+    return seen < threshold if node.op == "before" else seen >= threshold
+
+
+def _install(node: InstallCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    attribution = view.state.attribution or {}
+    key = "tracker_token" if node.field == "tracker" else node.field
+    return _same(attribution.get(key), node.value)
+
+
+def _attribute_node(node: AttributeCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    return match_attribute(node, view.state.attributes, now)
+
+
+def day_range(window: Window, now: datetime) -> tuple[date | None, date | None]:
+    """The inclusive UTC day bounds of a whole-day window (None: unbounded)."""
+    if window.between is not None:
+        return window.between
+    if window.within is None:
+        return None, None
+    start = ago(now, window.within)
+    return (start.astimezone(UTC).date() if start is not None else None), None
+
+
+def event_count(node: EventCond, view: ProfileView, now: datetime) -> int:
+    if node.exact:
+        assert node.window.within is not None  # the parser guarantees it
+        start = now - node.window.within
+        return sum(
+            1
+            for e in view.recent
+            if e.name == node.name
+            and e.ts >= start
+            and all(match_attribute(f, e.props, now) for f in node.where)
+        )
+    low, high = day_range(node.window, now)
+    return sum(
+        c.count
+        for c in view.counters
+        if c.name == node.name and (low is None or c.day >= low) and (high is None or c.day <= high)
+    )
+
+
+def revenue_sum(node: RevenueCond, view: ProfileView, now: datetime) -> float:
+    low, high = day_range(node.window, now)
+    return sum(
+        (
+            c.revenue
+            for c in view.counters
+            if (low is None or c.day >= low) and (high is None or c.day <= high)
+        ),
+        0.0,
+    )
+
+
+def _event(node: EventCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    return compare(node.count_op, event_count(node, view, now), node.count)
+
+
+def _revenue(node: RevenueCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    return compare(node.op, revenue_sum(node, view, now), node.value)
+
+
+def compare(op: str, left: Any, right: Any) -> bool:
+    match op:
+        case "eq":
+            return bool(left == right)
+        case "ne":
+            return bool(left != right)
+        case "gt":
+            return bool(left > right)
+        case "gte":
+            return bool(left >= right)
+        case "lt":
+            return bool(left < right)
+        case _:
+            return bool(left <= right)
+
+
+def has_valid(entries: list[dict[str, Any]]) -> bool:
+    return any(isinstance(e, dict) and e.get("valid") is True for e in entries)
+
+
+def _reachable(node: ReachableCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    state = view.state
+    if node.channel in state.opt_outs:
+        return False
+    match node.channel:
+        case "push":
+            return state.push_permission is True and has_valid(state.push_tokens)
+        case "sms":
+            return bool(state.phone)
+        case "email":
+            return bool(state.email)
+        case "web_push":
+            return has_valid(state.web_push)
+    cut = now - IN_APP_WINDOW
+    return state.last_seen is not None and state.last_seen >= cut
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres. The SQL compiler spells the same arithmetic in the
+    same order, so both evaluators round alike."""
+    s_lat = math.sin((lat2 - lat1) * DEG / 2.0)
+    s_lon = math.sin((lon2 - lon1) * DEG / 2.0)
+    a = s_lat * s_lat + math.cos(lat1 * DEG) * math.cos(lat2 * DEG) * (s_lon * s_lon)
+    return 2.0 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
+
+
+def _geofence(node: GeofenceCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    state = view.state
+    if state.last_lat is None or state.last_lon is None or state.last_location_at is None:
+        return False
+    cut = ago(now, node.max_age)
+    if cut is not None and state.last_location_at < cut:
+        return False
+    distance = haversine_m(node.lat, node.lon, state.last_lat, state.last_lon)
+    return distance <= node.radius_m if node.inside else distance > node.radius_m
+
+
+def _segment(node: SegmentCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    return node.segment_id in view.segments
+
+
+def recency_cuts(now: datetime, thresholds: RfmThresholds) -> list[datetime | None]:
+    return [ago(now, timedelta(days=min(t, 36_500.0))) for t in thresholds.recency_days]
+
+
+def rfm_scores(state: ProfileState, now: datetime, thresholds: RfmThresholds) -> tuple[int, ...]:
+    if state.last_seen is None:
+        r = 1
+    else:
+        seen = state.last_seen
+        r = 5 - sum(1 for cut in recency_cuts(now, thresholds) if cut is not None and seen < cut)
+    f = 1 + sum(1 for t in thresholds.frequency if state.sessions > t)
+    m = 1 + sum(1 for t in thresholds.monetary if state.revenue > t)
+    return r, f, m
+
+
+def _rfm(node: RfmCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
+    if ctx.rfm is None:
+        return False
+    scores = rfm_scores(view.state, now, ctx.rfm)
+    for bounds, score in zip((node.r, node.f, node.m), scores, strict=True):
+        if bounds is not None and not bounds[0] <= score <= bounds[1]:
             return False
-        try:
-            threshold = now - node.ago
-        except OverflowError:  # further back than datetime reaches: nobody is before it
-            return node.op == "after"
-        return seen < threshold if node.op == "before" else seen >= threshold
-    if isinstance(node, InstallCond):
-        attribution = state.attribution or {}
-        key = "tracker_token" if node.field == "tracker" else node.field
-        return attribution.get(key) == node.value
-    return _attribute(node, state.attributes)
+    return True
 
 
-def _attribute(cond: AttributeCond, attributes: dict[str, Any]) -> bool:
+def quintile_thresholds(values: Iterable[float]) -> tuple[float, ...]:
+    """The 20/40/60/80th percentiles with linear interpolation (``percentile_cont``)."""
+    ordered = sorted(values)
+    if not ordered:
+        return ()
+    cuts = []
+    for p in (0.2, 0.4, 0.6, 0.8):
+        pos = p * (len(ordered) - 1)
+        low = math.floor(pos)
+        high = min(low + 1, len(ordered) - 1)
+        cuts.append(ordered[low] + (ordered[high] - ordered[low]) * (pos - low))
+    return tuple(cuts)
+
+
+def match_attribute(cond: AttributeCond, attributes: Mapping[str, Any], now: datetime) -> bool:
+    """One attribute (or event prop) condition. A missing or null value matches only
+    ``ne``, ``not_in`` and ``not_exists``."""
     present = cond.attribute in attributes and attributes[cond.attribute] is not None
     if cond.op == "exists":
         return present
@@ -195,18 +573,33 @@ def _attribute(cond: AttributeCond, attributes: dict[str, Any]) -> bool:
             return isinstance(actual, str) and expected in actual
         case "starts_with":
             return isinstance(actual, str) and actual.startswith(expected)
+        case "before" | "after":
+            when = as_date(actual) if isinstance(actual, str) else None
+            if when is None:
+                return False
+            cut = ago(now, expected)
+            if cut is None:
+                return cond.op == "after"
+            return when < cut if cond.op == "before" else when >= cut
     left, right = _comparable(actual, expected)
     if left is None or right is None:
         return False
-    match cond.op:
-        case "gt":
-            return bool(left > right)
-        case "gte":
-            return bool(left >= right)
-        case "lt":
-            return bool(left < right)
-        case _:
-            return bool(left <= right)
+    return compare(cond.op, left, right)
+
+
+def _same(left: Any, right: Any) -> bool:
+    """JSON equality (as Postgres compares JSONB): ``true`` is not ``1``, at any depth."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return isinstance(left, bool) and isinstance(right, bool) and left is right
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(_same(left[k], right[k]) for k in left)
+    if isinstance(left, list | tuple) and isinstance(right, list | tuple):
+        if len(left) != len(right):
+            return False
+        return all(_same(a, b) for a, b in zip(left, right, strict=True))
+    if isinstance(left, dict | list | tuple) or isinstance(right, dict | list | tuple):
+        return False
+    return bool(left == right)
 
 
 def _comparable(actual: Any, expected: Any) -> tuple[Any, Any]:
@@ -216,17 +609,38 @@ def _comparable(actual: Any, expected: Any) -> tuple[Any, Any]:
     if isinstance(actual, int | float) and isinstance(expected, int | float):
         return actual, expected
     if isinstance(actual, str) and isinstance(expected, str):
-        return _as_date(actual), _as_date(expected)
+        return as_date(actual), as_date(expected)
     return None, None
 
 
-def _as_date(value: str) -> datetime | None:
-    """An ISO date or datetime; a value without a zone is taken as UTC."""
+def as_date(value: str) -> datetime | None:
+    """An ISO date or date-time (``ISO_DATE``); a value without a zone is taken as UTC."""
+    if ISO_DATE.fullmatch(value) is None:
+        return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+_EVALUATORS: dict[type, Callable[[Any, ProfileView, datetime, Context], bool]] = {
+    All: _all,
+    AnyOf: _any,
+    Not: _not,
+    AttributeCond: _attribute_node,
+    SeenCond: _seen,
+    InstallCond: _install,
+    EventCond: _event,
+    RevenueCond: _revenue,
+    ReachableCond: _reachable,
+    GeofenceCond: _geofence,
+    SegmentCond: _segment,
+    RfmCond: _rfm,
+}
+
+
+# --- memberships --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,27 +650,55 @@ class Change:
     change_id: str
 
 
+def dependency_order(segments: Mapping[str, Node]) -> list[str]:
+    """Segment ids so that a segment comes after the segments (of ``segments``) it
+    references; ties by id. Stored rules have no cycles (validated on write); should one
+    slip in, its members are taken in id order."""
+    order: list[str] = []
+    placed: set[str] = set()
+    remaining = sorted(segments)
+    while remaining:
+        ready = [
+            s
+            for s in remaining
+            if not (referenced_segments(segments[s]) & (set(segments) - placed - {s}))
+        ]
+        for s in ready or remaining[:1]:
+            order.append(s)
+            placed.add(s)
+        remaining = [s for s in remaining if s not in placed]
+    return order
+
+
 def membership_changes(
     *,
     app_id: str,
     user_key: str,
-    segments: dict[str, Node],
+    segments: Mapping[str, Node],
     current: set[str],
-    state: ProfileState,
+    state: ProfileState | ProfileView,
     now: datetime,
     cause: str,
+    context: Context = NO_CONTEXT,
 ) -> list[Change]:
     """What entering/exiting ``state`` implies for the ``segments`` (id → rule), given the
-    ids it is ``current``ly a member of. Ids are deterministic in ``cause`` (an event id),
-    so re-deciding the same cause yields the same change ids."""
+    ids it is ``current``ly a member of. Segments referencing others see the new answers
+    of those (evaluated first). Ids are deterministic in ``cause`` (an event id), so
+    re-deciding the same cause yields the same change ids. Sorted by segment id."""
+    view = as_view(state)
+    member = set(current)
     changes = []
-    for segment_id, rule in sorted(segments.items()):
-        inside = evaluate(rule, state, now)
+    for segment_id in dependency_order(segments):
+        inside = _eval(segments[segment_id], replace(view, segments=member), now, context)
         was = segment_id in current
+        if inside:
+            member.add(segment_id)
+        else:
+            member.discard(segment_id)
         if inside != was:
             kind = "entered" if inside else "exited"
             change_id = uuid.uuid5(
                 CHANGE_NS, json.dumps([app_id, user_key, segment_id, kind, cause])
             )
             changes.append(Change(segment_id, kind, change_id.hex))
-    return changes
+    return sorted(changes, key=lambda c: c.segment_id)

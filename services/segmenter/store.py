@@ -1,20 +1,38 @@
 """Segmenter's tables: profiles (in ``libs.runtime.tables``, read by others), processed
-events and segment memberships. Repo functions never commit."""
+events, daily counters, recent events and segment memberships. Repo functions never
+commit.
+
+Event conditions with ``where`` property filters (or windows of minutes/hours) cannot be
+answered from daily counters, which are per (name, day) only. They are answered from
+``segmenter_recent_events``: every first-seen event of the last ``RECENT_EVENTS_DAYS``
+days with its props, pruned per user on write. Chosen over per-(prop, value) counters
+because any operator on any prop then works, with one table and no list of props to
+configure; the rule language bounds such windows to the retention."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, delete, select
+from sqlalchemy import BigInteger, Date, Float, Index, String, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from libs.runtime.postgres import Base, lock
 from libs.runtime.tables import DeviceAlias, Profile, Segment
-from services.segmenter.logic import ProfileState
+from libs.schemas import Event
+from libs.schemas.rules import RECENT_EVENTS_DAYS
+from services.segmenter.logic import (
+    DailyCount,
+    ProfileState,
+    ProfileView,
+    RecentEvent,
+    RfmThresholds,
+    daily_counts,
+)
 
 
 class SeenEvent(Base):
@@ -25,6 +43,34 @@ class SeenEvent(Base):
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     seen_at: Mapped[datetime]
+
+
+class DailyCounter(Base):
+    """Per (user, event name, UTC day): how many first-seen events and their revenue.
+    Kept for all time (one row per user, name and active day)."""
+
+    __tablename__ = "segmenter_daily_counters"
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[float] = mapped_column(Float)
+
+
+class RecentEventRow(Base):
+    """The user's events of the last ``RECENT_EVENTS_DAYS`` days with their props."""
+
+    __tablename__ = "segmenter_recent_events"
+    __table_args__ = (Index("ix_segmenter_recent_events_user", "app_id", "user_key", "name", "ts"),)
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(128))
+    ts: Mapped[datetime]
+    props: Mapped[dict[str, Any]]
 
 
 class Membership(Base):
@@ -80,6 +126,15 @@ async def load_profile(session: AsyncSession, *, app_id: str, user_key: str) -> 
         purchases=row.purchases,
         revenue=row.revenue,
         events=row.events,
+        push_permission=row.push_permission,
+        push_tokens=list(row.push_tokens),
+        phone=row.phone,
+        email=row.email,
+        web_push=list(row.web_push),
+        opt_outs=list(row.opt_outs),
+        last_lat=row.last_lat,
+        last_lon=row.last_lon,
+        last_location_at=row.last_location_at,
     )
 
 
@@ -146,3 +201,117 @@ async def leave(session: AsyncSession, *, app_id: str, segment_id: str, user_key
             Membership.user_key == user_key,
         )
     )
+
+
+async def add_events(
+    session: AsyncSession, *, app_id: str, user_key: str, events: Sequence[Event], now: datetime
+) -> None:
+    """Count ``events`` (first sightings only: the caller filters by ``first_sightings`` in
+    the same transaction, which makes this exactly-once) into the daily counters, keep
+    them as recent events, and prune this user's recent events past the retention."""
+    increments = daily_counts(events)
+    if increments:
+        stmt = insert(DailyCounter).values(
+            [
+                {
+                    "app_id": app_id,
+                    "user_key": user_key,
+                    "name": c.name,
+                    "day": c.day,
+                    "count": c.count,
+                    "revenue": c.revenue,
+                }
+                for c in increments
+            ]
+        )
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[
+                    DailyCounter.app_id,
+                    DailyCounter.user_key,
+                    DailyCounter.name,
+                    DailyCounter.day,
+                ],
+                set_={
+                    "count": DailyCounter.count + stmt.excluded.count,
+                    "revenue": DailyCounter.revenue + stmt.excluded.revenue,
+                },
+            )
+        )
+    horizon = now - timedelta(days=RECENT_EVENTS_DAYS)
+    recent = [e for e in events if e.ts >= horizon]
+    if recent:
+        await session.execute(
+            insert(RecentEventRow)
+            .values(
+                [
+                    {
+                        "app_id": app_id,
+                        "event_id": e.event_id,
+                        "user_key": user_key,
+                        "name": e.name,
+                        "ts": e.ts,
+                        "props": e.props,
+                    }
+                    for e in recent
+                ]
+            )
+            .on_conflict_do_nothing()
+        )
+    await session.execute(
+        delete(RecentEventRow).where(
+            RecentEventRow.app_id == app_id,
+            RecentEventRow.user_key == user_key,
+            RecentEventRow.ts < horizon,
+        )
+    )
+
+
+async def load_view(
+    session: AsyncSession,
+    *,
+    app_id: str,
+    user_key: str,
+    state: ProfileState,
+    counters: bool,
+    recent: bool,
+    segments: set[str],
+) -> ProfileView:
+    """The user's ``ProfileView``; counters and recent events only when asked for (the
+    app's rules need them)."""
+    rows: tuple[DailyCount, ...] = ()
+    events: tuple[RecentEvent, ...] = ()
+    if counters:
+        result = await session.execute(
+            select(
+                DailyCounter.name, DailyCounter.day, DailyCounter.count, DailyCounter.revenue
+            ).where(DailyCounter.app_id == app_id, DailyCounter.user_key == user_key)
+        )
+        rows = tuple(DailyCount(*row) for row in result)
+    if recent:
+        found = await session.execute(
+            select(RecentEventRow.name, RecentEventRow.ts, RecentEventRow.props).where(
+                RecentEventRow.app_id == app_id, RecentEventRow.user_key == user_key
+            )
+        )
+        events = tuple(RecentEvent(*row) for row in found)
+    return ProfileView(state=state, counters=rows, recent=events, segments=segments)
+
+
+async def rfm_thresholds(session: AsyncSession, *, app_id: str, now: datetime) -> RfmThresholds:
+    """The app's RFM quintile cut points (``percentile_cont``; see ``logic``). One scan of
+    the app's profiles: call once per batch, not per user."""
+    quintiles = text("ARRAY[0.2, 0.4, 0.6, 0.8]::float8[]")
+    recency = func.extract("epoch", now - Profile.last_seen) / 86400.0
+    row = (
+        await session.execute(
+            select(
+                func.percentile_cont(quintiles)
+                .within_group(recency.cast(Float))
+                .filter(Profile.last_seen.is_not(None)),
+                func.percentile_cont(quintiles).within_group(Profile.sessions.cast(Float)),
+                func.percentile_cont(quintiles).within_group(Profile.revenue),
+            ).where(Profile.app_id == app_id)
+        )
+    ).one()
+    return RfmThresholds(*(tuple(float(v) for v in values or ()) for values in row))

@@ -1,0 +1,329 @@
+"""Segment rules to SQL: the bulk twin of ``logic.evaluate`` (count, list, export, the
+scheduler's re-evaluation of time-dependent segments).
+
+``compile_rule`` turns a parsed rule into a boolean SQLAlchemy Core expression over
+``profiles`` (counters, recent events and memberships through correlated subqueries);
+``matching_users`` wraps it in a select of the app's matching user keys. Both evaluators
+take the same ``now`` and ``Context`` and must agree on every profile: every leaf is
+made two-valued (``coalesce(…, false)``) so that ``not`` inverts exactly as in Python,
+and everything computed from the rule alone (cut-off instants, day bounds, dates in
+values, RFM cut-offs) is computed here in Python with the very functions ``logic``
+uses. Pure: builds statements, executes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    DateTime,
+    Float,
+    Integer,
+    Numeric,
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from libs.runtime.tables import Profile
+from libs.schemas.rules import (
+    All,
+    AnyOf,
+    AttributeCond,
+    EventCond,
+    GeofenceCond,
+    InstallCond,
+    Node,
+    Not,
+    ReachableCond,
+    RevenueCond,
+    RfmCond,
+    SeenCond,
+    SegmentCond,
+    Window,
+)
+from services.segmenter.logic import (
+    DEG,
+    EARTH_RADIUS_M,
+    IN_APP_WINDOW,
+    NO_CONTEXT,
+    Context,
+    ago,
+    as_date,
+    day_range,
+    recency_cuts,
+)
+from services.segmenter.store import DailyCounter, Membership, RecentEventRow
+
+Expr = ColumnElement[Any]
+Bool = ColumnElement[bool]
+
+
+def matching_users(
+    node: Node, *, app_id: str, now: datetime, context: Context = NO_CONTEXT
+) -> Select[Any]:
+    """``SELECT user_key FROM profiles WHERE app_id = :app_id AND <rule>``."""
+    return select(Profile.user_key).where(
+        Profile.app_id == app_id, compile_rule(node, app_id=app_id, now=now, context=context)
+    )
+
+
+def compile_rule(node: Node, *, app_id: str, now: datetime, context: Context = NO_CONTEXT) -> Bool:
+    """The rule as a never-NULL boolean over ``profiles`` (rows of ``app_id``)."""
+    return _Compiler(app_id, now, context).node(node)
+
+
+def _json(value: Any) -> Expr:
+    return cast(literal(json.dumps(value), String), JSONB)
+
+
+def _decimal(value: int | float) -> Decimal:
+    # The float's shortest repr, as JSON (and so JSONB) spells it.
+    return Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+
+
+def _two_valued(expr: Bool) -> Bool:
+    return func.coalesce(expr, false(), type_=Boolean)
+
+
+def _compare(op: str, left: Any, right: Any) -> Bool:
+    match op:
+        case "eq":
+            return left == right  # type: ignore[no-any-return]
+        case "ne":
+            return left != right  # type: ignore[no-any-return]
+        case "gt":
+            return left > right  # type: ignore[no-any-return]
+        case "gte":
+            return left >= right  # type: ignore[no-any-return]
+        case "lt":
+            return left < right  # type: ignore[no-any-return]
+        case _:
+            return left <= right  # type: ignore[no-any-return]
+
+
+def _iso(text_value: Expr) -> Expr:
+    return func.hodhod_iso_timestamp(text_value, type_=DateTime(timezone=True))
+
+
+def json_condition(column: Any, cond: AttributeCond, now: datetime) -> Bool:
+    """``logic.match_attribute`` over a JSONB object column (attributes, event props)."""
+    value = column[cond.attribute]
+    kind = func.jsonb_typeof(value)
+    present = func.coalesce(kind != "null", false(), type_=Boolean)
+    expected = cond.value
+    match cond.op:
+        case "exists":
+            return present
+        case "not_exists":
+            return not_(present)
+        case "eq":
+            return and_(present, value == _json(expected)) if expected is not None else false()
+        case "ne":
+            if expected is None:
+                return true()
+            return or_(not_(present), value != _json(expected))
+        case "in" | "not_in":
+            candidates = [_json(v) for v in expected if v is not None]
+            inside = and_(present, value.in_(candidates)) if candidates else false()
+            return inside if cond.op == "in" else not_(_two_valued(inside))
+        case "contains":
+            return and_(kind == "string", func.strpos(value.astext, expected) > 0)
+        case "starts_with":
+            return and_(kind == "string", func.starts_with(value.astext, expected))
+        case "before" | "after":
+            when = _iso(value.astext)
+            cut = ago(now, expected)
+            if cut is None:
+                return when.is_not(None) if cond.op == "after" else false()
+            return and_(kind == "string", when < cut if cond.op == "before" else when >= cut)
+    if isinstance(expected, int | float):
+        number = cast(value, Numeric)
+        return case(
+            (kind == "number", _compare(cond.op, number, literal(_decimal(expected), Numeric))),
+            else_=false(),
+        )
+    expected_date = as_date(expected)
+    if expected_date is None:
+        return false()
+    return and_(kind == "string", _compare(cond.op, _iso(value.astext), expected_date))
+
+
+class _Compiler:
+    def __init__(self, app_id: str, now: datetime, context: Context) -> None:
+        self.app_id = app_id
+        self.now = now
+        self.context = context
+        self._leaves: dict[type, Callable[[Any], Bool]] = {
+            AttributeCond: lambda n: json_condition(Profile.attributes, n, now),
+            SeenCond: self.seen,
+            InstallCond: self.install,
+            EventCond: self.event,
+            RevenueCond: self.revenue,
+            ReachableCond: self.reachable,
+            GeofenceCond: self.geofence,
+            SegmentCond: self.segment,
+            RfmCond: self.rfm,
+        }
+
+    def node(self, node: Node) -> Bool:
+        if isinstance(node, All):
+            return and_(*(self.node(n) for n in node.nodes))
+        if isinstance(node, AnyOf):
+            return or_(*(self.node(n) for n in node.nodes))
+        if isinstance(node, Not):
+            return not_(self.node(node.node))
+        return _two_valued(self._leaves[type(node)](node))
+
+    def seen(self, node: SeenCond) -> Bool:
+        column = Profile.first_seen if node.which == "first_seen" else Profile.last_seen
+        cut = ago(self.now, node.ago)
+        if cut is None:
+            return column.is_not(None) if node.op == "after" else false()
+        return column < cut if node.op == "before" else column >= cut
+
+    def install(self, node: InstallCond) -> Bool:
+        key = "tracker_token" if node.field == "tracker" else node.field
+        return Profile.attribution[key] == _json(node.value)
+
+    def _days(self, window: Window) -> list[Bool]:
+        low, high = day_range(window, self.now)
+        bounds = []
+        if low is not None:
+            bounds.append(DailyCounter.day >= low)
+        if high is not None:
+            bounds.append(DailyCounter.day <= high)
+        return bounds
+
+    def _counters(self) -> list[Bool]:
+        return [DailyCounter.app_id == self.app_id, DailyCounter.user_key == Profile.user_key]
+
+    def event(self, node: EventCond) -> Bool:
+        if node.exact:
+            assert node.window.within is not None  # the parser guarantees it
+            count: Expr = (
+                select(func.count())
+                .where(
+                    RecentEventRow.app_id == self.app_id,
+                    RecentEventRow.user_key == Profile.user_key,
+                    RecentEventRow.name == node.name,
+                    RecentEventRow.ts >= self.now - node.window.within,
+                    *(json_condition(RecentEventRow.props, f, self.now) for f in node.where),
+                )
+                .scalar_subquery()
+            )
+        else:
+            count = (
+                select(func.coalesce(func.sum(DailyCounter.count), 0))
+                .where(*self._counters(), DailyCounter.name == node.name, *self._days(node.window))
+                .scalar_subquery()
+            )
+        return _compare(node.count_op, count, literal(node.count, Integer))
+
+    def revenue(self, node: RevenueCond) -> Bool:
+        total = (
+            select(func.coalesce(func.sum(DailyCounter.revenue), 0.0))
+            .where(*self._counters(), *self._days(node.window))
+            .scalar_subquery()
+        )
+        return _compare(node.op, total, literal(node.value, Float))
+
+    def reachable(self, node: ReachableCond) -> Bool:
+        allowed = not_(Profile.opt_outs.op("@>", return_type=Boolean)(_json([node.channel])))
+        valid = _json([{"valid": True}])
+        match node.channel:
+            case "push":
+                reach = and_(
+                    Profile.push_permission.is_(True),
+                    Profile.push_tokens.op("@>", return_type=Boolean)(valid),
+                )
+            case "sms":
+                reach = and_(Profile.phone.is_not(None), Profile.phone != "")
+            case "email":
+                reach = and_(Profile.email.is_not(None), Profile.email != "")
+            case "web_push":
+                reach = Profile.web_push.op("@>", return_type=Boolean)(valid)
+            case _:
+                reach = Profile.last_seen >= self.now - IN_APP_WINDOW
+        return and_(allowed, reach)
+
+    def geofence(self, node: GeofenceCond) -> Bool:
+        # logic.haversine_m, operation for operation (same rounding).
+        def f(x: float) -> Expr:
+            return literal(x, Float)
+
+        s_lat = func.sin((Profile.last_lat - f(node.lat)) * f(DEG) / f(2.0), type_=Float)
+        s_lon = func.sin((Profile.last_lon - f(node.lon)) * f(DEG) / f(2.0), type_=Float)
+        a = s_lat * s_lat + func.cos(f(node.lat) * f(DEG), type_=Float) * func.cos(
+            Profile.last_lat * f(DEG), type_=Float
+        ) * (s_lon * s_lon)
+        distance = (
+            f(2.0)
+            * f(EARTH_RADIUS_M)
+            * func.asin(func.sqrt(func.least(f(1.0), a, type_=Float), type_=Float), type_=Float)
+        )
+        cut = ago(self.now, node.max_age)
+        # least() skips NULLs: a missing coordinate must be excluded explicitly.
+        fresh: list[Bool] = [
+            Profile.last_lat.is_not(None),
+            Profile.last_lon.is_not(None),
+            Profile.last_location_at.is_not(None),
+        ]
+        if cut is not None:
+            fresh.append(Profile.last_location_at >= cut)
+        where = distance <= f(node.radius_m) if node.inside else distance > f(node.radius_m)
+        return and_(*fresh, where)
+
+    def segment(self, node: SegmentCond) -> Bool:
+        return exists(
+            select(1).where(
+                Membership.app_id == self.app_id,
+                Membership.segment_id == node.segment_id,
+                Membership.user_key == Profile.user_key,
+            )
+        )
+
+    def rfm(self, node: RfmCond) -> Bool:
+        thresholds = self.context.rfm
+        if thresholds is None:
+            return false()
+
+        def above(column: Any, cuts: tuple[float, ...]) -> Expr:
+            return sum((case((column > literal(t, Float), 1), else_=0) for t in cuts), literal(0))
+
+        before = sum(
+            (
+                case((Profile.last_seen < cut, 1), else_=0)
+                for cut in recency_cuts(self.now, thresholds)
+                if cut is not None
+            ),
+            literal(0),
+        )
+        scores = (
+            case((Profile.last_seen.is_(None), 1), else_=5 - before),
+            1 + above(Profile.sessions, thresholds.frequency),
+            1 + above(Profile.revenue, thresholds.monetary),
+        )
+        parts = [
+            and_(score >= bounds[0], score <= bounds[1])
+            for bounds, score in zip((node.r, node.f, node.m), scores, strict=True)
+            if bounds is not None
+        ]
+        return and_(true(), *parts)
