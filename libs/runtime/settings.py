@@ -41,6 +41,12 @@ class KafkaSettings(BaseServiceSettings):
     kafka_dlq_max_consecutive: int = Field(default=1000, ge=1)
 
 
+class SegmenterSettings(BaseServiceSettings):
+    # How often time-dependent segments are re-evaluated in bulk (the bound on how late
+    # "last visit ≥ 3 hours ago" is entered without a new event).
+    segment_scheduler_interval_s: float = Field(default=60.0, gt=0, le=3600)
+
+
 class PostgresSettings(BaseServiceSettings):
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/hodhod",
@@ -89,6 +95,11 @@ class IngestSettings(BaseServiceSettings):
 
 
 class PlatformSettings(
-    KafkaSettings, PostgresSettings, ClickHouseSettings, HttpSettings, IngestSettings
+    KafkaSettings,
+    PostgresSettings,
+    ClickHouseSettings,
+    HttpSettings,
+    IngestSettings,
+    SegmenterSettings,
 ):
     """Everything the one-process launcher needs; each service reads only its part."""

@@ -113,8 +113,10 @@ async def create_segment(
     session: SessionDep,
     producer: ProducerDep,
 ) -> SegmentRead:
+    rules = {s.id: s.rule for s in await store.list_segments(session, app_id=app_id)}
     try:
-        parse_rule(body.rule)
+        # Referenced segments must exist in this app, and references must not loop.
+        parse_rule(body.rule, rules.get)
     except RuleError as exc:
         raise InvalidInput(
             str(exc),

@@ -72,26 +72,7 @@ class ProfileUpdater:
             SEGMENT_CHANGES.labels(change.change).inc()
 
     async def _rules(self, session: AsyncSession, app_id: str, now: datetime) -> AppRules:
-        parsed: dict[str, Node] = {}
-        for segment in await store.active_segments(session, app_id=app_id):
-            try:
-                parsed[segment.id] = parse_rule(segment.rule)
-            except RuleError as exc:
-                # Admin validates rules on write; a stored bad rule is skipped, loudly.
-                log.error("segment rule invalid", extra={"segment": segment.id, "error": str(exc)})
-        nodes = [n for rule in parsed.values() for n in walk(rule)]
-        rfm = None
-        if any(isinstance(n, RfmCond) for n in nodes):
-            rfm = await store.rfm_thresholds(session, app_id=app_id, now=now)
-        return AppRules(
-            segments=parsed,
-            context=logic.Context(rfm=rfm),
-            counters=any(
-                isinstance(n, RevenueCond) or (isinstance(n, EventCond) and not n.exact)
-                for n in nodes
-            ),
-            recent=any(isinstance(n, EventCond) and n.exact for n in nodes),
-        )
+        return await load_rules(session, app_id, now)
 
     async def _update_user(
         self,
@@ -174,3 +155,26 @@ class ProfileUpdater:
                 )
             )
         return out
+
+
+async def load_rules(session: AsyncSession, app_id: str, now: datetime) -> AppRules:
+    """The app's active segments, parsed, and what evaluating them needs loaded."""
+    parsed: dict[str, Node] = {}
+    for segment in await store.active_segments(session, app_id=app_id):
+        try:
+            parsed[segment.id] = parse_rule(segment.rule)
+        except RuleError as exc:
+            # Admin validates rules on write; a stored bad rule is skipped, loudly.
+            log.error("segment rule invalid", extra={"segment": segment.id, "error": str(exc)})
+    nodes = [n for rule in parsed.values() for n in walk(rule)]
+    rfm = None
+    if any(isinstance(n, RfmCond) for n in nodes):
+        rfm = await store.rfm_thresholds(session, app_id=app_id, now=now)
+    return AppRules(
+        segments=parsed,
+        context=logic.Context(rfm=rfm),
+        counters=any(
+            isinstance(n, RevenueCond) or (isinstance(n, EventCond) and not n.exact) for n in nodes
+        ),
+        recent=any(isinstance(n, EventCond) and n.exact for n in nodes),
+    )

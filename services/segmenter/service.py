@@ -1,11 +1,17 @@
-"""Wiring of the segmenter service: the profile consumer."""
+"""Wiring of the segmenter service: the profile consumer and the segment scheduler."""
 
 from libs.runtime.service import ServiceSpec, one_consumer
 from services.segmenter.consumer import TOPICS, ProfileUpdater
+from services.segmenter.scheduler import SegmentScheduler
 
 SERVICE = ServiceSpec(
     name="segmenter",
     consumers=one_consumer(
         "segmenter.profiles", TOPICS, lambda r: ProfileUpdater(r.sessions, r.producer)
     ),
+    tasks=lambda r: [
+        SegmentScheduler(
+            r.sessions, r.producer, interval_s=r.settings.segment_scheduler_interval_s
+        ).run()
+    ],
 )

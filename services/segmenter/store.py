@@ -183,6 +183,16 @@ async def memberships(session: AsyncSession, *, app_id: str, user_key: str) -> s
     return set(rows)
 
 
+async def members(session: AsyncSession, *, app_id: str, segment_id: str) -> set[str]:
+    """Every user key in the segment (the scheduler's bulk comparison)."""
+    rows = await session.scalars(
+        select(Membership.user_key).where(
+            Membership.app_id == app_id, Membership.segment_id == segment_id
+        )
+    )
+    return set(rows)
+
+
 async def enter(
     session: AsyncSession, *, app_id: str, segment_id: str, user_key: str, at: datetime
 ) -> None:

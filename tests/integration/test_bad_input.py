@@ -403,3 +403,27 @@ async def test_an_expired_send_job_is_suppressed(
     items = await eventually(receipt)
     assert [(i["job_id"], i["status"]) for i in items] == [(job.job_id, "suppressed")]
     assert "expired" in items[0]["error"]
+
+
+async def test_segment_references_must_exist_in_the_app(
+    http: httpx.AsyncClient, app_keys: dict[str, str]
+) -> None:
+    headers = {"Authorization": f"Bearer {app_keys['admin_token']}"}
+    missing = await http.post(
+        "/admin/v1/segments",
+        headers=headers,
+        json={"name": "s", "rule": {"all": [{"segment": "seg_nope"}]}},
+    )
+    assert missing.status_code == 422
+    assert error_of(missing)["field"] == "rule.all.0.segment"
+    base = await http.post(
+        "/admin/v1/segments",
+        headers=headers,
+        json={"name": "base", "rule": {"attribute": "city", "op": "eq", "value": "Tehran"}},
+    )
+    ok = await http.post(
+        "/admin/v1/segments",
+        headers=headers,
+        json={"name": "derived", "rule": {"not": {"segment": base.json()["id"]}}},
+    )
+    assert ok.status_code == 201, ok.text
