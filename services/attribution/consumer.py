@@ -17,7 +17,7 @@ from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch
 from libs.schemas import ClickRecorded, InstallReported, UserAttributed
 from libs.schemas.base import user_key_of
-from services.attribution import logic, store
+from services.attribution import logic, outcomes, store
 from services.attribution.metrics import ATTRIBUTIONS
 
 TOPICS = ("clicks", "installs")
@@ -46,11 +46,15 @@ class Matcher:
                         event_id=waiting.install_event_id,
                         device_id=waiting.device_id,
                         user_key=waiting.user_key,
-                        install_ts=waiting.install_ts,
+                        facts=logic.InstallFacts(
+                            ts=waiting.install_ts,
+                            referrer=f"click_id={waiting.ref_click_id}",
+                            adid=waiting.adid,
+                        ),
                         ref_click_id=waiting.ref_click_id,
                         at=click_record.time,
                     )
-                    if attributed.method != "organic":
+                    if attributed.method == "click_id":
                         out.append(attributed)
             for record in batch.of("installs"):
                 install = record.value
@@ -62,7 +66,16 @@ class Matcher:
                         event_id=install.event_id,
                         device_id=install.device_id,
                         user_key=user_key_of(install.user_id, install.device_id),
-                        install_ts=install.ts,
+                        facts=logic.InstallFacts(
+                            ts=install.ts,
+                            referrer=install.referrer,
+                            adid=install.adid,
+                            ip=install.ip,
+                            user_agent=install.user_agent,
+                            platform=install.platform,
+                            device_model=install.device_model,
+                            os_version=install.os_version,
+                        ),
                         ref_click_id=logic.referrer_click_id(install.referrer),
                         at=record.time,
                     )
@@ -80,44 +93,72 @@ class Matcher:
         event_id: str,
         device_id: str,
         user_key: str,
-        install_ts: datetime,
+        facts: logic.InstallFacts,
         ref_click_id: str | None,
         at: datetime,
     ) -> UserAttributed:
-        """Decide and record one install. ``at`` is the triggering record's Kafka time, so
-        a replay publishes a byte-identical UserAttributed."""
-        click_row = None
+        """Decide and record one install: gather candidate clicks (the referrer's, and
+        recent ones with the same advertising id or fingerprint), let ``logic.match``
+        choose and ``outcomes.classify`` name the kind. ``at`` is the triggering record's
+        Kafka time, so a replay publishes a byte-identical UserAttributed."""
+        candidates: list[logic.ClickFacts] = []
         if ref_click_id:
             await store.lock_click(session, app_id=app_id, click_id=ref_click_id)
-            click_row = await store.find_click(session, app_id=app_id, click_id=ref_click_id)
-        click = (
-            logic.ClickFacts(click_row.click_id, click_row.tracker_token, click_row.ts)
-            if click_row is not None
-            else None
+            row = await store.find_click(session, app_id=app_id, click_id=ref_click_id)
+            if row is not None:
+                candidates.append(_click_facts(row))
+        adid = logic.clean_adid(facts.adid)
+        fingerprint = logic.fingerprint_key(
+            logic.fingerprint(
+                facts.ip,
+                facts.user_agent,
+                platform=facts.platform,
+                device_model=facts.device_model,
+                os_version=facts.os_version,
+            )
         )
-        decision = logic.decide(install_ts=install_ts, click=click)
+        if adid or fingerprint:
+            rows = await store.clicks_by(
+                session,
+                app_id=app_id,
+                adid=adid,
+                fingerprint=fingerprint,
+                since=facts.ts - logic.CLICK_WINDOW,
+                until=facts.ts,
+            )
+            candidates.extend(_click_facts(r) for r in rows if r.click_id != ref_click_id)
+        decision = logic.match(facts, clicks=candidates)
+        past = await store.history(
+            session,
+            app_id=app_id,
+            install_event_id=event_id,
+            adid=adid,
+            user_key=user_key,
+            before=facts.ts,
+        )
+        outcome = outcomes.classify(decision, past, install_ts=facts.ts, adid=adid)
+        click = decision.click
         tracker = (
-            await store.tracker(session, app_id=app_id, token=click.tracker_token)
-            if decision.click is not None and click is not None
+            await store.tracker(session, app_id=app_id, token=outcome.tracker_token)
+            if outcome.tracker_token
             else None
         )
-        attribution_id = logic.attribution_id(
-            app_id, event_id, decision.click.click_id if decision.click else None
-        )
+        attribution_id = logic.attribution_id(app_id, event_id, click.click_id if click else None)
         values: dict[str, Any] = {
             "app_id": app_id,
             "install_event_id": event_id,
             "device_id": device_id,
             "user_key": user_key,
-            "install_ts": install_ts,
+            "install_ts": facts.ts,
             "ref_click_id": ref_click_id,
             "attribution_id": attribution_id,
             "method": decision.method,
-            "kind": decision.kind,
+            "kind": outcome.kind,
             "status": decision.status,
-            "tracker_token": decision.click.tracker_token if decision.click else None,
-            "click_id": decision.click.click_id if decision.click else None,
+            "tracker_token": outcome.tracker_token,
+            "click_id": click.click_id if click else None,
             "attributed_at": at,
+            "adid": adid,
         }
         await store.save_install(session, values=values)
         return UserAttributed(
@@ -126,20 +167,32 @@ class Matcher:
             user_key=user_key,
             device_id=device_id,
             install_event_id=event_id,
-            install_ts=install_ts,
+            install_ts=facts.ts,
             attributed_at=at,
             method=decision.method,
-            kind=decision.kind,
+            kind=outcome.kind,
             status=decision.status,
-            tracker_token=values["tracker_token"],
+            tracker_token=outcome.tracker_token,
             click_id=values["click_id"],
-            click_ts=decision.click.ts if decision.click else None,
+            click_ts=click.ts if click else None,
             network=tracker.network if tracker else None,
             campaign=tracker.campaign if tracker else None,
             adgroup=tracker.adgroup if tracker else None,
             creative=tracker.creative if tracker else None,
             channel=tracker.channel if tracker else None,
         )
+
+
+def _click_facts(row: store.Click) -> logic.ClickFacts:
+    return logic.ClickFacts(
+        click_id=row.click_id,
+        tracker_token=row.tracker_token,
+        ts=row.ts,
+        adid=row.adid,
+        ip=row.ip,
+        user_agent=row.user_agent,
+        is_bot=row.is_bot,
+    )
 
 
 def _click_row(click: ClickRecorded) -> dict[str, Any]:
@@ -152,4 +205,6 @@ def _click_row(click: ClickRecorded) -> dict[str, Any]:
         "adid": click.adid,
         "is_bot": click.is_bot,
         "expires_at": click.ts + logic.CLICK_WINDOW,
+        "user_agent": click.user_agent,
+        "fingerprint": logic.fingerprint_key(logic.fingerprint(click.ip, click.user_agent)),
     }

@@ -245,6 +245,13 @@ def fingerprint(
 # --- matching ----------------------------------------------------------------------------
 
 
+def fingerprint_key(fp: Fingerprint | None) -> str | None:
+    """The stored, indexable form of a fingerprint (equal fingerprints, equal keys)."""
+    if fp is None:
+        return None
+    return "|".join((fp.ip, *fp.device))[:600]
+
+
 @dataclass(frozen=True, slots=True)
 class InstallFacts:
     """What the install report says about the device (all optional but the time)."""

@@ -12,11 +12,16 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from libs.runtime.postgres import Base, lock
 from libs.runtime.tables import Tracker
+from services.attribution.outcomes import History
 
 
 class Click(Base):
     __tablename__ = "attribution_clicks"
-    __table_args__ = (Index("ix_attribution_clicks_expires_at", "expires_at"),)
+    __table_args__ = (
+        Index("ix_attribution_clicks_expires_at", "expires_at"),
+        Index("ix_attribution_clicks_adid", "app_id", "adid", "ts"),
+        Index("ix_attribution_clicks_fingerprint", "app_id", "fingerprint", "ts"),
+    )
 
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     click_id: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -26,6 +31,9 @@ class Click(Base):
     adid: Mapped[str | None] = mapped_column(String(128))
     is_bot: Mapped[bool]
     expires_at: Mapped[datetime]
+    user_agent: Mapped[str | None] = mapped_column(String(2048))
+    # logic.fingerprint_key of (ip, user agent): matched against installs' fingerprints.
+    fingerprint: Mapped[str | None] = mapped_column(String(600))
 
 
 class Install(Base):
@@ -35,6 +43,8 @@ class Install(Base):
     __table_args__ = (
         Index("ix_attribution_installs_ref_click", "app_id", "ref_click_id"),
         Index("ix_attribution_installs_device", "app_id", "device_id"),
+        Index("ix_attribution_installs_adid", "app_id", "adid"),
+        Index("ix_attribution_installs_user", "app_id", "user_key"),
     )
 
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -50,6 +60,7 @@ class Install(Base):
     tracker_token: Mapped[str | None] = mapped_column(String(32))
     click_id: Mapped[str | None] = mapped_column(String(128))
     attributed_at: Mapped[datetime]
+    adid: Mapped[str | None] = mapped_column(String(128))
 
 
 async def record_clicks(session: AsyncSession, *, rows: list[dict[str, Any]]) -> None:
@@ -81,13 +92,94 @@ async def find_install(
     )
 
 
+MAX_CANDIDATES = 20
+
+
+async def clicks_by(
+    session: AsyncSession,
+    *,
+    app_id: str,
+    adid: str | None,
+    fingerprint: str | None,
+    since: datetime,
+    until: datetime,
+) -> list[Click]:
+    """Recent clicks (newest first, at most MAX_CANDIDATES per key) with the install's
+    advertising id or fingerprint, in [since, until] — the candidates ``logic.match``
+    chooses from."""
+    found: list[Click] = []
+    for column, value in ((Click.adid, adid), (Click.fingerprint, fingerprint)):
+        if value is None:
+            continue
+        found.extend(
+            await session.scalars(
+                select(Click)
+                .where(
+                    Click.app_id == app_id, column == value, Click.ts >= since, Click.ts <= until
+                )
+                .order_by(Click.ts.desc())
+                .limit(MAX_CANDIDATES)
+            )
+        )
+    return found
+
+
+async def history(
+    session: AsyncSession,
+    *,
+    app_id: str,
+    install_event_id: str,
+    adid: str | None,
+    user_key: str,
+    before: datetime,
+) -> History:
+    """What earlier installs of the app say about this device and user."""
+    adid_seen = False
+    if adid is not None:
+        adid_seen = bool(
+            await session.scalar(
+                select(Install.install_event_id)
+                .where(
+                    Install.app_id == app_id,
+                    Install.adid == adid,
+                    Install.install_event_id != install_event_id,
+                    Install.install_ts <= before,
+                )
+                .limit(1)
+            )
+        )
+    earlier: list[Install] = []
+    if not user_key.startswith("d:"):
+        earlier = list(
+            await session.scalars(
+                select(Install)
+                .where(
+                    Install.app_id == app_id,
+                    Install.user_key == user_key,
+                    Install.install_event_id != install_event_id,
+                    Install.install_ts <= before,
+                )
+                .order_by(Install.install_ts)
+            )
+        )
+    original = next((i.tracker_token for i in earlier if i.status != "rejected"), None)
+    return History(
+        adid_seen=adid_seen,
+        user_seen=bool(earlier),
+        user_adids=frozenset(i.adid for i in earlier if i.adid),
+        last_active=max((i.install_ts for i in earlier), default=None),
+        original_tracker=original,
+    )
+
+
 async def installs_waiting_for(
     session: AsyncSession, *, app_id: str, click_id: str
 ) -> list[Install]:
-    """Organic installs whose referrer named ``click_id`` (the click arrived after them)."""
+    """Installs whose referrer named ``click_id`` but that were attributed otherwise
+    (organic, or a weaker method) because the click arrived after them."""
     rows = await session.scalars(
         select(Install).where(
-            Install.app_id == app_id, Install.ref_click_id == click_id, Install.method == "organic"
+            Install.app_id == app_id, Install.ref_click_id == click_id, Install.method != "click_id"
         )
     )
     return list(rows)

@@ -317,7 +317,10 @@ async def test_click_with_control_characters_is_recorded_clean(
         json={"name": "t", "channel": "landing_page", "store_url": "https://example.com/app"},
     )
     token = created.json()["token"]
-    response = await http.get(f"/c/{token}?adid=ab%00cd")
+    # A phone's user agent: clicks from bots (httpx's default agent) never attribute.
+    response = await http.get(
+        f"/c/{token}?adid=ab%00cd", headers={"User-Agent": "Mozilla/5.0 (Linux; Android 14)"}
+    )
     assert response.status_code == 302
     click_id = parse_qs(parse_qs(urlsplit(response.headers["location"]).query)["referrer"][0])[
         "click_id"
