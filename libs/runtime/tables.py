@@ -7,9 +7,20 @@ service's private tables live in its own ``store.py``. Every query filters by ``
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -33,6 +44,18 @@ class Tracker(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Attribution windows: click-through, fingerprint, view-through.
+    click_window_hours: Mapped[int] = mapped_column(Integer, server_default="168")
+    fingerprint_window_hours: Mapped[int] = mapped_column(Integer, server_default="24")
+    view_window_hours: Mapped[int] = mapped_column(Integer, server_default="24")
+    # on_install | on_verification (count only once the app's backend verified the user)
+    counting: Mapped[str] = mapped_column(String(16), server_default="on_install")
+    cost_model: Mapped[str | None] = mapped_column(String(16))  # cpi | total
+    cost_amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 4))
+    cost_currency: Mapped[str | None] = mapped_column(String(3))
+    postback_urls: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    # Domains a click's ?redirect= may point to (no open redirect).
+    redirect_domains: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
 
 
 class Segment(Base):

@@ -26,6 +26,7 @@ from services.admin.schemas import (
     SegmentRead,
     TrackerCreate,
     TrackerRead,
+    TrackerUpdate,
 )
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
@@ -49,11 +50,25 @@ def _tracker_read(request: Request, public_url: str | None, t: Tracker) -> Track
         creative=t.creative,
         status=t.status,
         created_at=t.created_at,
+        click_window_hours=t.click_window_hours,
+        fingerprint_window_hours=t.fingerprint_window_hours,
+        view_window_hours=t.view_window_hours,
+        counting=t.counting,
+        cost_model=t.cost_model,
+        cost_amount=t.cost_amount,
+        cost_currency=t.cost_currency,
+        postback_urls=list(t.postback_urls or []),
+        redirect_domains=list(t.redirect_domains or []),
     )
 
 
 def _changed(
-    request: Request, producer: ProducerDep, app_id: str, entity: str, entity_id: str
+    request: Request,
+    producer: ProducerDep,
+    app_id: str,
+    entity: str,
+    entity_id: str,
+    action: str = "created",
 ) -> None:
     """Announce a configuration change once it is committed (caches invalidate on it)."""
     change = ConfigChanged(
@@ -61,7 +76,7 @@ def _changed(
         change_id=uuid.uuid4().hex,
         entity=entity,
         entity_id=entity_id,
-        action="created",
+        action=action,
         ts=datetime.now(UTC),
     )
     after_commit(request, lambda: producer.publish(change))
@@ -76,8 +91,8 @@ async def create_tracker(
     producer: ProducerDep,
     settings: SettingsDep,
 ) -> TrackerRead:
-    values = body.model_dump()
-    values["store_url"] = str(body.store_url)
+    values = body.model_dump(mode="json")
+    values["cost_amount"] = body.cost_amount
     tracker = await store.create_tracker(session, app_id=app_id, values=values)
     _changed(request, producer, app_id, "tracker", tracker.token)
     return _tracker_read(request, settings.public_url, tracker)
@@ -98,6 +113,63 @@ async def get_tracker(
     tracker = await store.get_tracker(session, app_id=app_id, token=token)
     if tracker is None:
         raise NotFound(f"no tracker {token}", field="token")
+    return _tracker_read(request, settings.public_url, tracker)
+
+
+@router.patch("/trackers/{token}", operation_id="update_tracker")
+async def update_tracker(
+    token: str,
+    body: TrackerUpdate,
+    request: Request,
+    app_id: AdminAppDep,
+    session: SessionDep,
+    producer: ProducerDep,
+    settings: SettingsDep,
+) -> TrackerRead:
+    """Change the fields sent. The click URL (token) never changes; the tracker service
+    sees the change within its cache TTL (10 s)."""
+    tracker = await store.get_tracker(session, app_id=app_id, token=token)
+    if tracker is None:
+        raise NotFound(f"no tracker {token}", field="token")
+    changes = body.model_dump(mode="json", exclude_unset=True)
+    if "cost_amount" in changes:
+        changes["cost_amount"] = body.cost_amount
+    merged = {c: getattr(tracker, c) for c in ("cost_model", "cost_amount", "cost_currency")}
+    merged.update({k: v for k, v in changes.items() if k in merged})
+    if any(v is not None for v in merged.values()) and any(v is None for v in merged.values()):
+        raise InvalidInput("cost needs cost_model, amount and currency", field="cost_model")
+    for name in (
+        "name",
+        "store_url",
+        "click_window_hours",
+        "fingerprint_window_hours",
+        "view_window_hours",
+        "counting",
+        "postback_urls",
+        "redirect_domains",
+    ):
+        if name in changes and changes[name] is None:
+            raise InvalidInput("cannot be null", field=name)
+    await store.update_tracker(session, tracker=tracker, values=changes)
+    _changed(request, producer, app_id, "tracker", token, "updated")
+    return _tracker_read(request, settings.public_url, tracker)
+
+
+@router.delete("/trackers/{token}", operation_id="archive_tracker")
+async def archive_tracker(
+    token: str,
+    request: Request,
+    app_id: AdminAppDep,
+    session: SessionDep,
+    producer: ProducerDep,
+    settings: SettingsDep,
+) -> TrackerRead:
+    """Archive: the link stops redirecting (404 page); reports keep its history."""
+    tracker = await store.get_tracker(session, app_id=app_id, token=token)
+    if tracker is None:
+        raise NotFound(f"no tracker {token}", field="token")
+    await store.update_tracker(session, tracker=tracker, values={"status": "archived"})
+    _changed(request, producer, app_id, "tracker", token, "deleted")
     return _tracker_read(request, settings.public_url, tracker)
 
 

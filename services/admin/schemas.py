@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from libs.schemas.base import contract_violation, find_nul
 from libs.schemas.journeys import JourneyDefinition, SegmentEntered
@@ -38,14 +39,60 @@ class _In(BaseModel):
         return data
 
 
-class TrackerCreate(_In):
-    name: str = Field(min_length=1, max_length=200)
-    channel: TrackerChannel
-    store_url: AnyHttpUrl = Field(max_length=2048)
+MAX_WINDOW_HOURS = 30 * 24
+Hours = Annotated[int, Field(ge=1, le=MAX_WINDOW_HOURS)]
+Domain = Annotated[
+    str, StringConstraints(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$", to_lower=True)
+]
+
+
+class _TrackerFields(_In):
     network: str | None = Field(default=None, max_length=200)
     campaign: str | None = Field(default=None, max_length=200)
     adgroup: str | None = Field(default=None, max_length=200)
     creative: str | None = Field(default=None, max_length=200)
+    click_window_hours: Hours = 168
+    fingerprint_window_hours: Hours = 24
+    view_window_hours: Hours = 24
+    counting: Literal["on_install", "on_verification"] = "on_install"
+    cost_model: Literal["cpi", "total"] | None = None
+    cost_amount: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=4)
+    cost_currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    postback_urls: list[AnyHttpUrl] = Field(default_factory=list, max_length=10)
+    redirect_domains: list[Domain] = Field(default_factory=list, max_length=20)
+
+    @model_validator(mode="after")
+    def _cost_is_whole(self) -> _TrackerFields:
+        given = [self.cost_model, self.cost_amount, self.cost_currency]
+        if any(v is not None for v in given) and any(v is None for v in given):
+            raise contract_violation("cost_model", "cost needs cost_model, amount and currency")
+        return self
+
+
+class TrackerCreate(_TrackerFields):
+    name: str = Field(min_length=1, max_length=200)
+    channel: TrackerChannel
+    store_url: AnyHttpUrl = Field(max_length=2048)
+
+
+class TrackerUpdate(_In):
+    """A PATCH: only the fields sent change (``null`` clears an optional one)."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    store_url: AnyHttpUrl | None = Field(default=None, max_length=2048)
+    network: str | None = Field(default=None, max_length=200)
+    campaign: str | None = Field(default=None, max_length=200)
+    adgroup: str | None = Field(default=None, max_length=200)
+    creative: str | None = Field(default=None, max_length=200)
+    click_window_hours: Hours | None = None
+    fingerprint_window_hours: Hours | None = None
+    view_window_hours: Hours | None = None
+    counting: Literal["on_install", "on_verification"] | None = None
+    cost_model: Literal["cpi", "total"] | None = None
+    cost_amount: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=4)
+    cost_currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    postback_urls: list[AnyHttpUrl] | None = Field(default=None, max_length=10)
+    redirect_domains: list[Domain] | None = Field(default=None, max_length=20)
 
 
 class TrackerRead(BaseModel):
@@ -60,6 +107,15 @@ class TrackerRead(BaseModel):
     creative: str | None
     status: str
     created_at: datetime
+    click_window_hours: int
+    fingerprint_window_hours: int
+    view_window_hours: int
+    counting: str
+    cost_model: str | None
+    cost_amount: Decimal | None
+    cost_currency: str | None
+    postback_urls: list[str]
+    redirect_domains: list[str]
 
 
 class SegmentCreate(_In):

@@ -36,6 +36,16 @@ async def create_tracker(session: AsyncSession, *, app_id: str, values: dict[str
     return tracker
 
 
+async def update_tracker(
+    session: AsyncSession, *, tracker: Tracker, values: dict[str, Any]
+) -> None:
+    """Apply ``values`` to a tracker already loaded for its app (scoped by the caller)."""
+    for name, value in values.items():
+        setattr(tracker, name, value)
+    tracker.updated_at = datetime.now(UTC)
+    await session.flush()
+
+
 async def list_trackers(session: AsyncSession, *, app_id: str) -> list[Tracker]:
     rows = await session.scalars(
         select(Tracker).where(Tracker.app_id == app_id).order_by(Tracker.created_at)

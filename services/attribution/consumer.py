@@ -8,7 +8,7 @@ decisions and ids, so a duplicate publish is harmless downstream.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,6 +21,8 @@ from services.attribution import logic, outcomes, store
 from services.attribution.metrics import ATTRIBUTIONS
 
 TOPICS = ("clicks", "installs")
+# The longest click-through window a tracker may set (admin caps it at 30 days).
+MAX_LOOKBACK = timedelta(days=30)
 
 
 class Matcher:
@@ -123,11 +125,14 @@ class Matcher:
                 app_id=app_id,
                 adid=adid,
                 fingerprint=fingerprint,
-                since=facts.ts - logic.CLICK_WINDOW,
+                since=facts.ts - MAX_LOOKBACK,
                 until=facts.ts,
             )
             candidates.extend(_click_facts(r) for r in rows if r.click_id != ref_click_id)
-        decision = logic.match(facts, clicks=candidates)
+        windows = await store.tracker_windows(
+            session, app_id=app_id, tokens={c.tracker_token for c in candidates}
+        )
+        decision = logic.match(facts, clicks=candidates, windows=windows)
         past = await store.history(
             session,
             app_id=app_id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Index, String, select
@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from libs.runtime.postgres import Base, lock
 from libs.runtime.tables import Tracker
+from services.attribution.logic import Windows
 from services.attribution.outcomes import History
 
 
@@ -194,6 +195,25 @@ async def save_install(session: AsyncSession, *, values: dict[str, Any]) -> None
             set_={k: stmt.excluded[k] for k in values if k not in ("app_id", "install_event_id")},
         )
     )
+
+
+async def tracker_windows(
+    session: AsyncSession, *, app_id: str, tokens: set[str]
+) -> dict[str, Windows]:
+    """Each tracker's attribution windows, as its admin configured them."""
+    if not tokens:
+        return {}
+    rows = await session.scalars(
+        select(Tracker).where(Tracker.app_id == app_id, Tracker.token.in_(tokens))
+    )
+    return {
+        t.token: Windows(
+            click=timedelta(hours=t.click_window_hours),
+            fingerprint=timedelta(hours=t.fingerprint_window_hours),
+            view=timedelta(hours=t.view_window_hours),
+        )
+        for t in rows
+    }
 
 
 async def tracker(session: AsyncSession, *, app_id: str, token: str) -> Tracker | None:

@@ -58,6 +58,10 @@ async def track_click(
         accept_language=logic.clean(headers.get("accept-language"), 256),
         referer=logic.clean(headers.get("referer"), 4096),
         adid=logic.clean(request.query_params.get("adid"), 128),
+        redirect_url=logic.allowed_redirect(
+            logic.clean(request.query_params.get("redirect"), 2048),
+            list(tracker.redirect_domains or []),
+        ),
         is_bot=logic.is_bot(user_agent),
     )
     # The redirect must not wait for the broker: enqueue and count failures later. If
@@ -69,9 +73,8 @@ async def track_click(
     else:
         future.add_done_callback(_count_failure)
     CLICKS.labels("bot" if click.is_bot else "ok").inc()
-    return RedirectResponse(
-        logic.redirect_url(tracker.store_url, click.click_id, tracker.token), status_code=302
-    )
+    target = click.redirect_url or tracker.store_url
+    return RedirectResponse(logic.redirect_url(target, click.click_id, tracker.token), 302)
 
 
 def _count_failure(future: asyncio.Future[object]) -> None:

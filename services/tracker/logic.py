@@ -34,6 +34,22 @@ def redirect_url(store_url: str, click_id: str, tracker_token: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, encoded, parts.fragment))
 
 
+def allowed_redirect(url: str | None, domains: list[str]) -> str | None:
+    """``url`` when it is http(s) to one of ``domains`` (or a subdomain), else None:
+    a tracker link must never become an open redirect."""
+    if not url or len(url) > 2048:
+        return None
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    for domain in domains:
+        domain = domain.lower().rstrip(".")
+        if host == domain or host.endswith("." + domain):
+            return url
+    return None
+
+
 def is_bot(user_agent: str | None) -> bool:
     """True for empty user agents and known crawlers/link previewers/HTTP libraries."""
     if not user_agent:

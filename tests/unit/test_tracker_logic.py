@@ -236,3 +236,27 @@ def test_token_shape_accepted(token: str) -> None:
 @pytest.mark.parametrize("token", ["", "x" * 33, "a\x00", "a/b", "a b", "توکن"])
 def test_token_shape_rejected(token: str) -> None:
     assert not TOKEN.fullmatch(token)
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://example.com/x", True),
+        ("http://shop.example.com/", True),
+        ("https://EXAMPLE.com./x", True),
+        ("https://example.com.evil.net/", False),
+        ("https://notexample.com/", False),
+        ("javascript://example.com/%0aalert(1)", False),
+        ("//example.com/x", False),
+        ("ftp://example.com/x", False),
+        ("", False),
+        (None, False),
+        ("https://example.com/" + "x" * 3000, False),
+    ],
+)
+def test_allowed_redirect(url: str | None, allowed: bool) -> None:
+    from services.tracker.logic import allowed_redirect
+
+    result = allowed_redirect(url, ["example.com"])
+    assert result == (url if allowed else None)
+    assert allowed_redirect(url, []) is None
