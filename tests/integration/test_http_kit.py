@@ -66,3 +66,21 @@ async def test_unknown_route_and_method_use_the_envelope(http: httpx.AsyncClient
     wrong = await http.delete("/healthz")
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_openapi_has_stable_operation_ids(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    ids = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
+    assert {
+        "post_events",
+        "track_click",
+        "create_tracker",
+        "update_tracker",
+        "archive_tracker",
+        "create_segment",
+        "get_user",
+        "get_user_timeline",
+        "list_deliveries",
+        "report_retention",
+        "report_churn",
+    } <= ids
