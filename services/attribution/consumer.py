@@ -15,12 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch
-from libs.schemas import ClickRecorded, InstallReported, UserAttributed
+from libs.schemas import ClickRecorded, InstallReported, UserAttributed, UserVerified
 from libs.schemas.base import user_key_of
 from services.attribution import logic, outcomes, store
 from services.attribution.metrics import ATTRIBUTIONS
 
-TOPICS = ("clicks", "installs")
+TOPICS = ("clicks", "installs", "verifications")
 # The longest click-through window a tracker may set (admin caps it at 30 days).
 MAX_LOOKBACK = timedelta(days=30)
 
@@ -58,6 +58,10 @@ class Matcher:
                     )
                     if attributed.method == "click_id":
                         out.append(attributed)
+            for record in batch.of("verifications"):
+                verified = record.value
+                assert isinstance(verified, UserVerified)
+                out.extend(await self._verify(session, verified, record.time))
             for record in batch.of("installs"):
                 install = record.value
                 assert isinstance(install, InstallReported)
@@ -86,6 +90,35 @@ class Matcher:
             await self._producer.publish_all(out)
         for attributed in out:
             ATTRIBUTIONS.labels(attributed.method).inc()
+
+    async def _verify(
+        self, session: AsyncSession, verified: UserVerified, at: datetime
+    ) -> list[UserAttributed]:
+        """Record the verification and settle the installs that waited for it."""
+        await store.record_verification(
+            session,
+            app_id=verified.app_id,
+            user_id=verified.user_id,
+            device_id=verified.device_id,
+            at=verified.ts,
+        )
+        out = []
+        for row in await store.pending_installs(
+            session,
+            app_id=verified.app_id,
+            user_id=verified.user_id,
+            device_id=verified.device_id,
+        ):
+            status = outcomes.verification_status(
+                mode="on_verification",
+                install_ts=row.install_ts,
+                verified_at=verified.ts,
+                now=at,
+                current=row.status,
+            )
+            if status != row.status:
+                out.append(await restate(session, row, status, at, verified.user_id))
+        return out
 
     async def _attribute(
         self,
@@ -148,6 +181,18 @@ class Matcher:
             if outcome.tracker_token
             else None
         )
+        status = decision.status
+        if status == "attributed" and tracker is not None:
+            # A tracker counting on verification holds the install pending until the
+            # app's backend verifies the user (scenario 10).
+            status = outcomes.verification_status(
+                mode=tracker.counting,
+                install_ts=facts.ts,
+                verified_at=await store.verified_at(
+                    session, app_id=app_id, user_key=user_key, device_id=device_id
+                ),
+                now=at,
+            )
         attribution_id = logic.attribution_id(app_id, event_id, click.click_id if click else None)
         values: dict[str, Any] = {
             "app_id": app_id,
@@ -159,7 +204,7 @@ class Matcher:
             "attribution_id": attribution_id,
             "method": decision.method,
             "kind": outcome.kind,
-            "status": decision.status,
+            "status": status,
             "tracker_token": outcome.tracker_token,
             "click_id": click.click_id if click else None,
             "attributed_at": at,
@@ -176,7 +221,7 @@ class Matcher:
             attributed_at=at,
             method=decision.method,
             kind=outcome.kind,
-            status=decision.status,
+            status=status,
             tracker_token=outcome.tracker_token,
             click_id=values["click_id"],
             click_ts=click.ts if click else None,
@@ -186,6 +231,43 @@ class Matcher:
             creative=tracker.creative if tracker else None,
             channel=tracker.channel if tracker else None,
         )
+
+
+async def restate(
+    session: AsyncSession,
+    row: store.Install,
+    status: str,
+    at: datetime,
+    user_id: str | None = None,
+) -> UserAttributed:
+    """Change a recorded install's status and say so (same attribution id: the newest
+    statement of an attribution replaces the older one downstream)."""
+    row.status = status
+    tracker = (
+        await store.tracker(session, app_id=row.app_id, token=row.tracker_token)
+        if row.tracker_token
+        else None
+    )
+    return UserAttributed(
+        app_id=row.app_id,
+        attribution_id=row.attribution_id,
+        user_key=row.user_key,
+        device_id=row.device_id,
+        user_id=user_id,
+        install_event_id=row.install_event_id,
+        install_ts=row.install_ts,
+        attributed_at=at,
+        method=row.method,
+        kind=row.kind,
+        status=status,
+        tracker_token=row.tracker_token,
+        click_id=row.click_id,
+        network=tracker.network if tracker else None,
+        campaign=tracker.campaign if tracker else None,
+        adgroup=tracker.adgroup if tracker else None,
+        creative=tracker.creative if tracker else None,
+        channel=tracker.channel if tracker else None,
+    )
 
 
 def _click_facts(row: store.Click) -> logic.ClickFacts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Index, String, select
+from sqlalchemy import Index, String, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -46,6 +46,7 @@ class Install(Base):
         Index("ix_attribution_installs_device", "app_id", "device_id"),
         Index("ix_attribution_installs_adid", "app_id", "adid"),
         Index("ix_attribution_installs_user", "app_id", "user_key"),
+        Index("ix_attribution_installs_status", "app_id", "status"),
     )
 
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -62,6 +63,75 @@ class Install(Base):
     click_id: Mapped[str | None] = mapped_column(String(128))
     attributed_at: Mapped[datetime]
     adid: Mapped[str | None] = mapped_column(String(128))
+
+
+class Verification(Base):
+    """The earliest verification of each user (the app's backend confirmed them)."""
+
+    __tablename__ = "attribution_verifications"
+    __table_args__ = (Index("ix_attribution_verifications_device", "app_id", "device_id"),)
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    device_id: Mapped[str | None] = mapped_column(String(128))
+    verified_at: Mapped[datetime]
+
+
+async def record_verification(
+    session: AsyncSession, *, app_id: str, user_id: str, device_id: str | None, at: datetime
+) -> None:
+    """Keep the earliest verification of the user (a replay or a later one changes
+    nothing but may fill in a device id)."""
+    stmt = insert(Verification).values(
+        app_id=app_id, user_id=user_id, device_id=device_id, verified_at=at
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Verification.app_id, Verification.user_id],
+            set_={
+                "verified_at": func.least(Verification.verified_at, stmt.excluded.verified_at),
+                "device_id": func.coalesce(Verification.device_id, stmt.excluded.device_id),
+            },
+        )
+    )
+
+
+async def verified_at(
+    session: AsyncSession, *, app_id: str, user_key: str, device_id: str
+) -> datetime | None:
+    """When the install's user (by user id, or by the device a verification named) was
+    first verified, or None."""
+    return await session.scalar(
+        select(func.min(Verification.verified_at)).where(
+            Verification.app_id == app_id,
+            or_(Verification.user_id == user_key, Verification.device_id == device_id),
+        )
+    )
+
+
+async def pending_installs(
+    session: AsyncSession,
+    *,
+    app_id: str,
+    user_id: str | None = None,
+    device_id: str | None = None,
+    older_than: datetime | None = None,
+) -> list[Install]:
+    """Installs waiting for a verification: of this user or device, or (sweep) all those
+    installed before ``older_than``. Locked, newest decisions win."""
+    query = select(Install).where(Install.app_id == app_id, Install.status == "pending")
+    if older_than is not None:
+        query = query.where(Install.install_ts < older_than)
+    else:
+        query = query.where(or_(Install.user_key == user_id, Install.device_id == device_id))
+    return list(await session.scalars(query.with_for_update()))
+
+
+async def apps_with_pending(session: AsyncSession) -> list[str]:
+    """Apps that have installs waiting for verification (the sweep's tenant list)."""
+    return list(
+        await session.scalars(select(Install.app_id).where(Install.status == "pending").distinct())
+    )
 
 
 async def record_clicks(session: AsyncSession, *, rows: list[dict[str, Any]]) -> None:

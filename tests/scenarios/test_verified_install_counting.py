@@ -1,0 +1,104 @@
+"""PRODUCT.md scenario 10 — verified install counting: installs on a tracker configured
+"count after verification" stay pending until the app's backend verifies the user;
+unverified users are never counted as verified."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from services.attribution.sweep import VerificationSweep
+from tests.conftest import Platform, eventually
+
+pytestmark = pytest.mark.integration
+
+PHONE = {"User-Agent": "Mozilla/5.0 (Linux; Android 14)"}
+
+
+async def click_and_install(http: httpx.AsyncClient, keys: dict[str, str], token: str) -> str:
+    click = await http.get(f"/c/{token}", headers=PHONE)
+    referrer = parse_qs(urlsplit(click.headers["location"]).query)["referrer"][0]
+    device = f"dev-{uuid.uuid4().hex[:6]}"
+    ts = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
+    posted = await http.post(
+        "/v1/events",
+        headers={"X-Hodhod-Key": keys["sdk_key"]},
+        json={
+            "events": [
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "name": "$install",
+                    "device_id": device,
+                    "ts": ts,
+                    "platform": "android",
+                    "props": {"referrer": referrer},
+                }
+            ]
+        },
+    )
+    assert posted.json()["accepted"] == 1
+    return device
+
+
+async def status_becomes(
+    http: httpx.AsyncClient, admin: dict[str, str], device: str, status: str
+) -> dict:
+    async def probe() -> dict | None:
+        r = await http.get(f"/admin/v1/users/d:{device}", headers=admin)
+        attribution = r.json().get("attribution") if r.status_code == 200 else None
+        return attribution if attribution and attribution["status"] == status else None
+
+    return await eventually(probe)
+
+
+async def test_installs_wait_for_verification(
+    http: httpx.AsyncClient, app_keys: dict[str, str], platform: Platform
+) -> None:
+    admin = {"Authorization": f"Bearer {app_keys['admin_token']}"}
+    server = {"Authorization": f"Bearer {app_keys['server_key']}"}
+    created = await http.post(
+        "/admin/v1/trackers",
+        headers=admin,
+        json={
+            "name": "Influencer (pay per verified user)",
+            "channel": "instagram_story",
+            "store_url": "https://cafebazaar.ir/app/com.example",
+            "counting": "on_verification",
+        },
+    )
+    token = created.json()["token"]
+
+    verified_device = await click_and_install(http, app_keys, token)
+    pending = await status_becomes(http, admin, verified_device, "pending")
+    assert (pending["method"], pending["tracker_token"]) == ("click_id", token)
+
+    # The app's backend confirms the user (OTP passed) — twice: a retry changes nothing.
+    for _ in range(2):
+        answer = await http.post(
+            "/v1/s2s/verify",
+            headers=server,
+            json={
+                "user_id": f"u-{verified_device}",
+                "device_id": verified_device,
+                "ts": datetime.now(UTC).isoformat(),
+                "method": "otp",
+            },
+        )
+        assert answer.status_code == 202, answer.text
+    verified = await status_becomes(http, admin, verified_device, "verified")
+    assert verified["tracker_token"] == token
+
+    # Another user never verifies: after the window the install is unverified, not billed.
+    silent_device = await click_and_install(http, app_keys, token)
+    await status_becomes(http, admin, silent_device, "pending")
+    resources = platform.app.state.resources
+    sweep = VerificationSweep(resources.sessions, resources.producer)
+    assert await sweep.sweep(datetime.now(UTC) + timedelta(days=8)) >= 1
+    await status_becomes(http, admin, silent_device, "unverified")
+    # The verified install is final: a later sweep leaves it verified.
+    await sweep.sweep(datetime.now(UTC) + timedelta(days=30))
+    await status_becomes(http, admin, verified_device, "verified")
