@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from libs.runtime.clickhouse import AsyncClickHouse
 
 
@@ -338,6 +340,8 @@ WHERE app_id = {{app_id:String}} AND user_key IN {{keys:Array(String)}}
 ORDER BY ts DESC LIMIT {{limit:UInt32}}""",
         {**params, "keys": keys},
     )
+    for event in events:
+        event["props"] = orjson.loads(event["props"]) if event["props"] else {}
     return {
         "events": events,
         "attribution": attributions[0] if attributions else None,

@@ -326,6 +326,7 @@ async def test_reports_equal_an_independent_computation(
     mine = [e for e in events if ref.uk(e) == identified]
     assert len(timeline.json()["events"]) == min(len(mine), 200)
     assert {e["name"] for e in timeline.json()["events"]} == {e.name for e in mine}
+    assert all(isinstance(e["props"], dict) for e in timeline.json()["events"])
     assert timeline.json()["attribution"]["tracker"] in {t for t, _ in TRACKERS}
 
     as_csv = await http.get(
