@@ -28,12 +28,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("app_id", "user_id", name=op.f("pk_attribution_verifications")),
     )
     op.create_index(
-        "ix_attribution_verifications_device", "attribution_verifications",
+        "ix_attribution_verifications_device",
+        "attribution_verifications",
         ["app_id", "device_id"],
     )
-    op.create_index(
-        "ix_attribution_installs_status", "attribution_installs", ["app_id", "status"]
-    )
+    op.create_index("ix_attribution_installs_status", "attribution_installs", ["app_id", "status"])
 
 
 def downgrade() -> None:
