@@ -82,6 +82,29 @@ def active_hours(
     return [{"hour": h, "sessions": counts[h]} for h in ranked[:top] if counts[h]]
 
 
+def tracker_cost(tracker: Any, figures: Mapping[str, Any]) -> float | None:
+    """The spend on a tracker over the report: CPI × counted new users (verified ones when
+    the tracker counts on verification), or the total cost; None without a cost."""
+    if tracker is None or tracker.cost_model is None or tracker.cost_amount is None:
+        return None
+    amount = float(tracker.cost_amount)
+    if tracker.cost_model == "total":
+        return amount
+    counted = (
+        figures.get("verified", 0)
+        if tracker.counting == "on_verification"
+        else (figures.get("new_users", 0))
+    )
+    return amount * counted
+
+
+def roi(revenue: float, cost: float | None) -> float | None:
+    """(revenue − cost) / cost, or None when there is no cost to divide by."""
+    if not cost:
+        return None
+    return round((revenue - cost) / cost, 4)
+
+
 def periods(start: date, end: date, interval: str) -> list[tuple[date, date]]:
     """Consecutive [first, last] day spans covering ``start``..``end`` by day, ISO week
     (Monday start) or calendar month; the first and last spans are clipped to the range."""

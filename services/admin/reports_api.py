@@ -13,6 +13,7 @@ from libs.runtime.deps import ClickHouseDep, SessionDep
 from libs.runtime.errors import InvalidInput
 from libs.runtime.tenancy import AdminAppDep, App
 from services.admin import logic, warehouse
+from services.admin.store import list_trackers
 
 router = APIRouter(prefix="/admin/v1/reports", tags=["reports"])
 
@@ -149,3 +150,71 @@ async def churn(
     if format == "csv":
         return _csv(result["cohorts"], ["cohort", "size", "churned"])
     return result
+
+
+REPORT_FIELDS = (
+    "clicks",
+    "installs",
+    "new_users",
+    "reinstalls",
+    "new_devices",
+    "reattributions",
+    "verified",
+    "pending",
+    "unverified",
+    "rejected",
+    "uninstalls",
+)
+
+
+@router.get("/trackers", operation_id="report_trackers")
+async def trackers(
+    app_id: AdminAppDep,
+    ch: ClickHouseDep,
+    session: SessionDep,
+    start: From,
+    end: To,
+    group_by: Literal["tracker", "network", "campaign"] = "tracker",
+    format: Format = "json",
+) -> Any:
+    """Per tracker (or rolled up by network or campaign): clicks, installs by kind and
+    status, rejections by reason, uninstalls, revenue, and cost and ROI where the tracker
+    has a cost (CPI: per counted new user — verified ones on verification trackers)."""
+    start, end = logic.date_range(start, end)
+    figures = await warehouse.tracker_report(ch, app_id=app_id, start=start, end=end)
+    known = {t.token: t for t in await list_trackers(session, app_id=app_id)}
+    groups: dict[str, dict[str, Any]] = {}
+    for token, values in figures.items():
+        tracker = known.get(token)
+        key = (
+            token
+            if group_by == "tracker"
+            else ((getattr(tracker, group_by) if tracker else None) or "(none)")
+        )
+        row = groups.setdefault(
+            key,
+            {
+                "key": key,
+                **dict.fromkeys(REPORT_FIELDS, 0),
+                "rejected_by_reason": {},
+                "revenue": 0.0,
+                "cost": None,
+            },
+        )
+        for name in REPORT_FIELDS:
+            row[name] += values.get(name, 0)
+        row["revenue"] += values.get("revenue", 0.0)
+        for reason, n in values.get("rejected_by_reason", {}).items():
+            row["rejected_by_reason"][reason] = row["rejected_by_reason"].get(reason, 0) + n
+        cost = logic.tracker_cost(tracker, values) if tracker else None
+        if cost is not None:
+            row["cost"] = (row["cost"] or 0.0) + cost
+    rows = []
+    for row in sorted(groups.values(), key=lambda r: r["key"]):
+        row["roi"] = logic.roi(row["revenue"], row["cost"])
+        if group_by == "tracker":
+            row["tracker_token"] = row["key"]
+        rows.append(row)
+    if format == "csv":
+        return _csv(rows, ["key", *REPORT_FIELDS, "revenue", "cost", "roi"])
+    return {"rows": rows}

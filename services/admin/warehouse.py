@@ -347,3 +347,78 @@ ORDER BY ts DESC LIMIT {{limit:UInt32}}""",
         "attribution": attributions[0] if attributions else None,
         "deliveries": deliveries,
     }
+
+
+async def tracker_report(
+    ch: AsyncClickHouse, *, app_id: str, start: date, end: date
+) -> dict[str, dict[str, Any]]:
+    """Per tracker token, over installs (and clicks) dated in [start, end]: clicks,
+    installs by kind and status, rejections by reason, and the revenue and uninstalls of
+    the users it brought (by profile identity, from the user's latest attribution)."""
+    db = ch.database
+    params = {"app_id": app_id, "start": start, "end": end}
+    clicks = await ch.query_rows(
+        f"""
+SELECT tracker_token AS tracker, count() AS clicks
+FROM {db}.clicks FINAL
+WHERE app_id = {{app_id:String}} AND toDate(ts) BETWEEN {{start:Date}} AND {{end:Date}}
+GROUP BY tracker""",
+        params,
+    )
+    installs = await ch.query_rows(
+        f"""
+SELECT tracker_token AS tracker, count() AS installs,
+       countIf(kind = 'new_user' AND status != 'rejected') AS new_users,
+       countIf(kind = 'reinstall' AND status != 'rejected') AS reinstalls,
+       countIf(kind = 'new_device' AND status != 'rejected') AS new_devices,
+       countIf(kind = 'reattribution' AND status != 'rejected') AS reattributions,
+       countIf(status = 'verified') AS verified, countIf(status = 'pending') AS pending,
+       countIf(status = 'unverified') AS unverified, countIf(status = 'rejected') AS rejected,
+       groupArrayIf(JSONExtract(payload, 'fraud_reasons', 'Array(String)'),
+                    status = 'rejected') AS reasons
+FROM {db}.attributions FINAL
+WHERE app_id = {{app_id:String}} AND tracker_token IS NOT NULL
+  AND toDate(install_ts) BETWEEN {{start:Date}} AND {{end:Date}}
+GROUP BY tracker""",
+        params,
+    )
+    outcomes = await ch.query_rows(
+        f"""
+WITH {IDENTITY.format(db=db)},
+{ATTRIBUTION.format(db=db)}
+SELECT t.tracker AS tracker,
+       sumIf(coalesce(e.revenue, 0), e.d BETWEEN {{start:Date}} AND {{end:Date}}) AS revenue,
+       uniqExactIf(e.uk, e.name = '$uninstall'
+                   AND e.d BETWEEN {{start:Date}} AND {{end:Date}}) AS uninstalls
+FROM ev AS e INNER JOIN attr AS t ON t.uk = e.uk
+WHERE t.tracker != ''
+GROUP BY tracker""",
+        params,
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    for row in clicks:
+        rows.setdefault(row["tracker"], {})["clicks"] = int(row["clicks"])
+    for row in installs:
+        entry = rows.setdefault(row["tracker"], {})
+        for name in (
+            "installs",
+            "new_users",
+            "reinstalls",
+            "new_devices",
+            "reattributions",
+            "verified",
+            "pending",
+            "unverified",
+            "rejected",
+        ):
+            entry[name] = int(row[name])
+        by_reason: dict[str, int] = {}
+        for reasons in row["reasons"]:
+            for reason in reasons:
+                by_reason[reason] = by_reason.get(reason, 0) + 1
+        entry["rejected_by_reason"] = by_reason
+    for row in outcomes:
+        entry = rows.setdefault(row["tracker"], {})
+        entry["revenue"] = float(row["revenue"])
+        entry["uninstalls"] = int(row["uninstalls"])
+    return rows

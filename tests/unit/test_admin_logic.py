@@ -87,3 +87,22 @@ def test_active_hours_are_local_and_ranked() -> None:
         {"hour": 20, "sessions": 2},
     ]
     assert logic.active_hours([], "UTC") == []
+
+
+def test_tracker_cost_and_roi() -> None:
+    from decimal import Decimal
+    from types import SimpleNamespace
+
+    cpi = SimpleNamespace(cost_model="cpi", cost_amount=Decimal("1000"), counting="on_install")
+    assert logic.tracker_cost(cpi, {"new_users": 3, "verified": 0}) == 3000.0
+    on_verify = SimpleNamespace(
+        cost_model="cpi", cost_amount=Decimal("1000"), counting="on_verification"
+    )
+    assert logic.tracker_cost(on_verify, {"new_users": 3, "verified": 1}) == 1000.0
+    total = SimpleNamespace(cost_model="total", cost_amount=Decimal("5e6"), counting="on_install")
+    assert logic.tracker_cost(total, {"new_users": 0}) == 5_000_000.0
+    free = SimpleNamespace(cost_model=None, cost_amount=None, counting="on_install")
+    assert logic.tracker_cost(free, {"new_users": 9}) is None
+    assert logic.roi(5000.0, 2000.0) == 1.5
+    assert logic.roi(0.0, 2000.0) == -1.0
+    assert logic.roi(10.0, None) is None and logic.roi(10.0, 0.0) is None
