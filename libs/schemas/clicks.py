@@ -5,7 +5,7 @@ Idempotency key: `click_id`. Keyed by `app_id:click_id`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
@@ -44,6 +44,8 @@ class ClickRecorded(TenantContract):
     sub_ids: dict[SubIdKey, SubIdValue] = Field(default_factory=dict, max_length=10)
     redirect_url: LongStr | None = None
     is_bot: bool = False
+    # An ad view (GET /i/{token}) for view-through attribution; added in v1, defaulted.
+    kind: Literal["click", "impression"] = "click"
 
 
 def key(m: ClickRecorded) -> str:

@@ -154,6 +154,7 @@ async def churn(
 
 REPORT_FIELDS = (
     "clicks",
+    "impressions",
     "installs",
     "new_users",
     "reinstalls",

@@ -359,7 +359,8 @@ async def tracker_report(
     params = {"app_id": app_id, "start": start, "end": end}
     clicks = await ch.query_rows(
         f"""
-SELECT tracker_token AS tracker, count() AS clicks
+SELECT tracker_token AS tracker, countIf(kind = 'click') AS clicks,
+       countIf(kind = 'impression') AS impressions
 FROM {db}.clicks FINAL
 WHERE app_id = {{app_id:String}} AND toDate(ts) BETWEEN {{start:Date}} AND {{end:Date}}
 GROUP BY tracker""",
@@ -397,7 +398,9 @@ GROUP BY tracker""",
     )
     rows: dict[str, dict[str, Any]] = {}
     for row in clicks:
-        rows.setdefault(row["tracker"], {})["clicks"] = int(row["clicks"])
+        entry = rows.setdefault(row["tracker"], {})
+        entry["clicks"] = int(row["clicks"])
+        entry["impressions"] = int(row["impressions"])
     for row in installs:
         entry = rows.setdefault(row["tracker"], {})
         for name in (

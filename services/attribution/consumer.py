@@ -39,6 +39,8 @@ class Matcher:
                 await store.lock_click(session, app_id=click.app_id, click_id=click.click_id)
             await store.record_clicks(session, rows=[_click_row(c) for c in clicks])
             for click_record, click in zip(click_records, clicks, strict=True):
+                if click.kind != "click":
+                    continue  # an impression never upgrades an install that named a click
                 for waiting in await store.installs_waiting_for(
                     session, app_id=click.app_id, click_id=click.click_id
                 ):
@@ -137,6 +139,7 @@ class Matcher:
         choose and ``outcomes.classify`` name the kind. ``at`` is the triggering record's
         Kafka time, so a replay publishes a byte-identical UserAttributed."""
         candidates: list[logic.ClickFacts] = []
+        impressions: list[logic.ClickFacts] = []
         if ref_click_id:
             await store.lock_click(session, app_id=app_id, click_id=ref_click_id)
             row = await store.find_click(session, app_id=app_id, click_id=ref_click_id)
@@ -161,11 +164,13 @@ class Matcher:
                 since=facts.ts - MAX_LOOKBACK,
                 until=facts.ts,
             )
-            candidates.extend(_click_facts(r) for r in rows if r.click_id != ref_click_id)
+            seen = [r for r in rows if r.click_id != ref_click_id]
+            candidates.extend(_click_facts(r) for r in seen if r.kind == "click")
+            impressions = [_click_facts(r) for r in seen if r.kind == "impression"]
         windows = await store.tracker_windows(
-            session, app_id=app_id, tokens={c.tracker_token for c in candidates}
+            session, app_id=app_id, tokens={c.tracker_token for c in [*candidates, *impressions]}
         )
-        decision = logic.match(facts, clicks=candidates, windows=windows)
+        decision = logic.match(facts, clicks=candidates, impressions=impressions, windows=windows)
         past = await store.history(
             session,
             app_id=app_id,
@@ -294,4 +299,5 @@ def _click_row(click: ClickRecorded) -> dict[str, Any]:
         "expires_at": click.ts + logic.CLICK_WINDOW,
         "user_agent": click.user_agent,
         "fingerprint": logic.fingerprint_key(logic.fingerprint(click.ip, click.user_agent)),
+        "kind": click.kind,
     }

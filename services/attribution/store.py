@@ -35,6 +35,7 @@ class Click(Base):
     user_agent: Mapped[str | None] = mapped_column(String(2048))
     # logic.fingerprint_key of (ip, user agent): matched against installs' fingerprints.
     fingerprint: Mapped[str | None] = mapped_column(String(600))
+    kind: Mapped[str] = mapped_column(String(16), server_default="click")  # or impression
 
 
 class Install(Base):

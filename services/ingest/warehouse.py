@@ -65,6 +65,7 @@ def _click(c: ClickRecorded) -> list[Any]:
         c.user_agent,
         c.adid,
         c.is_bot,
+        c.kind,
         encode(c).decode(),
     ]
 
@@ -166,6 +167,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...], Callable[[Any], list[Any]]]] = {
             "user_agent",
             "adid",
             "is_bot",
+            "kind",
             "payload",
         ),
         _click,

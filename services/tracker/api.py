@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["tracker"])
 
 ENQUEUE_TIMEOUT_S = 0.5
+PIXEL = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
 NOT_FOUND_PAGE = "<!doctype html><title>Link not found</title><h1>This link is not active.</h1>"
 
 
@@ -40,12 +44,39 @@ async def track_click(
     token: str, request: Request, producer: ProducerDep, settings: SettingsDep
 ) -> Response:
     """Answers 302 to the tracker's store URL, or a 404 page; never waits for Kafka."""
-    if not logic.TOKEN.fullmatch(token):
+    tracker = await _active(request, token)
+    if tracker is None:
         return HTMLResponse(NOT_FOUND_PAGE, status_code=404)
+    click = await _record(request, producer, settings, tracker, "click")
+    target = click.redirect_url or tracker.store_url
+    return RedirectResponse(logic.redirect_url(target, click.click_id, tracker.token), 302)
+
+
+@router.get("/i/{token}", operation_id="track_impression")
+async def track_impression(
+    token: str, request: Request, producer: ProducerDep, settings: SettingsDep
+) -> Response:
+    """An ad view, for view-through attribution: answers a 1×1 transparent GIF (so the
+    URL works as an ad pixel), or 404; never waits for Kafka."""
+    tracker = await _active(request, token)
+    if tracker is None:
+        return Response(status_code=404)
+    await _record(request, producer, settings, tracker, "impression")
+    return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store"})
+
+
+async def _active(request: Request, token: str) -> Any:
+    if not logic.TOKEN.fullmatch(token):
+        return None
     tracker = await _cache(request).get(token)
     if tracker is None:
         CLICKS.labels("unknown").inc()
-        return HTMLResponse(NOT_FOUND_PAGE, status_code=404)
+    return tracker
+
+
+async def _record(
+    request: Request, producer: ProducerDep, settings: SettingsDep, tracker: Any, kind: str
+) -> ClickRecorded:
     headers = request.headers
     user_agent = headers.get("user-agent")
     click = ClickRecorded(
@@ -61,20 +92,22 @@ async def track_click(
         redirect_url=logic.allowed_redirect(
             logic.clean(request.query_params.get("redirect"), 2048),
             list(tracker.redirect_domains or []),
-        ),
+        )
+        if kind == "click"
+        else None,
         is_bot=logic.is_bot(user_agent),
+        kind=kind,
     )
-    # The redirect must not wait for the broker: enqueue and count failures later. If
-    # the broker cannot even take the record, the user still reaches the store.
+    # The answer must not wait for the broker: enqueue and count failures later. If the
+    # broker cannot even take the record, the user still gets where they were going.
     try:
         future = await asyncio.wait_for(producer.publish_nowait(click), ENQUEUE_TIMEOUT_S)
     except Exception as exc:
         _count_failure_now(exc)
     else:
         future.add_done_callback(_count_failure)
-    CLICKS.labels("bot" if click.is_bot else "ok").inc()
-    target = click.redirect_url or tracker.store_url
-    return RedirectResponse(logic.redirect_url(target, click.click_id, tracker.token), 302)
+    CLICKS.labels("bot" if click.is_bot else kind).inc()
+    return click
 
 
 def _count_failure(future: asyncio.Future[object]) -> None:

@@ -91,3 +91,19 @@ async def test_fingerprint_match(http: httpx.AsyncClient, app_keys: dict[str, st
     await install(http, sdk, device, os_version="13", device_model="SM-A536E")
     attribution = await attribution_of(http, admin, device)
     assert (attribution["method"], attribution["tracker_token"]) == ("fingerprint", token)
+
+
+async def test_view_through_impression(http: httpx.AsyncClient, app_keys: dict[str, str]) -> None:
+    """An ad view (a pixel request) with the device's advertising id, and an install
+    without any click: attributed view-through to the tracker that showed the ad."""
+    admin = {"Authorization": f"Bearer {app_keys['admin_token']}"}
+    sdk = {"X-Hodhod-Key": app_keys["sdk_key"]}
+    token = await tracker(http, admin, "banner views")
+    adid = str(uuid.uuid4())
+    pixel = await http.get(f"/i/{token}", params={"adid": adid}, headers={"User-Agent": PHONE_UA})
+    assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
+    assert (await http.get("/i/unknown-token")).status_code == 404
+    device = f"dev-{uuid.uuid4().hex[:6]}"
+    await install(http, sdk, device, adid=adid)
+    attribution = await attribution_of(http, admin, device)
+    assert (attribution["method"], attribution["tracker_token"]) == ("view_through", token)

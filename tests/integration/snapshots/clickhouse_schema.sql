@@ -34,7 +34,8 @@ CREATE TABLE hodhod.clicks
 `payload` String,
 `_partition` UInt16,
 `_offset` UInt64,
-`_inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3)
+`_inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3),
+`kind` LowCardinality(String) DEFAULT 'click'
 )
 ENGINE = ReplacingMergeTree(_inserted_at)
 PARTITION BY toYYYYMM(ts)
