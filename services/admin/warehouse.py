@@ -48,7 +48,7 @@ activity AS (
 ATTRIBUTION = """
 attr AS (
     SELECT coalesce(nullIf(al.uid, ''), t.user_key) AS uk,
-           argMax(t.tracker_token, t.attributed_at) AS tracker,
+           argMax(ifNull(t.tracker_token, ''), t.attributed_at) AS tracker,
            argMax(JSONExtractString(t.payload, 'channel'), t.attributed_at) AS channel
     FROM {db}.attributions AS t FINAL
     LEFT JOIN aliases AS al ON concat('d:', al.device_id) = t.user_key
@@ -377,8 +377,17 @@ SELECT tracker_token AS tracker, count() AS installs,
        countIf(status = 'unverified') AS unverified, countIf(status = 'rejected') AS rejected,
        groupArrayIf(JSONExtract(payload, 'fraud_reasons', 'Array(String)'),
                     status = 'rejected') AS reasons
-FROM {db}.attributions FINAL
-WHERE app_id = {{app_id:String}} AND tracker_token IS NOT NULL
+FROM (
+    -- The latest statement of each attribution (a verification restates it later,
+    -- possibly on another day, so FINAL alone would keep both rows).
+    SELECT attribution_id, argMax(tracker_token, _inserted_at) AS tracker_token,
+           argMax(kind, _inserted_at) AS kind, argMax(status, _inserted_at) AS status,
+           argMax(payload, _inserted_at) AS payload, argMax(install_ts, _inserted_at) AS install_ts
+    FROM {db}.attributions
+    WHERE app_id = {{app_id:String}}
+    GROUP BY attribution_id
+)
+WHERE tracker_token IS NOT NULL
   AND toDate(install_ts) BETWEEN {{start:Date}} AND {{end:Date}}
 GROUP BY tracker""",
         params,

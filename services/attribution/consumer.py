@@ -57,8 +57,9 @@ class Matcher:
                         ),
                         ref_click_id=waiting.ref_click_id,
                         at=click_record.time,
+                        only_by_click_id=True,
                     )
-                    if attributed.method == "click_id":
+                    if attributed is not None:
                         out.append(attributed)
             for record in batch.of("verifications"):
                 verified = record.value
@@ -67,27 +68,27 @@ class Matcher:
             for record in batch.of("installs"):
                 install = record.value
                 assert isinstance(install, InstallReported)
-                out.append(
-                    await self._attribute(
-                        session,
-                        app_id=install.app_id,
-                        event_id=install.event_id,
-                        device_id=install.device_id,
-                        user_key=user_key_of(install.user_id, install.device_id),
-                        facts=logic.InstallFacts(
-                            ts=install.ts,
-                            referrer=install.referrer,
-                            adid=install.adid,
-                            ip=install.ip,
-                            user_agent=install.user_agent,
-                            platform=install.platform,
-                            device_model=install.device_model,
-                            os_version=install.os_version,
-                        ),
-                        ref_click_id=logic.referrer_click_id(install.referrer),
-                        at=record.time,
-                    )
+                decided = await self._attribute(
+                    session,
+                    app_id=install.app_id,
+                    event_id=install.event_id,
+                    device_id=install.device_id,
+                    user_key=user_key_of(install.user_id, install.device_id),
+                    facts=logic.InstallFacts(
+                        ts=install.ts,
+                        referrer=install.referrer,
+                        adid=install.adid,
+                        ip=install.ip,
+                        user_agent=install.user_agent,
+                        platform=install.platform,
+                        device_model=install.device_model,
+                        os_version=install.os_version,
+                    ),
+                    ref_click_id=logic.referrer_click_id(install.referrer),
+                    at=record.time,
                 )
+                assert decided is not None  # only the late-click upgrade may decline
+                out.append(decided)
             await session.flush()
             await self._producer.publish_all(out)
         for attributed in out:
@@ -133,11 +134,15 @@ class Matcher:
         facts: logic.InstallFacts,
         ref_click_id: str | None,
         at: datetime,
-    ) -> UserAttributed:
+        only_by_click_id: bool = False,
+    ) -> UserAttributed | None:
         """Decide and record one install: gather candidate clicks (the referrer's, and
         recent ones with the same advertising id or fingerprint), let ``logic.match``
         choose and ``outcomes.classify`` name the kind. ``at`` is the triggering record's
-        Kafka time, so a replay publishes a byte-identical UserAttributed."""
+        Kafka time, so a replay publishes a byte-identical UserAttributed.
+
+        ``only_by_click_id``: the late-click upgrade — nothing is written (None) unless
+        the named click now wins, so a weaker re-decision never overwrites the ledger."""
         candidates: list[logic.ClickFacts] = []
         impressions: list[logic.ClickFacts] = []
         if ref_click_id:
@@ -171,6 +176,8 @@ class Matcher:
             session, app_id=app_id, tokens={c.tracker_token for c in [*candidates, *impressions]}
         )
         decision = logic.match(facts, clicks=candidates, impressions=impressions, windows=windows)
+        if only_by_click_id and decision.method != "click_id":
+            return None
         past = await store.history(
             session,
             app_id=app_id,
@@ -199,6 +206,13 @@ class Matcher:
                 now=at,
             )
         attribution_id = logic.attribution_id(app_id, event_id, click.click_id if click else None)
+        recorded = await store.find_install(session, app_id=app_id, install_event_id=event_id)
+        if (
+            recorded is not None
+            and recorded.attribution_id == attribution_id
+            and recorded.status in ("verified", "unverified")
+        ):
+            status = recorded.status  # settled: a replayed install does not reopen it
         values: dict[str, Any] = {
             "app_id": app_id,
             "install_event_id": event_id,

@@ -74,45 +74,41 @@ class Postbacks:
             await self._notify(attributed)
 
     async def _notify(self, a: UserAttributed) -> None:
-        async with self._sessions() as session, session.begin():
+        # Read what is needed in a short transaction: none is held across HTTP calls.
+        async with self._sessions() as session:
             tracker = await store.tracker(session, app_id=a.app_id, token=a.tracker_token or "")
             if tracker is None or not tracker.postback_urls:
                 return
             done = await store.delivered_postbacks(
                 session, app_id=a.app_id, attribution_id=a.attribution_id, status=a.status
             )
-            values = {
-                "click_id": a.click_id,
-                "tracker": a.tracker_token,
-                "network": a.network,
-                "campaign": a.campaign,
-                "adid": None,
-                "install_ts": a.install_ts.isoformat(),
-                "event": "install",
-                "revenue": None,
-                "currency": None,
-                "user_key": a.user_key,
-            }
-            for template in tracker.postback_urls:
-                if template in done:
-                    continue
-                await self._call(
-                    session,
-                    a,
-                    template,
-                    logic.postback_url(template, values),
-                    network=a.network or a.tracker_token or "",
-                )
+            install = await store.find_install(
+                session, app_id=a.app_id, install_event_id=a.install_event_id
+            )
+            templates = [t for t in tracker.postback_urls if t not in done]
+        values = {
+            "click_id": a.click_id,
+            "tracker": a.tracker_token,
+            "network": a.network,
+            "campaign": a.campaign,
+            "adid": install.adid if install else None,
+            "install_ts": a.install_ts.isoformat(),
+            "event": "install",
+            "revenue": None,
+            "currency": None,
+            "user_key": a.user_key,
+        }
+        for template in templates:
+            await self._call(
+                a,
+                template,
+                logic.postback_url(template, values),
+                network=a.network or a.tracker_token or "",
+            )
 
-    async def _call(
-        self,
-        session: AsyncSession,
-        a: UserAttributed,
-        template: str,
-        url: str,
-        *,
-        network: str,
-    ) -> None:
+    async def _call(self, a: UserAttributed, template: str, url: str, *, network: str) -> None:
+        """Call until delivered, refused for good, or out of attempts; each attempt is
+        recorded in its own transaction as soon as it ends."""
         for attempt in range(1, ATTEMPTS + 1):
             await self._limiter.wait(network)
             status_code, error = None, None
@@ -120,25 +116,27 @@ class Postbacks:
                 response = await self._client.get(url)
                 status_code = response.status_code
                 delivered = 200 <= status_code < 300
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 error, delivered = f"{type(exc).__name__}: {exc}"[:1024], False
-            # The template is what identifies "this postback" across replays.
-            await store.record_postback(
-                session,
-                app_id=a.app_id,
-                attribution_id=a.attribution_id,
-                status=a.status,
-                url=template,
-                attempt=attempt,
-                http_status=status_code,
-                error=error,
-                delivered=delivered,
-                at=datetime.now(UTC),
+            async with self._sessions() as session, session.begin():
+                # The template is what identifies "this postback" across replays.
+                await store.record_postback(
+                    session,
+                    app_id=a.app_id,
+                    attribution_id=a.attribution_id,
+                    status=a.status,
+                    url=template,
+                    attempt=attempt,
+                    http_status=status_code,
+                    error=error,
+                    delivered=delivered,
+                    at=datetime.now(UTC),
+                )
+            permanent = (
+                status_code is not None and 400 <= status_code < 500 and (status_code != 429)
             )
-            if delivered or (
-                status_code is not None and 400 <= status_code < 500 and status_code != 429
-            ):
-                return  # done, or the network refuses for good: retrying cannot help
+            if delivered or permanent or (isinstance(error, str) and "InvalidURL" in error):
+                return  # done, or refused for good: retrying cannot help
             if attempt < ATTEMPTS:
                 await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
         log.warning(

@@ -51,10 +51,15 @@ class VerificationSweep:
                 for row in await store.pending_installs(
                     session, app_id=app_id, older_than=now - outcomes.VERIFICATION_WINDOW
                 ):
+                    # A verification may have been committed while the install was being
+                    # decided (two replicas): look before expiring.
+                    verified_at = await store.verified_at(
+                        session, app_id=app_id, user_key=row.user_key, device_id=row.device_id
+                    )
                     status = outcomes.verification_status(
                         mode="on_verification",
                         install_ts=row.install_ts,
-                        verified_at=None,
+                        verified_at=verified_at,
                         now=now,
                         current=row.status,
                     )

@@ -37,11 +37,14 @@ def redirect_url(store_url: str, click_id: str, tracker_token: str) -> str:
 def allowed_redirect(url: str | None, domains: list[str]) -> str | None:
     """``url`` when it is http(s) to one of ``domains`` (or a subdomain), else None:
     a tracker link must never become an open redirect."""
-    if not url or len(url) > 2048:
+    if not url or len(url) > 2048 or "\\" in url:
+        return None  # browsers read "\" as "/": https://evil\@good/ goes to evil
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower().rstrip(".")
+    except ValueError:  # e.g. an unclosed IPv6 bracket
         return None
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower().rstrip(".")
-    if parts.scheme not in ("http", "https") or not host:
+    if parts.scheme not in ("http", "https") or not host or "@" in parts.netloc:
         return None
     for domain in domains:
         domain = domain.lower().rstrip(".")

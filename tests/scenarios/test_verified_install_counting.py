@@ -102,3 +102,20 @@ async def test_installs_wait_for_verification(
     # The verified install is final: a later sweep leaves it verified.
     await sweep.sweep(datetime.now(UTC) + timedelta(days=30))
     await status_becomes(http, admin, verified_device, "verified")
+
+    # The tracker report counts each install once, in its latest state, even though the
+    # sweep restated one of them "8 days later" (another day, another partition).
+    today = datetime.now(UTC).date()
+    params = {
+        "from": (today - timedelta(days=1)).isoformat(),
+        "to": (today + timedelta(days=1)).isoformat(),
+    }
+
+    async def report() -> dict | None:
+        r = await http.get("/admin/v1/reports/trackers", headers=admin, params=params)
+        rows = {row["key"]: row for row in r.json()["rows"]}
+        row = rows.get(token)
+        return row if row and row["verified"] == 1 and row["unverified"] == 1 else None
+
+    row = await eventually(report, within=30)
+    assert (row["installs"], row["pending"], row["new_users"]) == (2, 0, 2)

@@ -260,3 +260,18 @@ def test_allowed_redirect(url: str | None, allowed: bool) -> None:
     result = allowed_redirect(url, ["example.com"])
     assert result == (url if allowed else None)
     assert allowed_redirect(url, []) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil.com\\@example.com/x",
+        "https://user@example.com/x",
+        "https://evil.com@example.com/x",
+        "http://[x",
+    ],
+)
+def test_allowed_redirect_refuses_tricks(url: str) -> None:
+    from services.tracker.logic import allowed_redirect
+
+    assert allowed_redirect(url, ["example.com"]) is None
