@@ -35,8 +35,17 @@ class Matcher:
         async with self._sessions() as session, session.begin():
             click_records = [r for r in batch.of("clicks") if isinstance(r.value, ClickRecorded)]
             clicks = [r.value for r in click_records]
-            for click in sorted(clicks, key=lambda c: (c.app_id, c.click_id)):
-                await store.lock_click(session, app_id=click.app_id, click_id=click.click_id)
+            # Every click id the batch touches — its clicks and the clicks its installs
+            # name — is locked once, up front, in one global order: two replicas never
+            # hold them crosswise (the per-install lock below is then re-entrant).
+            named = {(c.app_id, c.click_id) for c in clicks}
+            for record in batch.of("installs"):
+                if isinstance(record.value, InstallReported):
+                    ref = logic.referrer_click_id(record.value.referrer)
+                    if ref:
+                        named.add((record.value.app_id, ref))
+            for app_id, click_id in sorted(named):
+                await store.lock_click(session, app_id=app_id, click_id=click_id)
             await store.record_clicks(session, rows=[_click_row(c) for c in clicks])
             for click_record, click in zip(click_records, clicks, strict=True):
                 if click.kind != "click":

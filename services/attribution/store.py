@@ -164,7 +164,8 @@ async def pending_installs(
         query = query.where(Install.install_ts < older_than)
     else:
         query = query.where(or_(Install.user_key == user_id, Install.device_id == device_id))
-    return list(await session.scalars(query.with_for_update()))
+    # A fixed order: concurrent lockers of the same rows queue instead of deadlocking.
+    return list(await session.scalars(query.order_by(Install.install_event_id).with_for_update()))
 
 
 async def apps_with_pending(session: AsyncSession) -> list[str]:
