@@ -133,28 +133,51 @@ class ProfileUpdater:
             cause=cause,
             context=rules.context,
         )
-        out = []
-        for change in changes:
-            if change.change == "entered":
-                await store.enter(
-                    session, app_id=app_id, segment_id=change.segment_id, user_key=user_key, at=now
-                )
-            else:
-                await store.leave(
-                    session, app_id=app_id, segment_id=change.segment_id, user_key=user_key
-                )
-            out.append(
-                SegmentChanged(
-                    app_id=app_id,
-                    change_id=change.change_id,
-                    user_key=user_key,
-                    segment_id=change.segment_id,
-                    change=change.change,
-                    ts=cause_time,
-                    cause_event_id=cause,
-                )
+        return await record_changes(
+            session,
+            app_id=app_id,
+            user_key=user_key,
+            changes=changes,
+            at=now,
+            ts=cause_time,
+            cause=cause,
+        )
+
+
+async def record_changes(
+    session: AsyncSession,
+    *,
+    app_id: str,
+    user_key: str,
+    changes: list[logic.Change],
+    at: datetime,
+    ts: datetime,
+    cause: str | None,
+) -> list[SegmentChanged]:
+    """Write membership ``changes`` (entered at ``at``) and the records announcing them,
+    stamped ``ts`` — the real-time path's and the scheduler's common last step."""
+    out = []
+    for change in changes:
+        if change.change == "entered":
+            await store.enter(
+                session, app_id=app_id, segment_id=change.segment_id, user_key=user_key, at=at
             )
-        return out
+        else:
+            await store.leave(
+                session, app_id=app_id, segment_id=change.segment_id, user_key=user_key
+            )
+        out.append(
+            SegmentChanged(
+                app_id=app_id,
+                change_id=change.change_id,
+                user_key=user_key,
+                segment_id=change.segment_id,
+                change=change.change,
+                ts=ts,
+                cause_event_id=cause,
+            )
+        )
+    return out
 
 
 async def load_rules(session: AsyncSession, app_id: str, now: datetime) -> AppRules:

@@ -27,7 +27,7 @@ from libs.schemas import SegmentChanged
 from libs.schemas.rules import is_time_dependent
 from services.segmenter import logic, store
 from services.segmenter.compiler import matching_users
-from services.segmenter.consumer import load_rules
+from services.segmenter.consumer import load_rules, record_changes
 from services.segmenter.metrics import SEGMENT_CHANGES
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class SegmentScheduler:
                     recent=rules.recent,
                     segments=current,
                 )
-                for change in logic.membership_changes(
+                changes = logic.membership_changes(
                     app_id=app_id,
                     user_key=user_key,
                     segments=timed,
@@ -119,30 +119,18 @@ class SegmentScheduler:
                     now=now,
                     cause=cause,
                     context=rules.context,
-                ):
-                    if change.change == "entered":
-                        await store.enter(
-                            session,
-                            app_id=app_id,
-                            segment_id=change.segment_id,
-                            user_key=user_key,
-                            at=now,
-                        )
-                    else:
-                        await store.leave(
-                            session, app_id=app_id, segment_id=change.segment_id, user_key=user_key
-                        )
-                    out.append(
-                        SegmentChanged(
-                            app_id=app_id,
-                            change_id=change.change_id,
-                            user_key=user_key,
-                            segment_id=change.segment_id,
-                            change=change.change,
-                            ts=now,
-                            cause_event_id=None,
-                        )
+                )
+                out.extend(
+                    await record_changes(
+                        session,
+                        app_id=app_id,
+                        user_key=user_key,
+                        changes=changes,
+                        at=now,
+                        ts=now,
+                        cause=None,
                     )
+                )
             await session.flush()
             await self._producer.publish_all(out)
         for change in out:
