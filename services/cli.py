@@ -70,7 +70,7 @@ def _env_has(*names: str) -> bool:
     return any(os.environ.get(n) for n in names)
 
 
-def cli_settings(var: VarDir | None = None) -> tuple[PlatformSettings, Any]:
+def cli_settings(var: localinfra.VarDir | None = None) -> tuple[PlatformSettings, Any]:
     """Settings from the environment, filling what it leaves unset from a running
     ``hodhod up`` in this directory, else from embedded Postgres under ``./var/pg``
     (started for the command and returned so the caller can stop it)."""
@@ -87,9 +87,6 @@ def cli_settings(var: VarDir | None = None) -> tuple[PlatformSettings, Any]:
     if not _env_has("HODHOD_KAFKA_BOOTSTRAP") and state.get("kafka_bootstrap"):
         overrides["kafka_bootstrap"] = state["kafka_bootstrap"]
     return PlatformSettings(**overrides), embedded
-
-
-VarDir = localinfra.VarDir
 
 
 def cmd_app_create(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -263,7 +263,3 @@ class AccessMetricsMiddleware:
             method = scope.get("method", "GET")
             metrics.HTTP_REQUESTS.labels(template, method, f"{status // 100}xx").inc()
             metrics.HTTP_SECONDS.labels(template, method).observe(time.perf_counter() - started)
-
-
-async def no_lifespan(_: FastAPI) -> AsyncIterator[None]:
-    yield

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from libs.runtime.metrics import PRODUCER_FAILURES
 from libs.schemas import ALL_TOPICS, CONTRACTS, Contract, TopicContract, dlq_topic, encode
 
 log = logging.getLogger(__name__)
@@ -144,27 +145,43 @@ class Producer:
         """Send every message and wait for all acknowledgements. ``encoded`` may carry
         the messages' bytes already made (by position), so they are not encoded twice."""
         futures = []
+        topics = []
         for index, message in enumerate(messages):
             given = encoded[index] if index < len(encoded) else None
             topic, key, value = self.serialise(message, given)
             futures.append(await self._producer.send(topic, value=value, key=key))
+            topics.append(topic)
         if futures:
-            await asyncio.gather(*futures)
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failures = [
+                (t, r) for t, r in zip(topics, results, strict=True) if isinstance(r, BaseException)
+            ]
+            for topic, _ in failures:
+                PRODUCER_FAILURES.labels(topic).inc()
+            if failures:
+                raise failures[0][1]
 
     async def publish_nowait(self, message: Contract) -> asyncio.Future[Any]:
         """Enqueue without waiting for the acknowledgement; returns its future."""
         topic, key, value = self.serialise(message)
         future: asyncio.Future[Any] = await self._producer.send(topic, value=value, key=key)
+        future.add_done_callback(
+            lambda f: (
+                None
+                if f.cancelled() or f.exception() is None
+                else PRODUCER_FAILURES.labels(topic).inc()
+            )
+        )
         return future
 
     async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         """Send bytes as they are (DLQ records, tests of foreign producers) and wait."""
         future = await self._producer.send(topic, value=value, key=key)
-        await future
-
-    @property
-    def raw(self) -> AIOKafkaProducer:
-        return self._producer
+        try:
+            await future
+        except Exception:
+            PRODUCER_FAILURES.labels(topic).inc()
+            raise
 
 
 _CONTRACT_OF: dict[type[Contract], TopicContract[Any]] = {c.model: c for c in CONTRACTS.values()}

@@ -78,13 +78,6 @@ def hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def kind_of(raw: str) -> KeyKind | None:
-    for kind, prefix in KEY_PREFIX.items():
-        if raw.startswith(prefix):
-            return kind
-    return None
-
-
 def new_app_id() -> str:
     return "app_" + "".join(secrets.choice(KEY_ALPHABET[:36]) for _ in range(12))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, Text, select
+from sqlalchemy import String, Text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -116,15 +116,6 @@ async def record_outbox(
         )
         .on_conflict_do_nothing()
     )
-
-
-async def outbox(session: AsyncSession, *, app_id: str, user_key: str) -> list[Outbox]:
-    rows = await session.scalars(
-        select(Outbox)
-        .where(Outbox.app_id == app_id, Outbox.user_key == user_key)
-        .order_by(Outbox.created_at)
-    )
-    return list(rows)
 
 
 async def profile_context(session: AsyncSession, *, app_id: str, user_key: str) -> dict[str, Any]:
