@@ -149,10 +149,18 @@ async def platform(settings: PlatformSettings) -> AsyncIterator[Platform]:
     assert not crashes, f"consumers crashed during the session: {crashes!r}"
 
 
+SDK_USER_AGENT = "Dalvik/2.1.0 (Linux; U; Android 13; SM-A536E Build/TP1A.220624.014)"
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def http(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the running platform that looks like an app's SDK: the attribution
+    service rejects installs sent by scripted clients (python-httpx) as bot traffic."""
     async with httpx.AsyncClient(
-        base_url=platform.base_url, timeout=30, follow_redirects=False
+        base_url=platform.base_url,
+        timeout=30,
+        follow_redirects=False,
+        headers={"User-Agent": SDK_USER_AGENT},
     ) as client:
         yield client
 

@@ -47,6 +47,12 @@ class SegmenterSettings(BaseServiceSettings):
     segment_scheduler_interval_s: float = Field(default=60.0, gt=0, le=3600)
 
 
+class AttributionSettings(BaseServiceSettings):
+    # The operator's data-centre / anonymous-proxy networks, one CIDR per line ("#"
+    # comments); installs from them are rejected as fraud. Read when the service starts.
+    fraud_datacenter_file: str | None = None
+
+
 class PostgresSettings(BaseServiceSettings):
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/hodhod",
@@ -101,5 +107,6 @@ class PlatformSettings(
     HttpSettings,
     IngestSettings,
     SegmenterSettings,
+    AttributionSettings,
 ):
     """Everything the one-process launcher needs; each service reads only its part."""

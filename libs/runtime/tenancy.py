@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import ForeignKey, String, select
+from sqlalchemy import ForeignKey, String, false, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -56,6 +57,28 @@ class App(Base):
     name: Mapped[str] = mapped_column(String(200))
     timezone: Mapped[str] = mapped_column(String(64), default="Asia/Tehran")
     created_at: Mapped[datetime]
+    # SDK requests must carry a valid signature (ingest answers 401 otherwise and the
+    # attribution service rejects their installs as ``bad_signature``).
+    require_signature: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Fraud thresholds that differ from the defaults (see services/attribution/fraud.py,
+    # ``FraudConfig``); admin validates, the attribution service reads.
+    fraud: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
+
+
+class SdkSecret(Base):
+    """An app's SDK signing secret. Kept in clear: verifying an HMAC needs the secret
+    itself (a digest would not do). Shown once at creation, never logged; several may be
+    active during a rotation."""
+
+    __tablename__ = "app_sdk_secrets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
 
 
 class ApiKey(Base):

@@ -5,7 +5,7 @@ Idempotency key: `event_id`. Keyed by `app_id:device_id`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import StringConstraints
 
@@ -13,13 +13,17 @@ from libs.schemas.base import NO_NUL, Id, LongStr, Platform, ShortStr, TenantCon
 
 TOPIC = "installs"
 KEY_RULE = "app_id:device_id"
+SignatureCheck = Literal["ok", "missing", "malformed", "stale", "bad_signature", "replay"]
 
 
 class InstallReported(TenantContract):
     """An install (or reinstall: a new `device_id`) as the SDK reported it.
 
     `referrer` is the store install referrer when the platform has one;
-    `install_begin_ts` is when the store download started.
+    `install_begin_ts` is when the store download started. `is_emulator` and
+    `is_rooted` are the SDK's device checks. `signature` is ingest's verdict on the
+    request's SDK signature for an app that requires signing (None: not required);
+    anything but "ok" makes the install fraud (`bad_signature`).
     """
 
     event_id: Id
@@ -37,6 +41,9 @@ class InstallReported(TenantContract):
     user_agent: Annotated[str, StringConstraints(max_length=2048, pattern=NO_NUL)] | None = None
     referrer: LongStr | None = None
     install_begin_ts: UtcDatetime | None = None
+    is_emulator: bool = False
+    is_rooted: bool = False
+    signature: SignatureCheck | None = None
 
 
 def key(m: InstallReported) -> str:
@@ -63,6 +70,9 @@ EXAMPLES: list[dict[str, Any]] = [
         "user_agent": "Dalvik/2.1.0 (Linux; U; Android 13; SM-A536E)",
         "referrer": "click_id=c_01HZX3K9V7Q2M8R4T6Y1B5N0PA&utm_source=hodhod",
         "install_begin_ts": "2024-05-01T08:31:05Z",
+        "is_emulator": False,
+        "is_rooted": False,
+        "signature": "ok",
     },
     {
         "schema_version": 1,

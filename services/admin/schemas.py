@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from libs.schemas.base import contract_violation, find_nul
 from libs.schemas.journeys import JourneyDefinition, SegmentEntered
@@ -180,3 +189,63 @@ class DeliveryRead(BaseModel):
 
 class DeliveryList(BaseModel):
     items: list[DeliveryRead]
+
+
+Cidr = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MAX_BLOCKED_NETWORKS = 10_000
+
+
+class FraudSettings(_In):
+    """An app's fraud thresholds: every field optional; an absent one keeps the default
+    (services/attribution/fraud.py ``FraudConfig``). ``null`` restores the default."""
+
+    min_click_to_install_s: int | None = Field(default=None, ge=0, le=86_400)
+    max_clicks_per_hour: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_installs_per_ip_hour: int | None = Field(default=None, ge=1, le=1_000_000)
+    min_conversion: float | None = Field(default=None, ge=0, le=1)
+    min_clicks_for_conversion: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    reject_datacenter: bool | None = None
+    reject_bots: bool | None = None
+    reject_emulators: bool | None = None
+    reject_rooted: bool | None = None
+    blocked_ips: list[Cidr] | None = Field(default=None, max_length=MAX_BLOCKED_NETWORKS)
+
+    @field_validator("blocked_ips")
+    @classmethod
+    def _networks(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        out = []
+        for i, raw in enumerate(value):
+            try:
+                out.append(str(ipaddress.ip_network(raw, strict=False)))
+            except ValueError:
+                raise contract_violation(str(i), "must be an IP address or CIDR network") from None
+        return out
+
+
+class AppUpdate(_In):
+    timezone: str | None = Field(default=None, min_length=1, max_length=64)
+    require_signature: bool | None = None
+    fraud: FraudSettings | None = None
+
+
+class SdkSecretRead(BaseModel):
+    id: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class SdkSecretCreated(SdkSecretRead):
+    """The secret is in this answer only: it is never shown again."""
+
+    secret: str
+
+
+class AppRead(BaseModel):
+    id: str
+    name: str
+    timezone: str
+    require_signature: bool
+    fraud: dict[str, Any]
+    sdk_secrets: list[SdkSecretRead]

@@ -2,6 +2,9 @@
 
 from libs.runtime.service import ServiceSpec
 from services.admin.api import router
+from services.admin.app_api import router as app_router
 from services.admin.reports_api import router as reports_router
 
-SERVICE = ServiceSpec(name="admin", routers=lambda: [router, reports_router], needs_clickhouse=True)
+SERVICE = ServiceSpec(
+    name="admin", routers=lambda: [router, app_router, reports_router], needs_clickhouse=True
+)

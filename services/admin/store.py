@@ -12,6 +12,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.runtime.tables import Journey, Profile, Segment, Tracker
+from libs.runtime.tenancy import SdkSecret
 
 TOKEN_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 TOKEN_LENGTH = 10
@@ -137,3 +138,31 @@ async def segment_ids_of(session: AsyncSession, *, app_id: str, user_key: str) -
         {"app_id": app_id, "user_key": user_key},
     )
     return [r[0] for r in rows]
+
+
+SECRET_BYTES = 32
+
+
+async def sdk_secrets(session: AsyncSession, *, app_id: str) -> list[SdkSecret]:
+    """The app's SDK secrets, newest first, revoked ones included."""
+    rows = await session.scalars(
+        select(SdkSecret).where(SdkSecret.app_id == app_id).order_by(SdkSecret.created_at.desc())
+    )
+    return list(rows)
+
+
+async def create_sdk_secret(session: AsyncSession, *, app_id: str) -> tuple[SdkSecret, str]:
+    """A new active secret (256 random bits, URL-safe text) and its value — the only time
+    the value leaves the database. Does not commit."""
+    value = secrets.token_urlsafe(SECRET_BYTES)
+    row = SdkSecret(
+        id=new_id("sec"), app_id=app_id, secret=value, created_at=datetime.now(UTC), revoked_at=None
+    )
+    session.add(row)
+    await session.flush()
+    return row, value
+
+
+async def revoke_sdk_secret(session: AsyncSession, *, secret: SdkSecret) -> None:
+    secret.revoked_at = datetime.now(UTC)
+    await session.flush()

@@ -8,6 +8,8 @@ decisions and ids, so a duplicate publish is harmless downstream.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,23 +17,38 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch
+from libs.runtime.signing import Verdict
 from libs.schemas import ClickRecorded, InstallReported, UserAttributed, UserVerified
 from libs.schemas.base import user_key_of
-from services.attribution import logic, outcomes, store
+from services.attribution import fraud, logic, outcomes, store
 from services.attribution.metrics import ATTRIBUTIONS
 
 TOPICS = ("clicks", "installs", "verifications")
 # The longest click-through window a tracker may set (admin caps it at 30 days).
 MAX_LOOKBACK = timedelta(days=30)
+CLICK_METHODS = frozenset({"click_id", "adid", "fingerprint"})
+# Fraud reasons that depend on the matched click: re-judged when a late click upgrades an
+# install; the others are carried over from the first judgement.
+CLICK_REASONS = frozenset({fraud.CLICK_INJECTION, fraud.CLICK_SPAMMING})
 
 
 class Matcher:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], producer: Producer) -> None:
+    """``datacenter``: the operator's data-centre networks (``fraud.parse_networks``)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        producer: Producer,
+        datacenter: fraud.NetworkSet = fraud.EMPTY,
+    ) -> None:
         self._sessions = sessions
         self._producer = producer
+        self._datacenter = datacenter
+        self._configs: dict[str, fraud.FraudConfig] = {}
 
     async def __call__(self, batch: Batch) -> None:
         out: list[UserAttributed] = []
+        self._configs = {}  # re-read once per batch: admin changes apply at the next one
         async with self._sessions() as session, session.begin():
             click_records = [r for r in batch.of("clicks") if isinstance(r.value, ClickRecorded)]
             clicks = [r.value for r in click_records]
@@ -63,10 +80,13 @@ class Matcher:
                             ts=waiting.install_ts,
                             referrer=f"click_id={waiting.ref_click_id}",
                             adid=waiting.adid,
+                            ip=waiting.ip,
+                            install_begin_ts=waiting.install_begin_ts,
                         ),
                         ref_click_id=waiting.ref_click_id,
                         at=click_record.time,
                         only_by_click_id=True,
+                        carried=[r for r in waiting.fraud_reasons if r not in CLICK_REASONS],
                     )
                     if attributed is not None:
                         out.append(attributed)
@@ -92,12 +112,16 @@ class Matcher:
                         platform=install.platform,
                         device_model=install.device_model,
                         os_version=install.os_version,
+                        install_begin_ts=install.install_begin_ts,
+                        is_emulator=install.is_emulator,
+                        is_rooted=install.is_rooted,
+                        signature=install.signature,
                     ),
                     ref_click_id=logic.referrer_click_id(install.referrer),
                     at=record.time,
                 )
-                assert decided is not None  # only the late-click upgrade may decline
-                out.append(decided)
+                if decided is not None:
+                    out.append(decided)
             await session.flush()
             await self._producer.publish_all(out)
         for attributed in out:
@@ -144,6 +168,7 @@ class Matcher:
         ref_click_id: str | None,
         at: datetime,
         only_by_click_id: bool = False,
+        carried: Sequence[str] = (),
     ) -> UserAttributed | None:
         """Decide and record one install: gather candidate clicks (the referrer's, and
         recent ones with the same advertising id or fingerprint), let ``logic.match``
@@ -151,7 +176,13 @@ class Matcher:
         Kafka time, so a replay publishes a byte-identical UserAttributed.
 
         ``only_by_click_id``: the late-click upgrade — nothing is written (None) unless
-        the named click now wins, so a weaker re-decision never overwrites the ledger."""
+        the named click now wins, so a weaker re-decision never overwrites the ledger;
+        ``carried`` are the install's earlier fraud reasons that do not depend on the click.
+
+        Fraud (``fraud.check_install`` with the app's thresholds) turns the decision into
+        ``rejected``: stored with its reasons, counted against the matched tracker, never
+        attributed. A copy of an install from a request whose signature failed (None
+        returned) never overrides what a valid request of the same install reported."""
         candidates: list[logic.ClickFacts] = []
         impressions: list[logic.ClickFacts] = []
         if ref_click_id:
@@ -187,6 +218,18 @@ class Matcher:
         decision = logic.match(facts, clicks=candidates, impressions=impressions, windows=windows)
         if only_by_click_id and decision.method != "click_id":
             return None
+        recorded = await store.find_install(session, app_id=app_id, install_event_id=event_id)
+        if (
+            facts.signature not in (None, "ok")
+            and recorded is not None
+            and recorded.status != "rejected"
+        ):
+            return None
+        reasons = await self._fraud(
+            session, app_id=app_id, event_id=event_id, facts=facts, decision=decision
+        )
+        found = {*reasons, *carried}
+        decision = logic.reject(decision, [r for r in fraud.REASONS if r in found])
         past = await store.history(
             session,
             app_id=app_id,
@@ -215,13 +258,13 @@ class Matcher:
                 now=at,
             )
         attribution_id = logic.attribution_id(app_id, event_id, click.click_id if click else None)
-        recorded = await store.find_install(session, app_id=app_id, install_event_id=event_id)
         if (
             recorded is not None
             and recorded.attribution_id == attribution_id
             and recorded.status in ("verified", "unverified")
         ):
             status = recorded.status  # settled: a replayed install does not reopen it
+        fraud_reasons = list(decision.reasons) if status == "rejected" else []
         values: dict[str, Any] = {
             "app_id": app_id,
             "install_event_id": event_id,
@@ -237,6 +280,9 @@ class Matcher:
             "click_id": click.click_id if click else None,
             "attributed_at": at,
             "adid": adid,
+            "ip": facts.ip,
+            "install_begin_ts": facts.install_begin_ts,
+            "fraud_reasons": fraud_reasons,
         }
         await store.save_install(session, values=values)
         return UserAttributed(
@@ -258,7 +304,58 @@ class Matcher:
             adgroup=tracker.adgroup if tracker else None,
             creative=tracker.creative if tracker else None,
             channel=tracker.channel if tracker else None,
+            fraud_reasons=fraud_reasons,
         )
+
+    async def _fraud(
+        self,
+        session: AsyncSession,
+        *,
+        app_id: str,
+        event_id: str,
+        facts: logic.InstallFacts,
+        decision: logic.Decision,
+    ) -> list[str]:
+        """The install's fraud reasons under the app's thresholds. Per-IP counts use only
+        public addresses (``fraud.countable_ip``). An install no SDK signature check saw
+        (a server-to-server ``$install``, a backend publishing to ``installs``) is not
+        held to the app's signing requirement: its sender authenticated otherwise."""
+        config = self._configs.get(app_id)
+        if config is None:
+            stored, signed = await store.app_fraud_settings(session, app_id=app_id)
+            config = self._configs[app_id] = fraud.config_from(stored, require_signature=signed)
+        if facts.signature is None and config.require_signature:
+            config = replace(config, require_signature=False)
+        click = decision.click if decision.method in CLICK_METHODS else None
+        clicks_per_hour = 0
+        if click is not None:
+            clicks_per_hour = await store.clicks_in_hour(
+                session,
+                app_id=app_id,
+                tracker_token=click.tracker_token,
+                ip=click.ip if fraud.countable_ip(click.ip) else None,
+                adid=logic.clean_adid(click.adid),
+                until=click.ts,
+            )
+        from_ip = 0
+        if fraud.countable_ip(facts.ip):
+            assert facts.ip is not None
+            from_ip = await store.installs_from_ip(
+                session, app_id=app_id, ip=facts.ip, install_event_id=event_id, until=facts.ts
+            )
+        signals = fraud.InstallSignals(
+            install_ts=facts.ts,
+            ip=facts.ip,
+            user_agent=facts.user_agent,
+            click_ts=click.ts if click is not None else None,
+            install_begin_ts=facts.install_begin_ts,
+            clicks_per_hour=clicks_per_hour,
+            installs_from_ip_last_hour=from_ip,
+            is_emulator=facts.is_emulator,
+            is_rooted=facts.is_rooted,
+            signature=Verdict(facts.signature) if facts.signature else None,
+        )
+        return fraud.check_install(signals, config, datacenter=self._datacenter)
 
 
 async def restate(

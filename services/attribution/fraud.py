@@ -12,11 +12,12 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from services.attribution.signing import Verdict
+from libs.runtime.signing import Verdict
 
 CLICK_INJECTION = "click_injection"
 CLICK_SPAMMING = "click_spamming"
@@ -74,6 +75,11 @@ class NetworkSet:
 
     def __len__(self) -> int:
         return sum(len(starts) for starts, _ in self._ranges.values())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NetworkSet) and self._ranges == other._ranges
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking: equal sets, no hashing
 
     def __contains__(self, ip: object) -> bool:
         address = _address(ip) if isinstance(ip, str) else None
@@ -140,6 +146,48 @@ class FraudConfig:
     reject_rooted: bool = True
     require_signature: bool = False
     blocked_ips: NetworkSet = field(default_factory=NetworkSet)
+
+
+DEFAULT_CONFIG = FraudConfig()
+_NUMBERS = {
+    "max_clicks_per_hour": int,
+    "max_installs_per_ip_hour": int,
+    "min_conversion": float,
+    "min_clicks_for_conversion": int,
+}
+_FLAGS = ("reject_datacenter", "reject_bots", "reject_emulators", "reject_rooted")
+
+
+def config_from(settings: Mapping[str, Any], *, require_signature: bool = False) -> FraudConfig:
+    """The :class:`FraudConfig` of an app's stored settings (the ``apps.fraud`` JSON that
+    admin validated: ``min_click_to_install_s``, the counts, the ``reject_*`` switches,
+    ``blocked_ips``). Absent or null keys keep the default; unknown keys and values of the
+    wrong type are ignored, so a stored document never stops the consumer."""
+    values: dict[str, Any] = {"require_signature": require_signature}
+    seconds = settings.get("min_click_to_install_s")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+        values["min_click_to_install"] = timedelta(seconds=seconds)
+    for name, kind in _NUMBERS.items():
+        value = settings.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            values[name] = kind(value)
+    for name in _FLAGS:
+        if isinstance(settings.get(name), bool):
+            values[name] = settings[name]
+    blocked = settings.get("blocked_ips")
+    if isinstance(blocked, list):
+        text = "\n".join(b for b in blocked if isinstance(b, str))
+        values["blocked_ips"] = parse_networks(text).networks
+    return FraudConfig(**values)
+
+
+def countable_ip(ip: str | None) -> bool:
+    """Whether per-IP counts (device farms, click spamming by IP) may use ``ip``: only a
+    public address names a client. Private, loopback and shared ranges are what a
+    deployment behind a proxy sees for everyone (without ``trust_forwarded_for``); counting
+    them would reject every install."""
+    address = _address(ip) if ip else None
+    return address is not None and address.is_global
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,7 +277,8 @@ def fingerprint_key(fp: Fingerprint | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class InstallFacts:
-    """What the install report says about the device (all optional but the time)."""
+    """What the install report says about the device (all optional but the time).
+    ``signature`` is ingest's verdict code on the SDK request (None: not checked)."""
 
     ts: datetime
     referrer: str | None = None
@@ -287,6 +288,11 @@ class InstallFacts:
     platform: str | None = None
     device_model: str | None = None
     os_version: str | None = None
+    # For fraud review (fraud.InstallSignals), not for matching:
+    install_begin_ts: datetime | None = None
+    is_emulator: bool = False
+    is_rooted: bool = False
+    signature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

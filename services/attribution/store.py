@@ -5,13 +5,25 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Identity, Index, Integer, String, func, or_, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Identity,
+    Index,
+    Integer,
+    String,
+    func,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from libs.runtime.postgres import Base, lock
 from libs.runtime.tables import Tracker
+from libs.runtime.tenancy import App
 from services.attribution.logic import Windows
 from services.attribution.outcomes import History
 
@@ -22,6 +34,7 @@ class Click(Base):
         Index("ix_attribution_clicks_expires_at", "expires_at"),
         Index("ix_attribution_clicks_adid", "app_id", "adid", "ts"),
         Index("ix_attribution_clicks_fingerprint", "app_id", "fingerprint", "ts"),
+        Index("ix_attribution_clicks_ip", "app_id", "tracker_token", "ip", "ts"),
     )
 
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -48,6 +61,7 @@ class Install(Base):
         Index("ix_attribution_installs_adid", "app_id", "adid"),
         Index("ix_attribution_installs_user", "app_id", "user_key"),
         Index("ix_attribution_installs_status", "app_id", "status"),
+        Index("ix_attribution_installs_ip", "app_id", "ip", "install_ts"),
     )
 
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -64,6 +78,12 @@ class Install(Base):
     click_id: Mapped[str | None] = mapped_column(String(128))
     attributed_at: Mapped[datetime]
     adid: Mapped[str | None] = mapped_column(String(128))
+    # Kept for fraud review and for re-judging the install when a late click upgrades it.
+    ip: Mapped[str | None] = mapped_column(String(64))
+    install_begin_ts: Mapped[datetime | None]
+    fraud_reasons: Mapped[list[str]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
 
 
 class Verification(Base):
@@ -245,7 +265,9 @@ async def history(
     user_key: str,
     before: datetime,
 ) -> History:
-    """What earlier installs of the app say about this device and user."""
+    """What earlier installs of the app say about this device and user. Rejected (fraud)
+    installs say nothing: they were never counted, so they do not make a later honest
+    install of the device a reinstall."""
     adid_seen = False
     if adid is not None:
         adid_seen = bool(
@@ -256,6 +278,7 @@ async def history(
                     Install.adid == adid,
                     Install.install_event_id != install_event_id,
                     Install.install_ts <= before,
+                    Install.status != "rejected",
                 )
                 .limit(1)
             )
@@ -270,6 +293,7 @@ async def history(
                     Install.user_key == user_key,
                     Install.install_event_id != install_event_id,
                     Install.install_ts <= before,
+                    Install.status != "rejected",
                 )
                 .order_by(Install.install_ts)
             )
@@ -331,3 +355,58 @@ async def tracker(session: AsyncSession, *, app_id: str, token: str) -> Tracker 
     return await session.scalar(
         select(Tracker).where(Tracker.app_id == app_id, Tracker.token == token)
     )
+
+
+async def app_fraud_settings(session: AsyncSession, *, app_id: str) -> tuple[dict[str, Any], bool]:
+    """The app's stored fraud settings (admin's ``apps.fraud``) and whether it requires
+    signed SDK requests; ``({}, False)`` for an unknown app."""
+    row = (
+        await session.execute(select(App.fraud, App.require_signature).where(App.id == app_id))
+    ).first()
+    return (dict(row.fraud or {}), bool(row.require_signature)) if row else ({}, False)
+
+
+async def clicks_in_hour(
+    session: AsyncSession,
+    *,
+    app_id: str,
+    tracker_token: str,
+    ip: str | None,
+    adid: str | None,
+    until: datetime,
+) -> int:
+    """The most clicks on ``tracker_token`` from this IP, or from this advertising id, in
+    the hour up to and including ``until`` (None skips a key) — the click-spamming count."""
+    most = 0
+    for column, value in ((Click.ip, ip), (Click.adid, adid)):
+        if value is None:
+            continue
+        n = await session.scalar(
+            select(func.count()).where(
+                Click.app_id == app_id,
+                Click.tracker_token == tracker_token,
+                column == value,
+                Click.kind == "click",
+                Click.ts > until - timedelta(hours=1),
+                Click.ts <= until,
+            )
+        )
+        most = max(most, n or 0)
+    return most
+
+
+async def installs_from_ip(
+    session: AsyncSession, *, app_id: str, ip: str, install_event_id: str, until: datetime
+) -> int:
+    """Installs from ``ip`` in the hour up to and including ``until``, counting the one
+    judged (``install_event_id``) once whether or not it is recorded yet."""
+    others = await session.scalar(
+        select(func.count()).where(
+            Install.app_id == app_id,
+            Install.ip == ip,
+            Install.install_event_id != install_event_id,
+            Install.install_ts > until - timedelta(hours=1),
+            Install.install_ts <= until,
+        )
+    )
+    return (others or 0) + 1

@@ -19,15 +19,28 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from libs.runtime.deps import ProducerDep, SettingsDep
+from libs.runtime import signing
+from libs.runtime.deps import ProducerDep, SettingsDep, get_resources
 from libs.runtime.errors import HodhodError, PayloadTooLarge
 from libs.runtime.http import client_ip, error_body, error_response
 from libs.runtime.kafka import Producer
 from libs.runtime.settings import PlatformSettings
+from libs.runtime.signing import Verdict
 from libs.runtime.tenancy import SdkAppDep, ServerAppDep, hash_key
-from services.ingest import logic
-from services.ingest.metrics import EVENTS, RATE_LIMITED, RATE_LIMITED_EVENTS, VERIFICATIONS
+from libs.schemas import InstallReported
+from services.ingest import logic, store
+from services.ingest.metrics import (
+    EVENTS,
+    RATE_LIMITED,
+    RATE_LIMITED_EVENTS,
+    SIGNATURES,
+    VERIFICATIONS,
+)
 from services.ingest.ratelimit import TokenBuckets, retry_after_seconds
+from services.ingest.store import SigningSettings
+
+SIGNATURE_HEADER = "X-Hodhod-Signature"
+TIMESTAMP_HEADER = "X-Hodhod-Timestamp"
 
 router = APIRouter(tags=["ingest"])
 
@@ -65,7 +78,11 @@ _TOO_MANY: dict[int | str, dict[str, Any]] = {
 
 
 async def _json_body(request: Request) -> Any:
-    body = await request.body()
+    return _decode(request, await request.body())
+
+
+def _decode(request: Request, body: bytes) -> Any:
+    """The JSON value of a request body as sent (gzip inflated, bounded)."""
     if request.headers.get("content-encoding", "").lower() == "gzip":
         try:
             inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -130,13 +147,15 @@ async def _ingest(
     settings: PlatformSettings,
     source: Source,
 ) -> EventsAccepted | JSONResponse:
-    body = await _json_body(request)
+    raw = await request.body()
+    body = _decode(request, raw)
     events = logic.batch_events(body, max_batch=settings.ingest_max_batch)
     # An empty batch still costs one token, or empty requests would be free.
     refused = _rate_limited(request, settings, cost=max(1, len(events)), source=source)
     if refused is not None:
         return refused
     sdk = source == "sdk"
+    verdict = await _check_signature(request, app_id, raw) if sdk else None
     result = logic.parse_batch(
         body,
         app_id=app_id,
@@ -148,13 +167,86 @@ async def _ingest(
         max_batch=settings.ingest_max_batch,
         max_age=timedelta(days=settings.ingest_max_event_age_days) if sdk else None,
     )
+    if verdict is not None and not verdict.ok:
+        return await _refuse_unsigned(producer, result.installs, verdict)
+    if verdict is not None:
+        result.installs[:] = [i.model_copy(update={"signature": "ok"}) for i in result.installs]
     await producer.publish_all([*result.events, *result.installs], result.encoded)
+    if verdict is not None and verdict.replay_key is not None:
+        await _remember(request, app_id, verdict.replay_key)
     EVENTS.labels("accepted").inc(len(result.events))
     EVENTS.labels("rejected").inc(len(result.rejected))
     return EventsAccepted(
         accepted=len(result.events),
         rejected=[Rejected(index=r.index, field=r.field, reason=r.reason) for r in result.rejected],
         duplicates=result.duplicates,
+    )
+
+
+def _signing(request: Request) -> SigningSettings:
+    """The process's signing-settings cache, made on first use."""
+    state = request.app.state
+    cache: SigningSettings | None = getattr(state, "ingest_signing", None)
+    if cache is None:
+        cache = SigningSettings(get_resources(request).sessions)
+        state.ingest_signing = cache
+    return cache
+
+
+async def _check_signature(request: Request, app_id: str, raw: bytes) -> Verdict | None:
+    """The verdict on the request's signature when the app requires signing, else None.
+
+    The signature covers the body exactly as sent (compressed when it was sent
+    compressed). A signature accepted before is a replay."""
+    config = await _signing(request).of(app_id)
+    if not config.required:
+        return None
+    header = request.headers.get(SIGNATURE_HEADER)
+    verdict = signing.verify(
+        secrets=config.secrets,
+        body=raw,
+        timestamp=request.headers.get(TIMESTAMP_HEADER),
+        signature=header,
+        now=datetime.now(UTC),
+    )
+    if verdict.ok and verdict.replay_key is not None:
+        async with get_resources(request).sessions() as session:
+            if await store.was_seen(session, app_id=app_id, signature=verdict.replay_key):
+                verdict = signing.Verdict(signing.REPLAY)
+    SIGNATURES.labels(verdict.code).inc()
+    return verdict
+
+
+async def _remember(request: Request, app_id: str, signature: str) -> None:
+    async with get_resources(request).sessions() as session, session.begin():
+        await store.remember_signature(
+            session,
+            app_id=app_id,
+            signature=signature,
+            now=datetime.now(UTC),
+            keep=2 * signing.SKEW,
+        )
+
+
+async def _refuse_unsigned(
+    producer: Producer, installs: list[InstallReported], verdict: Verdict
+) -> JSONResponse:
+    """401 for a request of a signing app without a valid signature. Its events are
+    refused, but its installs go on to attribution marked with the verdict, so they are
+    stored as fraud (``bad_signature``) and counted against their tracker — except a
+    replay's: the original request's installs were counted already."""
+    if verdict.code != signing.REPLAY and installs:
+        await producer.publish_all(
+            [i.model_copy(update={"signature": verdict.code}) for i in installs]
+        )
+    return error_response(
+        401,
+        "bad_signature",
+        f"this app requires signed SDK requests; the signature is {verdict.code} "
+        f"(HMAC-SHA256 of body + '.' + {TIMESTAMP_HEADER}, within "
+        f"{int(signing.SKEW.total_seconds())} s, each signature used once); nothing was "
+        "accepted",
+        field=SIGNATURE_HEADER if verdict.code != signing.STALE else TIMESTAMP_HEADER,
     )
 
 

@@ -209,7 +209,9 @@ def _event(
 
 
 def install_from(event: Event, *, user_agent: str | None) -> InstallReported:
-    """The ``InstallReported`` of an ``$install`` event; the referrer rides in props."""
+    """The ``InstallReported`` of an ``$install`` event. The store referrer, the download
+    start (``install_begin_ts``) and the SDK's device checks (``is_emulator``,
+    ``is_rooted``, booleans) ride in props. Raises ``InvalidInput`` naming the field."""
     if event.device_id is None:
         raise InvalidInput("an $install needs a device_id", field="device_id")
     referrer = event.props.get("referrer")
@@ -217,6 +219,14 @@ def install_from(event: Event, *, user_agent: str | None) -> InstallReported:
         raise InvalidInput("must be the store's referrer string", field="props.referrer")
     begin = event.props.get("install_begin_ts")
     begin_ts = parse_time(begin, "props.install_begin_ts") if begin is not None else None
+    flags: dict[str, bool] = {}
+    for flag in ("is_emulator", "is_rooted"):
+        value = event.props.get(flag, False)
+        if not isinstance(value, bool):
+            raise InvalidInput(
+                "must be true or false (the SDK's device check)", field=f"props.{flag}"
+            )
+        flags[flag] = value
     return InstallReported(
         app_id=event.app_id,
         event_id=event.event_id,
@@ -234,6 +244,7 @@ def install_from(event: Event, *, user_agent: str | None) -> InstallReported:
         user_agent=user_agent[:2048] if user_agent else None,
         referrer=referrer,
         install_begin_ts=begin_ts,
+        **flags,
     )
 
 

@@ -19,3 +19,8 @@ VERIFICATIONS = Counter(
 WAREHOUSE_ROWS = Counter(
     "hodhod_ingest_warehouse_rows_total", "Rows inserted into ClickHouse", ["table"]
 )
+SIGNATURES = Counter(
+    "hodhod_ingest_signatures_total",
+    "Signed-SDK checks of apps that require signing, by verdict",
+    ["verdict"],
+)

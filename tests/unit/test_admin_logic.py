@@ -106,3 +106,26 @@ def test_tracker_cost_and_roi() -> None:
     assert logic.roi(5000.0, 2000.0) == 1.5
     assert logic.roi(0.0, 2000.0) == -1.0
     assert logic.roi(10.0, None) is None and logic.roi(10.0, 0.0) is None
+
+
+def test_merge_settings_replaces_adds_and_restores_defaults() -> None:
+    stored = {"a": 1, "b": [1], "c": True}
+    merged = logic.merge_settings(stored, {"a": 2, "b": None, "d": "x"})
+    assert merged == {"a": 2, "c": True, "d": "x"}
+    assert stored == {"a": 1, "b": [1], "c": True}  # not mutated
+    assert logic.merge_settings({}, {"gone": None}) == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "known"),
+    [
+        ("Asia/Tehran", True),
+        ("UTC", True),
+        ("Mars/Base", False),
+        ("America", False),
+        ("../etc/passwd", False),
+        ("", False),
+    ],
+)
+def test_is_timezone(name: str, known: bool) -> None:
+    assert logic.is_timezone(name) is known

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from libs.runtime.signing import Verdict
 from services.attribution import fraud
 from services.attribution.fraud import (
     REASONS,
@@ -22,7 +23,6 @@ from services.attribution.fraud import (
     low_conversion,
     parse_networks,
 )
-from services.attribution.signing import Verdict
 
 T = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 DEFAULT = FraudConfig()
@@ -329,3 +329,88 @@ def test_every_reason_at_once_in_stable_order() -> None:
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         DEFAULT.max_clicks_per_hour = 1  # type: ignore[misc]
+
+
+# --- per-app settings as admin stores them ----------------------------------------------
+
+
+def test_config_from_empty_settings_is_the_default() -> None:
+    assert fraud.config_from({}) == FraudConfig()
+    assert fraud.config_from({}, require_signature=True).require_signature is True
+
+
+def test_config_from_reads_every_setting() -> None:
+    config = fraud.config_from(
+        {
+            "min_click_to_install_s": 3,
+            "max_clicks_per_hour": 5,
+            "max_installs_per_ip_hour": 2,
+            "min_conversion": 0.01,
+            "min_clicks_for_conversion": 50,
+            "reject_datacenter": False,
+            "reject_bots": False,
+            "reject_emulators": False,
+            "reject_rooted": False,
+            "blocked_ips": ["198.51.100.0/24", "2001:db8::1"],
+        }
+    )
+    assert config.min_click_to_install == timedelta(seconds=3)
+    assert (config.max_clicks_per_hour, config.max_installs_per_ip_hour) == (5, 2)
+    assert (config.min_conversion, config.min_clicks_for_conversion) == (0.01, 50)
+    assert (
+        not (config.reject_datacenter or config.reject_bots or config.reject_emulators)
+        and not config.reject_rooted
+    )
+    assert "198.51.100.77" in config.blocked_ips and "2001:db8::1" in config.blocked_ips
+    assert "198.51.101.1" not in config.blocked_ips
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"min_click_to_install_s": "ten"},
+        {"min_click_to_install_s": -1},
+        {"max_clicks_per_hour": True},
+        {"reject_bots": "no"},
+        {"blocked_ips": "10.0.0.0/8"},
+        {"blocked_ips": [7, None]},
+        {"unknown": 1},
+        {"max_clicks_per_hour": None},
+    ],
+)
+def test_config_from_ignores_what_it_cannot_use(stored: dict[str, object]) -> None:
+    config = fraud.config_from(stored)
+    assert config.min_click_to_install == DEFAULT.min_click_to_install
+    assert config.max_clicks_per_hour == DEFAULT.max_clicks_per_hour
+    assert config.reject_bots is True
+    assert len(config.blocked_ips) == 0
+
+
+def test_settings_change_the_verdict() -> None:
+    quick = {"click_ts": T - timedelta(seconds=2)}
+    assert reasons(**quick) == ["click_injection"]
+    assert reasons(fraud.config_from({"min_click_to_install_s": 0}), **quick) == []
+    assert reasons(fraud.config_from({"blocked_ips": ["5.160.0.0/16"]}), ip="5.160.12.34") == [
+        "blocked_ip"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ip", "countable"),
+    [
+        ("5.160.12.34", True),
+        ("2a01:5ec0::1", True),
+        ("::ffff:5.160.12.34", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("192.168.0.9", False),
+        ("100.64.0.1", False),  # carrier-grade NAT, shared by many subscribers
+        ("fe80::1", False),
+        ("::1", False),
+        ("not an ip", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_only_public_addresses_are_counted_per_ip(ip: str | None, countable: bool) -> None:
+    assert fraud.countable_ip(ip) is countable

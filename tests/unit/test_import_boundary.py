@@ -31,7 +31,7 @@ SERVICE_LOGIC = sorted(
 PURE_EXTRAS = [
     "services.attribution.outcomes",
     "services.attribution.fraud",
-    "services.attribution.signing",
+    "libs.runtime.signing",
 ]
 PURE_MODULES = [
     *SERVICE_LOGIC,

@@ -594,3 +594,18 @@ def test_repeats_of_an_event_id_in_one_batch_are_dropped() -> None:
     assert [e.event_id for e in result.events] == ["e-1", "e-2"]
     assert result.duplicates == 2
     assert result.rejected == []
+
+
+def test_install_carries_the_sdk_device_checks() -> None:
+    plain = parse([ev(name="$install")]).installs[0]
+    assert (plain.is_emulator, plain.is_rooted, plain.signature) == (False, False, None)
+    flagged = parse([ev(name="$install", props={"is_emulator": True, "is_rooted": True})])
+    assert (flagged.installs[0].is_emulator, flagged.installs[0].is_rooted) == (True, True)
+
+
+@pytest.mark.parametrize("flag", ["is_emulator", "is_rooted"])
+@pytest.mark.parametrize("value", ["true", 1, None, [True]])
+def test_non_boolean_device_check_rejected(flag: str, value: Any) -> None:
+    result = parse([ev(event_id="ok"), ev(event_id="i", name="$install", props={flag: value})])
+    assert [e.event_id for e in result.events] == ["ok"] and result.installs == []
+    assert only_rejection(result)[:2] == (1, f"props.{flag}")

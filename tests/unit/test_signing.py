@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.attribution.signing import SKEW, Verdict, sign, verify
+from libs.runtime.signing import SKEW, Verdict, sign, verify
 
 NOW = datetime(2024, 5, 1, 8, 34, 40, tzinfo=UTC)
 TS = str(int(NOW.timestamp()))
