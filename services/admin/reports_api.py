@@ -301,15 +301,15 @@ async def tracker_users(
         )
     columns = logic.user_list_columns(kind)
     # The query runs now, so that its failure is an error response, not a cut-off body.
-    first = await anext(blocks, [])
+    first = await anext(blocks, None)
 
     async def body() -> AsyncIterator[str]:
         try:
             yield logic.csv_lines([columns])
             block = first
-            while block:
+            while block is not None:  # a block may be empty before the end
                 yield logic.csv_lines(logic.user_list_row(row, columns) for row in block)
-                block = await anext(blocks, [])
+                block = await anext(blocks, None)
         finally:
             await blocks.aclose()
 

@@ -34,8 +34,9 @@ adids AS (
 def latest_attributions(db: str, where: str = "") -> str:
     """The CTE ``latest``: one row per attribution of the app, from its latest statement
     (latest ``attributed_at``; a replay of the same statement ties and the later insert
-    wins). ``where`` narrows the attributions read (a condition on their columns, with
-    query parameters); statements of one attribution share tracker, device and install.
+    wins). ``where`` narrows the statements read: a condition on their columns, spelt
+    ``s.<column>``, with query parameters; every statement of an attribution has the same
+    tracker, device and install, so narrowing by them keeps or drops whole attributions.
 
     ``click_ts`` comes from any statement that carries it, at microsecond precision like
     ``install_us``, so that a click-to-install time is exact. A restatement does not
