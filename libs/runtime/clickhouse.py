@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,11 +50,18 @@ def get_client(url: str, database: str | None = None) -> Client:
 
 
 class AsyncClickHouse:
-    """The blocking client behind ``asyncio.to_thread``; one instance per process is enough."""
+    """The blocking client behind ``asyncio.to_thread``; one instance per process is enough.
 
-    def __init__(self, client: Client, database: str) -> None:
+    ``connect`` opens another client on the same server; :meth:`stream_rows` uses one per
+    stream, because a chDB client is locked for as long as a stream of it is open.
+    """
+
+    def __init__(
+        self, client: Client, database: str, connect: Callable[[], Client] | None = None
+    ) -> None:
         self.client = client
         self.database = database
+        self._connect = connect
 
     async def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         return await asyncio.to_thread(self.client.command, sql, parameters=parameters)
@@ -70,6 +78,55 @@ class AsyncClickHouse:
             ]
 
         return await asyncio.to_thread(run)
+
+    async def stream_rows(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """The rows of ``sql`` block by block (the server's blocks, up to ``max_block_size``
+        rows), each block read only when the caller asks for it: memory holds one block.
+
+        The query runs when the first block is asked for, so errors surface there. The
+        stream reads on a client of its own (from ``connect``; the shared one without it)
+        and on one thread of its own, so an open stream never blocks other queries; the
+        caller must exhaust the iterator or ``aclose()`` it to release both.
+        """
+        loop = asyncio.get_running_loop()
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-stream")
+        client: Client | None = None
+        stream: Any = None
+
+        def open_stream() -> Any:
+            nonlocal client
+            client = self._connect() if self._connect is not None else self.client
+            context = client.query_row_block_stream(sql, parameters=parameters)
+            return context.__enter__()  # type: ignore[no-untyped-call]  # (untyped upstream)
+
+        def close() -> None:
+            try:
+                if stream is not None:
+                    stream.__exit__(None, None, None)
+            finally:
+                if client is not None and client is not self.client:
+                    client.close()
+
+        try:
+            stream = await loop.run_in_executor(thread, open_stream)
+            names = stream.source.column_names
+            while True:
+                # next() with a default: a StopIteration cannot cross a future.
+                block = await loop.run_in_executor(thread, next, stream, None)
+                if block is None:
+                    return
+                yield [
+                    {name: _utc(value) for name, value in zip(names, row, strict=True)}
+                    for row in block
+                ]
+        finally:
+            try:
+                # Shielded: a cancelled download still closes its stream and client.
+                await asyncio.shield(loop.run_in_executor(thread, close))
+            finally:
+                thread.shutdown(wait=False)
 
     async def insert(
         self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]

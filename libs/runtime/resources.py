@@ -47,7 +47,10 @@ async def open_resources(
     try:
         await producer.start()
         if with_clickhouse:
-            ch = AsyncClickHouse(get_client(settings.clickhouse_url), settings.clickhouse_database)
+            url = settings.clickhouse_url
+            ch = AsyncClickHouse(
+                get_client(url), settings.clickhouse_database, lambda: get_client(url)
+            )
         yield Resources(settings, engine, postgres.session_factory(engine), producer, ch)
     finally:
         await producer.stop()

@@ -1,5 +1,6 @@
 """Report rules that need no SQL: parameter checks, date windows, local-time bucketing,
-CSV rendering. Pure: the caller passes dates, rows and time zones in."""
+click-to-install time buckets, CSV rendering. Pure: the caller passes dates, rows and
+time zones in."""
 
 from __future__ import annotations
 
@@ -124,6 +125,13 @@ def periods(start: date, end: date, interval: str) -> list[tuple[date, date]]:
     return spans
 
 
+def csv_lines(rows: Iterable[Sequence[Any]]) -> str:
+    """Rows of values as CSV lines, each ending in ``\\n``; None is an empty field."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """Rows as CSV with a header; nested values (dicts) are flattened as ``name.key``."""
     flat_columns: list[str] = []
@@ -133,17 +141,110 @@ def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
             flat_columns.extend(f"{column}.{key}" for key in sample)
         else:
             flat_columns.append(column)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(flat_columns)
+    lines: list[list[Any]] = [flat_columns]
     for row in rows:
         values = []
         for column in flat_columns:
             head, _, key = column.partition(".")
             value = row.get(head)
             values.append(value.get(key) if key and isinstance(value, Mapping) else value)
-        writer.writerow(values)
-    return out.getvalue()
+        lines.append(values)
+    return csv_lines(lines)
+
+
+# Click-to-install time (CTIT) buckets, upper bounds in seconds, log-spaced so that both
+# the seconds-scale spike of click injection and the flat long tail of click spamming
+# show. As Prometheus's ``le``: a bucket counts the installs whose CTIT is at most its
+# bound, so counts are cumulative and the last bucket (+Inf, ``le_seconds: null``) is the
+# total. The first, ``le_seconds: 0``, holds the clicks at or after their install — an
+# honest CTIT is positive, so these are injected (or clock-forged) clicks; being
+# cumulative, every later bucket includes them too.
+CTIT_BOUNDS = (
+    0,
+    10,
+    30,
+    60,
+    5 * 60,
+    15 * 60,
+    30 * 60,
+    3600,
+    3 * 3600,
+    6 * 3600,
+    12 * 3600,
+    86400,
+    3 * 86400,
+    7 * 86400,
+    30 * 86400,
+)
+INF = "+Inf"
+
+
+def ctit_bound(ctit: timedelta) -> int | None:
+    """The bound of the bucket that first holds ``ctit``: the smallest bound at least
+    ``ctit`` (a CTIT equal to a bound is in that bucket), None (+Inf) past the last."""
+    for bound in CTIT_BOUNDS:
+        if ctit <= timedelta(seconds=bound):
+            return bound
+    return None
+
+
+def ctit_buckets(counts: Mapping[int | None, int]) -> list[dict[str, int | None]]:
+    """Cumulative CTIT buckets, ``[{"le_seconds", "count"}]`` in ``CTIT_BOUNDS`` order
+    then +Inf (``le_seconds`` None), from per-bucket counts keyed by :func:`ctit_bound`
+    (missing keys count 0). Raises ValueError for a key that is not a bound."""
+    unknown = set(counts) - {*CTIT_BOUNDS, None}
+    if unknown:
+        raise ValueError(f"not CTIT bucket bounds: {sorted(unknown)!r}")
+    out: list[dict[str, int | None]] = []
+    total = 0
+    for bound in (*CTIT_BOUNDS, None):
+        total += counts.get(bound, 0)
+        out.append({"le_seconds": bound, "count": total})
+    return out
+
+
+def ctit_csv_rows(buckets: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The buckets for CSV: the +Inf bound spelt ``+Inf`` as in Prometheus."""
+    return [
+        {"le_seconds": INF if b["le_seconds"] is None else b["le_seconds"], "count": b["count"]}
+        for b in buckets
+    ]
+
+
+# Raw user lists per tracker: which attribution kinds each list holds (``uninstalled`` is
+# not a kind: it follows installs to their ``$uninstall``), and the CSV columns.
+USER_LIST_KINDS: dict[str, tuple[str, ...]] = {
+    "installed": ("new_user", "new_device", "reattribution"),
+    "reinstalled": ("reinstall",),
+}
+USER_LIST_COLUMNS = ("user_key", "user_id", "device_id", "adid", "install_ts", "kind", "status")
+
+
+def user_list_columns(kind: str) -> tuple[str, ...]:
+    """The CSV header of the ``kind`` list: ``uninstalled`` adds ``uninstall_ts``."""
+    return (*USER_LIST_COLUMNS, "uninstall_ts") if kind == "uninstalled" else USER_LIST_COLUMNS
+
+
+def user_list_row(row: Mapping[str, Any], columns: Sequence[str]) -> list[Any]:
+    """One user-list row as CSV values in ``columns`` order. ``user_id`` is the user key
+    when that is the app's user id (not an anonymous ``d:<device_id>``), else empty;
+    times are UTC ISO-8601 with milliseconds and a ``Z``; missing or empty values (an
+    install without advertising id) are empty fields."""
+    user_key = row.get("user_key") or ""
+    values = {**row, "user_id": "" if user_key.startswith("d:") else user_key}
+    out: list[Any] = []
+    for column in columns:
+        value = values.get(column)
+        if isinstance(value, datetime):
+            value = iso_utc(value)
+        out.append("" if value is None else value)
+    return out
+
+
+def iso_utc(ts: datetime) -> str:
+    """``ts`` in UTC as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (a naive ``ts`` is taken as UTC)."""
+    aware = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def is_timezone(name: str) -> bool:

@@ -1,19 +1,23 @@
-"""Analytics reports (admin token): retention, active users, heatmap, events. Each is
-scoped by the token's app and a UTC date range; ``format=csv`` gives tabular ones as CSV."""
+"""Analytics reports (admin token): retention, active users, heatmap, events, churn and
+trackers (figures, click-to-install times, user lists). Each is scoped by the token's app
+and a UTC date range; ``format=csv`` gives tabular ones as CSV."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.runtime.deps import ClickHouseDep, SessionDep
-from libs.runtime.errors import InvalidInput
+from libs.runtime.errors import InvalidInput, NotFound
 from libs.runtime.tenancy import AdminAppDep, App
-from services.admin import logic, warehouse
-from services.admin.store import list_trackers
+from libs.schemas.attributions import AttributionStatus
+from services.admin import logic, tracker_reports, warehouse
+from services.admin.store import get_tracker, list_trackers
 
 router = APIRouter(prefix="/admin/v1/reports", tags=["reports"])
 
@@ -182,7 +186,7 @@ async def trackers(
     status, rejections by reason, uninstalls, revenue, and cost and ROI where the tracker
     has a cost (CPI: per counted new user — verified ones on verification trackers)."""
     start, end = logic.date_range(start, end)
-    figures = await warehouse.tracker_report(ch, app_id=app_id, start=start, end=end)
+    figures = await tracker_reports.tracker_report(ch, app_id=app_id, start=start, end=end)
     known = {t.token: t for t in await list_trackers(session, app_id=app_id)}
     groups: dict[str, dict[str, Any]] = {}
     for token, values in figures.items():
@@ -219,3 +223,98 @@ async def trackers(
     if format == "csv":
         return _csv(rows, ["key", *REPORT_FIELDS, "revenue", "cost", "roi"])
     return {"rows": rows}
+
+
+async def _known_tracker(session: AsyncSession, app_id: str, token: str) -> None:
+    # Archived trackers still report: their installs happened.
+    if await get_tracker(session, app_id=app_id, token=token) is None:
+        raise NotFound(f"no tracker {token}", field="token")
+
+
+@router.get("/trackers/{token}/ctit", operation_id="report_tracker_ctit")
+async def tracker_ctit(
+    app_id: AdminAppDep,
+    ch: ClickHouseDep,
+    session: SessionDep,
+    token: str,
+    start: From,
+    end: To,
+    status: AttributionStatus | None = None,
+    format: Format = "json",
+) -> Any:
+    """The click-to-install time (install time − click time) distribution of the
+    tracker's click-matched installs (methods click_id, adid, fingerprint; rejected ones
+    included, or only ``status``) dated in [from, to], by each attribution's latest
+    statement. Buckets are Prometheus-style: cumulative, ``le_seconds`` the upper bound
+    (see ``logic.CTIT_BOUNDS``), the first (0) for clicks at or after the install, the
+    last (null; ``+Inf`` in CSV) the total."""
+    start, end = logic.date_range(start, end)
+    await _known_tracker(session, app_id, token)
+    counts = await tracker_reports.ctit_counts(
+        ch,
+        app_id=app_id,
+        token=token,
+        start=start,
+        end=end,
+        bounds=logic.CTIT_BOUNDS,
+        status=status,
+    )
+    buckets = logic.ctit_buckets(counts)
+    if format == "csv":
+        return _csv(logic.ctit_csv_rows(buckets), ["le_seconds", "count"])
+    return {"buckets": buckets}
+
+
+@router.get(
+    "/trackers/{token}/users.csv",
+    operation_id="report_tracker_users",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+async def tracker_users(
+    app_id: AdminAppDep,
+    ch: ClickHouseDep,
+    session: SessionDep,
+    token: str,
+    kind: Literal["installed", "reinstalled", "uninstalled"],
+    start: From,
+    end: To,
+) -> StreamingResponse:
+    """The tracker's users as CSV, streamed from ClickHouse block by block, one row per
+    install (``installed``: kinds new_user, new_device, reattribution; ``reinstalled``:
+    reinstall; never rejected ones) dated in [from, to], or per ``$uninstall`` in [from,
+    to] that undid an install the tracker was credited with (``uninstalled``). Columns:
+    user_key (by profile identity), user_id (empty for an anonymous ``d:`` key),
+    device_id, adid, install_ts, kind, status, and uninstall_ts for ``uninstalled``."""
+    start, end = logic.date_range(start, end)
+    await _known_tracker(session, app_id, token)
+    if kind == "uninstalled":
+        blocks = tracker_reports.uninstalls_of(ch, app_id=app_id, token=token, start=start, end=end)
+    else:
+        blocks = tracker_reports.installs_of(
+            ch,
+            app_id=app_id,
+            token=token,
+            kinds=logic.USER_LIST_KINDS[kind],
+            start=start,
+            end=end,
+        )
+    columns = logic.user_list_columns(kind)
+    # The query runs now, so that its failure is an error response, not a cut-off body.
+    first = await anext(blocks, None)
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            yield logic.csv_lines([columns])
+            block = first
+            while block is not None:  # a block may be empty before the end
+                yield logic.csv_lines(logic.user_list_row(row, columns) for row in block)
+                block = await anext(blocks, None)
+        finally:
+            await blocks.aclose()
+
+    return StreamingResponse(
+        body(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{token}-{kind}.csv"'},
+    )

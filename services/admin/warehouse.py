@@ -1,5 +1,6 @@
-"""Admin's ClickHouse reads. Every query is scoped by app and uses FINAL so that
-replayed rows (ReplacingMergeTree) are counted once."""
+"""Admin's ClickHouse reads for analytics (tracker reports: ``tracker_reports.py``).
+Every query is scoped by app and uses FINAL so that replayed rows (ReplacingMergeTree)
+are counted once, unless a replay cannot change its result."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ aliases AS (
 ),
 ev AS (
     SELECT coalesce(e.user_id, nullIf(a.uid, ''), concat('d:', e.device_id)) AS uk,
+           e.event_id AS event_id, e.device_id AS device_id,
            e.name AS name, e.ts AS ts, toDate(e.ts) AS d, e.platform AS platform,
            e.timezone AS timezone, e.props AS props, e.revenue AS revenue
     FROM {db}.events AS e FINAL
@@ -347,90 +349,3 @@ ORDER BY ts DESC LIMIT {{limit:UInt32}}""",
         "attribution": attributions[0] if attributions else None,
         "deliveries": deliveries,
     }
-
-
-async def tracker_report(
-    ch: AsyncClickHouse, *, app_id: str, start: date, end: date
-) -> dict[str, dict[str, Any]]:
-    """Per tracker token, over installs (and clicks) dated in [start, end]: clicks,
-    installs by kind and status, rejections by reason, and the revenue and uninstalls of
-    the users it brought (by profile identity, from the user's latest attribution)."""
-    db = ch.database
-    params = {"app_id": app_id, "start": start, "end": end}
-    clicks = await ch.query_rows(
-        f"""
-SELECT tracker_token AS tracker, countIf(kind = 'click') AS clicks,
-       countIf(kind = 'impression') AS impressions
-FROM {db}.clicks FINAL
-WHERE app_id = {{app_id:String}} AND toDate(ts) BETWEEN {{start:Date}} AND {{end:Date}}
-GROUP BY tracker""",
-        params,
-    )
-    installs = await ch.query_rows(
-        f"""
-SELECT tracker_token AS tracker, count() AS installs,
-       countIf(kind = 'new_user' AND status != 'rejected') AS new_users,
-       countIf(kind = 'reinstall' AND status != 'rejected') AS reinstalls,
-       countIf(kind = 'new_device' AND status != 'rejected') AS new_devices,
-       countIf(kind = 'reattribution' AND status != 'rejected') AS reattributions,
-       countIf(status = 'verified') AS verified, countIf(status = 'pending') AS pending,
-       countIf(status = 'unverified') AS unverified, countIf(status = 'rejected') AS rejected,
-       groupArrayIf(JSONExtract(payload, 'fraud_reasons', 'Array(String)'),
-                    status = 'rejected') AS reasons
-FROM (
-    -- The latest statement of each attribution (a verification restates it later,
-    -- possibly on another day, so FINAL alone would keep both rows).
-    SELECT attribution_id, argMax(tracker_token, _inserted_at) AS tracker_token,
-           argMax(kind, _inserted_at) AS kind, argMax(status, _inserted_at) AS status,
-           argMax(payload, _inserted_at) AS payload, argMax(install_ts, _inserted_at) AS install_ts
-    FROM {db}.attributions
-    WHERE app_id = {{app_id:String}}
-    GROUP BY attribution_id
-)
-WHERE tracker_token IS NOT NULL
-  AND toDate(install_ts) BETWEEN {{start:Date}} AND {{end:Date}}
-GROUP BY tracker""",
-        params,
-    )
-    outcomes = await ch.query_rows(
-        f"""
-WITH {IDENTITY.format(db=db)},
-{ATTRIBUTION.format(db=db)}
-SELECT t.tracker AS tracker,
-       sumIf(coalesce(e.revenue, 0), e.d BETWEEN {{start:Date}} AND {{end:Date}}) AS revenue,
-       uniqExactIf(e.uk, e.name = '$uninstall'
-                   AND e.d BETWEEN {{start:Date}} AND {{end:Date}}) AS uninstalls
-FROM ev AS e INNER JOIN attr AS t ON t.uk = e.uk
-WHERE t.tracker != ''
-GROUP BY tracker""",
-        params,
-    )
-    rows: dict[str, dict[str, Any]] = {}
-    for row in clicks:
-        entry = rows.setdefault(row["tracker"], {})
-        entry["clicks"] = int(row["clicks"])
-        entry["impressions"] = int(row["impressions"])
-    for row in installs:
-        entry = rows.setdefault(row["tracker"], {})
-        for name in (
-            "installs",
-            "new_users",
-            "reinstalls",
-            "new_devices",
-            "reattributions",
-            "verified",
-            "pending",
-            "unverified",
-            "rejected",
-        ):
-            entry[name] = int(row[name])
-        by_reason: dict[str, int] = {}
-        for reasons in row["reasons"]:
-            for reason in reasons:
-                by_reason[reason] = by_reason.get(reason, 0) + 1
-        entry["rejected_by_reason"] = by_reason
-    for row in outcomes:
-        entry = rows.setdefault(row["tracker"], {})
-        entry["revenue"] = float(row["revenue"])
-        entry["uninstalls"] = int(row["uninstalls"])
-    return rows
