@@ -9,7 +9,6 @@ decisions and ids, so a duplicate publish is harmless downstream.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,16 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch
-from libs.runtime.signing import Verdict
-from libs.schemas import ClickRecorded, InstallReported, UserAttributed, UserVerified
-from libs.schemas.base import user_key_of
-from services.attribution import fraud, logic, outcomes, store
+from libs.schemas import ClickRecorded, Event, InstallReported, UserAttributed, UserVerified
+from libs.schemas.base import ANONYMOUS_PREFIX, user_key_of
+from services.attribution import fraud, identity, logic, outcomes, screening, store
+from services.attribution.identity import restate
 from services.attribution.metrics import ATTRIBUTIONS
 
-TOPICS = ("clicks", "installs", "verifications")
+TOPICS = ("clicks", "installs", "verifications", "events")
 # The longest click-through window a tracker may set (admin caps it at 30 days).
 MAX_LOOKBACK = timedelta(days=30)
-CLICK_METHODS = frozenset({"click_id", "adid", "fingerprint"})
 # Fraud reasons that depend on the matched click: re-judged when a late click upgrades an
 # install; the others are carried over from the first judgement.
 CLICK_REASONS = frozenset({fraud.CLICK_INJECTION, fraud.CLICK_SPAMMING})
@@ -63,6 +61,15 @@ class Matcher:
                         named.add((record.value.app_id, ref))
             for app_id, click_id in sorted(named):
                 await store.lock_click(session, app_id=app_id, click_id=click_id)
+            logins = _logins(batch)
+            verifications = sorted(
+                (r.value for r in batch.of("verifications") if isinstance(r.value, UserVerified)),
+                key=lambda v: (v.app_id, v.user_id, v.ts),
+            )
+            joined = {(login[0], login[1]) for login in logins}
+            joined |= {(v.app_id, v.user_id) for v in verifications if v.device_id}
+            for app_id, user_id in sorted(joined):
+                await identity.lock_user(session, app_id=app_id, user_id=user_id)
             await store.record_clicks(session, rows=[_click_row(c) for c in clicks])
             for click_record, click in zip(click_records, clicks, strict=True):
                 if click.kind != "click":
@@ -90,10 +97,9 @@ class Matcher:
                     )
                     if attributed is not None:
                         out.append(attributed)
-            for record in batch.of("verifications"):
-                verified = record.value
-                assert isinstance(verified, UserVerified)
-                out.extend(await self._verify(session, verified, record.time))
+            times = {id(r.value): r.time for r in batch.of("verifications")}
+            for verified in verifications:
+                out.extend(await self._verify(session, verified, times[id(verified)]))
             for record in batch.of("installs"):
                 install = record.value
                 assert isinstance(install, InstallReported)
@@ -122,6 +128,19 @@ class Matcher:
                 )
                 if decided is not None:
                     out.append(decided)
+            # Logins after the installs of the batch, so an install and the login that
+            # follows it in one batch are joined.
+            for app_id, user_id, device_id, ts, _, at in logins:
+                out.extend(
+                    await identity.join_user(
+                        session,
+                        app_id=app_id,
+                        device_id=device_id,
+                        user_id=user_id,
+                        linked_at=ts,
+                        at=at,
+                    )
+                )
             await session.flush()
             await self._producer.publish_all(out)
         for attributed in out:
@@ -130,7 +149,18 @@ class Matcher:
     async def _verify(
         self, session: AsyncSession, verified: UserVerified, at: datetime
     ) -> list[UserAttributed]:
-        """Record the verification and settle the installs that waited for it."""
+        """Record the verification, join the device it names to the user, and settle
+        the installs that waited for it."""
+        out: list[UserAttributed] = []
+        if verified.device_id:
+            out = await identity.join_user(
+                session,
+                app_id=verified.app_id,
+                device_id=verified.device_id,
+                user_id=verified.user_id,
+                linked_at=verified.ts,
+                at=at,
+            )
         await store.record_verification(
             session,
             app_id=verified.app_id,
@@ -138,7 +168,6 @@ class Matcher:
             device_id=verified.device_id,
             at=verified.ts,
         )
-        out = []
         for row in await store.pending_installs(
             session,
             app_id=verified.app_id,
@@ -183,6 +212,12 @@ class Matcher:
         ``rejected``: stored with its reasons, counted against the matched tracker, never
         attributed. A copy of an install from a request whose signature failed (None
         returned) never overrides what a valid request of the same install reported."""
+        if user_key.startswith(ANONYMOUS_PREFIX):
+            # The device's user may be known already (a login processed before this
+            # install arrived): the install is theirs.
+            user_key = (
+                await store.linked_user(session, app_id=app_id, device_id=device_id) or user_key
+            )
         candidates: list[logic.ClickFacts] = []
         impressions: list[logic.ClickFacts] = []
         if ref_click_id:
@@ -225,8 +260,14 @@ class Matcher:
             and recorded.status != "rejected"
         ):
             return None
-        reasons = await self._fraud(
-            session, app_id=app_id, event_id=event_id, facts=facts, decision=decision
+        reasons = await screening.fraud_reasons(
+            session,
+            configs=self._configs,
+            datacenter=self._datacenter,
+            app_id=app_id,
+            event_id=event_id,
+            facts=facts,
+            decision=decision,
         )
         found = {*reasons, *carried}
         decision = logic.reject(decision, [r for r in fraud.REASONS if r in found])
@@ -307,92 +348,30 @@ class Matcher:
             fraud_reasons=fraud_reasons,
         )
 
-    async def _fraud(
-        self,
-        session: AsyncSession,
-        *,
-        app_id: str,
-        event_id: str,
-        facts: logic.InstallFacts,
-        decision: logic.Decision,
-    ) -> list[str]:
-        """The install's fraud reasons under the app's thresholds. Per-IP counts use only
-        public addresses (``fraud.countable_ip``). An install no SDK signature check saw
-        (a server-to-server ``$install``, a backend publishing to ``installs``) is not
-        held to the app's signing requirement: its sender authenticated otherwise."""
-        config = self._configs.get(app_id)
-        if config is None:
-            stored, signed = await store.app_fraud_settings(session, app_id=app_id)
-            config = self._configs[app_id] = fraud.config_from(stored, require_signature=signed)
-        if facts.signature is None and config.require_signature:
-            config = replace(config, require_signature=False)
-        click = decision.click if decision.method in CLICK_METHODS else None
-        clicks_per_hour = 0
-        if click is not None:
-            clicks_per_hour = await store.clicks_in_hour(
-                session,
-                app_id=app_id,
-                tracker_token=click.tracker_token,
-                ip=click.ip if fraud.countable_ip(click.ip) else None,
-                adid=logic.clean_adid(click.adid),
-                until=click.ts,
-            )
-        from_ip = 0
-        if fraud.countable_ip(facts.ip):
-            assert facts.ip is not None
-            from_ip = await store.installs_from_ip(
-                session, app_id=app_id, ip=facts.ip, install_event_id=event_id, until=facts.ts
-            )
-        signals = fraud.InstallSignals(
-            install_ts=facts.ts,
-            ip=facts.ip,
-            user_agent=facts.user_agent,
-            click_ts=click.ts if click is not None else None,
-            install_begin_ts=facts.install_begin_ts,
-            clicks_per_hour=clicks_per_hour,
-            installs_from_ip_last_hour=from_ip,
-            is_emulator=facts.is_emulator,
-            is_rooted=facts.is_rooted,
-            signature=Verdict(facts.signature) if facts.signature else None,
-        )
-        return fraud.check_install(signals, config, datacenter=self._datacenter)
 
-
-async def restate(
-    session: AsyncSession,
-    row: store.Install,
-    status: str,
-    at: datetime,
-    user_id: str | None = None,
-) -> UserAttributed:
-    """Change a recorded install's status and say so (same attribution id: the newest
-    statement of an attribution replaces the older one downstream)."""
-    row.status = status
-    tracker = (
-        await store.tracker(session, app_id=row.app_id, token=row.tracker_token)
-        if row.tracker_token
-        else None
-    )
-    return UserAttributed(
-        app_id=row.app_id,
-        attribution_id=row.attribution_id,
-        user_key=row.user_key,
-        device_id=row.device_id,
-        user_id=user_id,
-        install_event_id=row.install_event_id,
-        install_ts=row.install_ts,
-        attributed_at=at,
-        method=row.method,
-        kind=row.kind,
-        status=status,
-        tracker_token=row.tracker_token,
-        click_id=row.click_id,
-        network=tracker.network if tracker else None,
-        campaign=tracker.campaign if tracker else None,
-        adgroup=tracker.adgroup if tracker else None,
-        creative=tracker.creative if tracker else None,
-        channel=tracker.channel if tracker else None,
-    )
+def _logins(batch: Batch) -> list[tuple[str, str, str, datetime, str, datetime]]:
+    """The batch's ``$identify`` events as (app, user, device, event time, event id,
+    record time), sorted — the order their users are locked in."""
+    logins = []
+    for record in batch.of("events"):
+        event = record.value
+        if (
+            isinstance(event, Event)
+            and event.name == "$identify"
+            and event.user_id
+            and event.device_id
+        ):
+            logins.append(
+                (
+                    event.app_id,
+                    event.user_id,
+                    event.device_id,
+                    event.ts,
+                    event.event_id,
+                    record.time,
+                )
+            )
+    return sorted(logins)
 
 
 def _click_facts(row: store.Click) -> logic.ClickFacts:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from libs.runtime.postgres import Base, lock
 from libs.runtime.tables import Tracker
 from libs.runtime.tenancy import App
+from libs.schemas.base import ANONYMOUS_PREFIX
 from services.attribution.logic import Windows
 from services.attribution.outcomes import History
 
@@ -96,6 +97,18 @@ class Verification(Base):
     user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     device_id: Mapped[str | None] = mapped_column(String(128))
     verified_at: Mapped[datetime]
+
+
+class DeviceLink(Base):
+    """The user a device belongs to, as the latest ``$identify`` or verification naming
+    both said (a shared phone moves to its newest user)."""
+
+    __tablename__ = "attribution_device_links"
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128))
+    linked_at: Mapped[datetime]
 
 
 class PostbackAttempt(Base):
@@ -410,3 +423,52 @@ async def installs_from_ip(
         )
     )
     return (others or 0) + 1
+
+
+async def link_device(
+    session: AsyncSession, *, app_id: str, device_id: str, user_id: str, at: datetime
+) -> None:
+    """Record that ``device_id`` belongs to ``user_id`` as of ``at``; an older statement
+    never replaces a newer one (out-of-order events are harmless)."""
+    stmt = insert(DeviceLink).values(
+        app_id=app_id, device_id=device_id, user_id=user_id, linked_at=at
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[DeviceLink.app_id, DeviceLink.device_id],
+            set_={"user_id": stmt.excluded.user_id, "linked_at": stmt.excluded.linked_at},
+            where=DeviceLink.linked_at <= stmt.excluded.linked_at,
+        )
+    )
+
+
+async def linked_user(session: AsyncSession, *, app_id: str, device_id: str) -> str | None:
+    return await session.scalar(
+        select(DeviceLink.user_id).where(
+            DeviceLink.app_id == app_id, DeviceLink.device_id == device_id
+        )
+    )
+
+
+async def anonymous_installs(
+    session: AsyncSession, *, app_id: str, device_id: str
+) -> list[Install]:
+    """The device's installs still recorded under its anonymous key ``d:<device_id>``."""
+    rows = await session.scalars(
+        select(Install).where(
+            Install.app_id == app_id,
+            Install.device_id == device_id,
+            Install.user_key == ANONYMOUS_PREFIX + device_id,
+        )
+    )
+    return list(rows)
+
+
+async def user_installs(session: AsyncSession, *, app_id: str, user_key: str) -> list[Install]:
+    """Every install recorded for the user, oldest first (ties by install event id)."""
+    rows = await session.scalars(
+        select(Install)
+        .where(Install.app_id == app_id, Install.user_key == user_key)
+        .order_by(Install.install_ts, Install.install_event_id)
+    )
+    return list(rows)

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.runtime.kafka import Producer
 from services.attribution import outcomes, store
-from services.attribution.consumer import restate
+from services.attribution.identity import restate
 
 log = logging.getLogger(__name__)
 
