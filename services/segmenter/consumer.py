@@ -20,6 +20,7 @@ from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Record
 from libs.schemas import Event, SegmentChanged, UserAttributed
 from libs.schemas.rules import EventCond, Node, RevenueCond, RfmCond, RuleError, parse_rule, walk
+from libs.segments.sql import rfm_thresholds
 from services.segmenter import logic, store
 from services.segmenter.metrics import SEGMENT_CHANGES
 
@@ -192,7 +193,7 @@ async def load_rules(session: AsyncSession, app_id: str, now: datetime) -> AppRu
     nodes = [n for rule in parsed.values() for n in walk(rule)]
     rfm = None
     if any(isinstance(n, RfmCond) for n in nodes):
-        rfm = await store.rfm_thresholds(session, app_id=app_id, now=now)
+        rfm = await rfm_thresholds(session, app_id=app_id, now=now)
     return AppRules(
         segments=parsed,
         context=logic.Context(rfm=rfm),

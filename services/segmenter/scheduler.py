@@ -2,7 +2,7 @@
 entered (and "installed in the last 24 hours" left) without any new event.
 
 Every ``interval`` the scheduler takes each app with active segments, compiles the
-app's time-dependent segments to SQL (``compiler.matching_users``) and compares the
+app's time-dependent segments to SQL (``libs.segments.sql.matching_users``) and compares the
 matching users with the stored memberships. Only the users whose answer differs are
 touched, each exactly like the real-time path: under the profile's advisory lock, the
 in-memory evaluator decides (so both paths share one authority), memberships are
@@ -25,8 +25,8 @@ from libs.runtime.kafka import Producer
 from libs.runtime.tables import Segment
 from libs.schemas import SegmentChanged
 from libs.schemas.rules import is_time_dependent
+from libs.segments.sql import matching_users
 from services.segmenter import logic, store
-from services.segmenter.compiler import matching_users
 from services.segmenter.consumer import load_rules, record_changes
 from services.segmenter.metrics import SEGMENT_CHANGES
 

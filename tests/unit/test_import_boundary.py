@@ -39,6 +39,7 @@ PURE_MODULES = [
     "libs.schemas",
     "libs.schemas.rules",
     "libs.schemas.journeys",
+    "libs.segments.semantics",
 ]
 
 PROBE = """
