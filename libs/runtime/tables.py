@@ -183,6 +183,7 @@ class Membership(Base):
     real-time consumer and the scheduler); read by admin."""
 
     __tablename__ = "segment_memberships"
+    __table_args__ = (Index("ix_segment_memberships_user", "app_id", "user_key"),)
 
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     segment_id: Mapped[str] = mapped_column(String(32), primary_key=True)

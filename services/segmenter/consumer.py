@@ -41,6 +41,8 @@ class AppRules:
     """The app's active segments and what evaluating them needs loaded."""
 
     segments: dict[str, Node]
+    # segment id → ``logic.rule_fingerprint`` of its stored rule (the scheduler's check)
+    fingerprints: dict[str, str]
     context: logic.Context
     counters: bool
     recent: bool
@@ -184,9 +186,11 @@ async def record_changes(
 async def load_rules(session: AsyncSession, app_id: str, now: datetime) -> AppRules:
     """The app's active segments, parsed, and what evaluating them needs loaded."""
     parsed: dict[str, Node] = {}
+    fingerprints: dict[str, str] = {}
     for segment in await store.active_segments(session, app_id=app_id):
         try:
             parsed[segment.id] = parse_rule(segment.rule)
+            fingerprints[segment.id] = logic.rule_fingerprint(segment.rule)
         except RuleError as exc:
             # Admin validates rules on write; a stored bad rule is skipped, loudly.
             log.error("segment rule invalid", extra={"segment": segment.id, "error": str(exc)})
@@ -196,6 +200,7 @@ async def load_rules(session: AsyncSession, app_id: str, now: datetime) -> AppRu
         rfm = await rfm_thresholds(session, app_id=app_id, now=now)
     return AppRules(
         segments=parsed,
+        fingerprints=fingerprints,
         context=logic.Context(rfm=rfm),
         counters=any(
             isinstance(n, RevenueCond) or (isinstance(n, EventCond) and not n.exact) for n in nodes

@@ -22,6 +22,7 @@ RFM (recency, frequency, monetary), per app:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -596,6 +597,13 @@ class Change:
     segment_id: str
     change: str  # entered | exited
     change_id: str
+
+
+def rule_fingerprint(raw: Any) -> str:
+    """A stable digest of a stored rule's JSON (key order ignored): the scheduler compares
+    it with the one it last reconciled memberships with, to notice a new or changed rule."""
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def dependency_order(segments: Mapping[str, Node]) -> list[str]:

@@ -51,6 +51,19 @@ class SeenEvent(Base):
     seen_at: Mapped[datetime]
 
 
+class RuleSync(Base):
+    """The rule (by ``logic.rule_fingerprint``) a segment's memberships were last fully
+    reconciled with by the scheduler. A segment without a row, or whose rule has another
+    fingerprint now, is new or changed: the scheduler recomputes its memberships."""
+
+    __tablename__ = "segmenter_rule_syncs"
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    segment_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    synced_at: Mapped[datetime]
+
+
 async def first_sightings(session: AsyncSession, *, app_id: str, event_ids: list[str]) -> set[str]:
     """Record ``event_ids`` as seen; returns those not seen before (to be applied)."""
     if not event_ids:
@@ -150,6 +163,49 @@ async def memberships(session: AsyncSession, *, app_id: str, user_key: str) -> s
         )
     )
     return set(rows)
+
+
+async def synced_rules(session: AsyncSession, *, app_id: str) -> dict[str, str]:
+    """Segment id → fingerprint of the rule its memberships were last reconciled with."""
+    rows = await session.execute(
+        select(RuleSync.segment_id, RuleSync.fingerprint).where(RuleSync.app_id == app_id)
+    )
+    return {segment_id: fingerprint for segment_id, fingerprint in rows}
+
+
+async def mark_synced(
+    session: AsyncSession, *, app_id: str, fingerprints: dict[str, str], at: datetime
+) -> None:
+    """Record that each segment's memberships now agree with the rule ``fingerprints``
+    names (idempotent: the latest call wins)."""
+    if not fingerprints:
+        return
+    stmt = insert(RuleSync).values(
+        [
+            {"app_id": app_id, "segment_id": s, "fingerprint": f, "synced_at": at}
+            for s, f in sorted(fingerprints.items())
+        ]
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[RuleSync.app_id, RuleSync.segment_id],
+            set_={"fingerprint": stmt.excluded.fingerprint, "synced_at": stmt.excluded.synced_at},
+        )
+    )
+
+
+async def drop_inactive(session: AsyncSession, *, app_id: str) -> int:
+    """Delete the memberships (and sync marks) of the app's segments that are no longer
+    active (archived by admin); returns how many memberships went. No SegmentChanged is
+    published: the segment is gone, its users did not change."""
+    active = select(Segment.id).where(Segment.app_id == app_id, Segment.status == "active")
+    await session.execute(
+        delete(RuleSync).where(RuleSync.app_id == app_id, RuleSync.segment_id.not_in(active))
+    )
+    result = await session.execute(
+        delete(Membership).where(Membership.app_id == app_id, Membership.segment_id.not_in(active))
+    )
+    return int(result.rowcount or 0)
 
 
 async def members(session: AsyncSession, *, app_id: str, segment_id: str) -> set[str]:

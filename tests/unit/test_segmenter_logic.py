@@ -728,3 +728,14 @@ def test_counters_saturate_instead_of_overflowing() -> None:
     assert attrs["n"] == INT64_MAX and isinstance(attrs["n"], int)
     attrs = apply_attributes({"n": 2}, {"increment": {"n": 3}})
     assert attrs["n"] == 5 and isinstance(attrs["n"], int)
+
+
+def test_rule_fingerprint_ignores_key_order_and_notices_any_change() -> None:
+    from services.segmenter.logic import rule_fingerprint
+
+    rule = {"attribute": "city", "op": "eq", "value": "تهران"}
+    same = {"value": "تهران", "op": "eq", "attribute": "city"}
+    assert rule_fingerprint(rule) == rule_fingerprint(same)
+    assert rule_fingerprint(rule) != rule_fingerprint({**rule, "value": "شیراز"})
+    assert rule_fingerprint({"all": [rule]}) != rule_fingerprint(rule)
+    assert len(rule_fingerprint(rule)) == 64
