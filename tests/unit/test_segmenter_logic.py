@@ -22,6 +22,7 @@ from services.segmenter.logic import (
     apply_event,
     evaluate,
     membership_changes,
+    rule_fingerprint,
 )
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -731,8 +732,6 @@ def test_counters_saturate_instead_of_overflowing() -> None:
 
 
 def test_rule_fingerprint_ignores_key_order_and_notices_any_change() -> None:
-    from services.segmenter.logic import rule_fingerprint
-
     rule = {"attribute": "city", "op": "eq", "value": "تهران"}
     same = {"value": "تهران", "op": "eq", "attribute": "city"}
     assert rule_fingerprint(rule) == rule_fingerprint(same)
