@@ -124,8 +124,11 @@ def periods(start: date, end: date, interval: str) -> list[tuple[date, date]]:
     return spans
 
 
-def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as CSV with a header; nested values (dicts) are flattened as ``name.key``."""
+def to_csv(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, header: bool = True
+) -> str:
+    """Rows as CSV, with a header line unless ``header`` is false (the chunks after the
+    first of a streamed export); nested values (dicts) are flattened as ``name.key``."""
     flat_columns: list[str] = []
     for column in columns:
         sample = rows[0].get(column) if rows else None
@@ -135,7 +138,8 @@ def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
             flat_columns.append(column)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(flat_columns)
+    if header:
+        writer.writerow(flat_columns)
     for row in rows:
         values = []
         for column in flat_columns:

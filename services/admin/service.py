@@ -3,5 +3,10 @@
 from libs.runtime.service import ServiceSpec
 from services.admin.api import router
 from services.admin.reports_api import router as reports_router
+from services.admin.segments_api import router as segments_router
 
-SERVICE = ServiceSpec(name="admin", routers=lambda: [router, reports_router], needs_clickhouse=True)
+SERVICE = ServiceSpec(
+    name="admin",
+    routers=lambda: [router, segments_router, reports_router],
+    needs_clickhouse=True,
+)

@@ -32,6 +32,7 @@ PURE_EXTRAS = [
     "services.attribution.outcomes",
     "services.attribution.fraud",
     "services.attribution.signing",
+    "services.admin.segments",
 ]
 PURE_MODULES = [
     *SERVICE_LOGIC,
