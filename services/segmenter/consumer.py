@@ -41,8 +41,10 @@ class AppRules:
     """The app's active segments and what evaluating them needs loaded."""
 
     segments: dict[str, Node]
-    # segment id → ``logic.rule_fingerprint`` of its stored rule (the scheduler's check)
+    # segment id → ``logic.rule_fingerprint`` of its stored rule, and when admin last
+    # wrote the segment (the scheduler's check for new and changed rules)
     fingerprints: dict[str, str]
+    updated_at: dict[str, datetime]
     context: logic.Context
     counters: bool
     recent: bool
@@ -187,10 +189,12 @@ async def load_rules(session: AsyncSession, app_id: str, now: datetime) -> AppRu
     """The app's active segments, parsed, and what evaluating them needs loaded."""
     parsed: dict[str, Node] = {}
     fingerprints: dict[str, str] = {}
+    updated_at: dict[str, datetime] = {}
     for segment in await store.active_segments(session, app_id=app_id):
         try:
             parsed[segment.id] = parse_rule(segment.rule)
             fingerprints[segment.id] = logic.rule_fingerprint(segment.rule)
+            updated_at[segment.id] = segment.updated_at
         except RuleError as exc:
             # Admin validates rules on write; a stored bad rule is skipped, loudly.
             log.error("segment rule invalid", extra={"segment": segment.id, "error": str(exc)})
@@ -201,6 +205,7 @@ async def load_rules(session: AsyncSession, app_id: str, now: datetime) -> AppRu
     return AppRules(
         segments=parsed,
         fingerprints=fingerprints,
+        updated_at=updated_at,
         context=logic.Context(rfm=rfm),
         counters=any(
             isinstance(n, RevenueCond) or (isinstance(n, EventCond) and not n.exact) for n in nodes

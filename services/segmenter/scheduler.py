@@ -17,8 +17,11 @@ Every ``interval`` the scheduler takes each app that has segments and:
    decides (so both paths share one authority), memberships are written and
    SegmentChanged records published before the commit;
 4. records the fingerprint of each new or changed rule whose differing users were all
-   handled, so that it is not compared again until it changes (or, if time-dependent,
-   at every tick as before).
+   handled and that was written at least ``RULE_SETTLE`` ago, so that it is not
+   compared again until it changes (or, if time-dependent, at every tick as before).
+   The settling time covers a consumer batch that loaded the previous rule just before
+   the change and commits memberships decided by it after this tick compared: the next
+   tick corrects those.
 
 One replica works on an app at a time (a try-lock per app); others skip it until the
 next tick. The delay between a clock condition becoming true (or a rule change being
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 60.0
 MAX_USERS_PER_APP_TICK = 5_000
+RULE_SETTLE = timedelta(seconds=30)
 
 
 class SegmentScheduler:
@@ -160,7 +164,7 @@ class SegmentScheduler:
                 fingerprints={
                     sid: rules.fingerprints[sid]
                     for sid in sorted(changed_rules)
-                    if differing[sid] <= handled
+                    if differing[sid] <= handled and rules.updated_at[sid] <= now - RULE_SETTLE
                 },
                 at=now,
             )

@@ -21,7 +21,9 @@ from libs.runtime.settings import PlatformSettings
 from libs.runtime.tables import Profile
 from libs.runtime.tenancy import provision_app
 from services.admin import segments_api
-from services.segmenter.scheduler import SegmentScheduler
+from services.segmenter import store as segmenter_store
+from services.segmenter.logic import rule_fingerprint
+from services.segmenter.scheduler import RULE_SETTLE, SegmentScheduler
 from tests.conftest import Platform, eventually
 
 pytestmark = pytest.mark.integration
@@ -463,8 +465,17 @@ async def test_rule_changes_and_archives_reach_memberships_by_the_scheduler(
     # A segment created after its users: they enter at the next tick, too.
     late = await create_segment(http, app_keys, "Tehran again", TEHRAN)
     await eventually(lambda: after_tick(late, {"t-1", "t-2"}))
-    # Reconciled rules are not compared again: a further tick changes nothing.
-    assert await scheduler.tick_app(app_keys["app_id"], datetime.now(UTC)) == 0
+    # Once reconciled and settled, a rule is not compared again until it changes.
+    settled_at = datetime.now(UTC) + RULE_SETTLE
+
+    async def recorded() -> bool:
+        await scheduler.tick_app(app_keys["app_id"], settled_at)
+        async with resources.sessions() as session:
+            synced = await segmenter_store.synced_rules(session, app_id=app_keys["app_id"])
+        return synced.get(late) == rule_fingerprint(TEHRAN)
+
+    await eventually(recorded)
+    assert await scheduler.tick_app(app_keys["app_id"], settled_at) == 0
 
     # Archived: gone from the users' segments at once, its memberships at the next tick.
     assert (await http.delete(f"/admin/v1/segments/{late}", headers=keys)).status_code == 200
