@@ -6,13 +6,14 @@ service's private tables live in its own ``store.py``. Every query filters by ``
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -142,3 +143,49 @@ class DeviceAlias(Base):
     device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     user_key: Mapped[str] = mapped_column(String(200))
     updated_at: Mapped[datetime]
+
+
+# Segmenter's evaluation inputs and output. Written by segmenter only; admin reads them
+# through the segment SQL compiler (``libs.segments.sql``) for previews and exports.
+
+
+class DailyCounter(Base):
+    """Per (user, event name, UTC day): how many first-seen events and their revenue.
+    Kept for all time (one row per user, name and active day). Written by segmenter."""
+
+    __tablename__ = "segmenter_daily_counters"
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[float] = mapped_column(Float)
+
+
+class RecentEventRow(Base):
+    """The user's events of the last ``RECENT_EVENTS_DAYS`` days with their props.
+    Written by segmenter."""
+
+    __tablename__ = "segmenter_recent_events"
+    __table_args__ = (Index("ix_segmenter_recent_events_user", "app_id", "user_key", "name", "ts"),)
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(128))
+    ts: Mapped[datetime]
+    props: Mapped[dict[str, Any]]
+
+
+class Membership(Base):
+    """A user's membership of a segment, since ``entered_at``. Written by segmenter (the
+    real-time consumer and the scheduler); read by admin."""
+
+    __tablename__ = "segment_memberships"
+    __table_args__ = (Index("ix_segment_memberships_user", "app_id", "user_key"),)
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    segment_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    entered_at: Mapped[datetime]

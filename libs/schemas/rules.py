@@ -17,7 +17,8 @@ condition := {"attribute": "city", "op": "eq", "value": "Tehran"}
            | {"rfm": {"r": [4, 5], "f": [4, 5], "m": [3, 5]}}
 ```
 
-Meaning (both evaluators, ``services.segmenter.logic`` and ``.compiler``, implement it):
+Meaning (both evaluators, ``services.segmenter.logic`` and ``libs.segments.sql``,
+implement it):
 
 - Durations are ``{"minutes"|"hours"|"days": n}``. ``before`` means strictly earlier than
   ``now - ago``; ``after`` means at or later than it.

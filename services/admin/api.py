@@ -1,29 +1,24 @@
-"""The admin API (admin token): trackers, segments, journeys, the per-user view and
-delivery receipts. Thin: parse, call the store, answer."""
+"""The admin API (admin token): trackers, journeys, the per-user view and delivery
+receipts (segments: ``segments_api``). Thin: parse, call the store, answer."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from libs.runtime.deps import ClickHouseDep, ProducerDep, SessionDep, SettingsDep, after_commit
+from libs.runtime.deps import ClickHouseDep, ProducerDep, SessionDep, SettingsDep
 from libs.runtime.errors import InvalidInput, NotFound
-from libs.runtime.tables import Journey, Segment, Tracker
+from libs.runtime.tables import Journey, Tracker
 from libs.runtime.tenancy import AdminAppDep
-from libs.schemas import ConfigChanged
-from libs.schemas.rules import RuleError, parse_rule
 from services.admin import logic, store, warehouse
+from services.admin.changes import announce as _changed
 from services.admin.schemas import (
     DeliveryList,
     DeliveryRead,
     JourneyCreate,
     JourneyRead,
     ProfileRead,
-    SegmentCreate,
-    SegmentRead,
     TrackerCreate,
     TrackerRead,
     TrackerUpdate,
@@ -60,26 +55,6 @@ def _tracker_read(request: Request, public_url: str | None, t: Tracker) -> Track
         postback_urls=list(t.postback_urls or []),
         redirect_domains=list(t.redirect_domains or []),
     )
-
-
-def _changed(
-    request: Request,
-    producer: ProducerDep,
-    app_id: str,
-    entity: str,
-    entity_id: str,
-    action: str = "created",
-) -> None:
-    """Announce a configuration change once it is committed (caches invalidate on it)."""
-    change = ConfigChanged(
-        app_id=app_id,
-        change_id=uuid.uuid4().hex,
-        entity=entity,
-        entity_id=entity_id,
-        action=action,
-        ts=datetime.now(UTC),
-    )
-    after_commit(request, lambda: producer.publish(change))
 
 
 @router.post("/trackers", status_code=201, operation_id="create_tracker")
@@ -171,46 +146,6 @@ async def archive_tracker(
     await store.update_tracker(session, tracker=tracker, values={"status": "archived"})
     _changed(request, producer, app_id, "tracker", token, "deleted")
     return _tracker_read(request, settings.public_url, tracker)
-
-
-def _segment_read(s: Segment) -> SegmentRead:
-    return SegmentRead(id=s.id, name=s.name, rule=s.rule, status=s.status, created_at=s.created_at)
-
-
-@router.post("/segments", status_code=201, operation_id="create_segment")
-async def create_segment(
-    body: SegmentCreate,
-    request: Request,
-    app_id: AdminAppDep,
-    session: SessionDep,
-    producer: ProducerDep,
-) -> SegmentRead:
-    rules = {s.id: s.rule for s in await store.list_segments(session, app_id=app_id)}
-    try:
-        # Referenced segments must exist in this app, and references must not loop.
-        parse_rule(body.rule, rules.get)
-    except RuleError as exc:
-        raise InvalidInput(
-            str(exc),
-            field=f"rule.{exc.path}" if exc.path != "rule" else "rule",
-            code="invalid_rule",
-        ) from None
-    segment = await store.create_segment(session, app_id=app_id, name=body.name, rule=body.rule)
-    _changed(request, producer, app_id, "segment", segment.id)
-    return _segment_read(segment)
-
-
-@router.get("/segments", operation_id="list_segments")
-async def list_segments(app_id: AdminAppDep, session: SessionDep) -> dict[str, list[SegmentRead]]:
-    return {"items": [_segment_read(s) for s in await store.list_segments(session, app_id=app_id)]}
-
-
-@router.get("/segments/{segment_id}", operation_id="get_segment")
-async def get_segment(segment_id: str, app_id: AdminAppDep, session: SessionDep) -> SegmentRead:
-    segment = await store.get_segment(session, app_id=app_id, segment_id=segment_id)
-    if segment is None:
-        raise NotFound(f"no segment {segment_id}", field="segment_id")
-    return _segment_read(segment)
 
 
 def _journey_read(j: Journey) -> JourneyRead:

@@ -132,8 +132,11 @@ def csv_lines(rows: Iterable[Sequence[Any]]) -> str:
     return out.getvalue()
 
 
-def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as CSV with a header; nested values (dicts) are flattened as ``name.key``."""
+def to_csv(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, header: bool = True
+) -> str:
+    """Rows as CSV, with a header line unless ``header`` is false (the chunks after the
+    first of a streamed export); nested values (dicts) are flattened as ``name.key``."""
     flat_columns: list[str] = []
     for column in columns:
         sample = rows[0].get(column) if rows else None
@@ -141,7 +144,7 @@ def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
             flat_columns.extend(f"{column}.{key}" for key in sample)
         else:
             flat_columns.append(column)
-    lines: list[list[Any]] = [flat_columns]
+    lines: list[list[Any]] = [flat_columns] if header else []
     for row in rows:
         values = []
         for column in flat_columns:

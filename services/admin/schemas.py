@@ -132,12 +132,86 @@ class SegmentCreate(_In):
     rule: dict[str, Any]
 
 
+class SegmentUpdate(_In):
+    """A PATCH: only the fields sent change; neither may be null."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    rule: dict[str, Any] | None = None
+
+
 class SegmentRead(BaseModel):
     id: str
     name: str
     rule: dict[str, Any]
     status: str
     created_at: datetime
+    updated_at: datetime
+
+
+class RuleCheck(_In):
+    rule: dict[str, Any]
+
+
+class RuleCheckRead(BaseModel):
+    valid: Literal[True]
+    # Segments the rule references (they exist and make no cycle).
+    references: list[str]
+    # True when the clock alone can change the answer: the segmenter then re-evaluates
+    # it every scheduler tick, not only on events.
+    time_dependent: bool
+
+
+MAX_SAMPLE = 100
+
+
+class PreviewRequest(_In):
+    rule: dict[str, Any]
+    sample: int = Field(default=10, ge=0, le=MAX_SAMPLE)
+    group_by: Literal["tracker"] | None = None
+    rank_by: Literal["matching", "share"] = "matching"
+
+
+class SampleUser(BaseModel):
+    user_key: str
+    user_id: str | None
+    first_seen: datetime | None
+    last_seen: datetime | None
+    platform: str | None
+    tracker_token: str | None
+    sessions: int
+    purchases: int
+    revenue: float
+
+
+class PreviewRead(BaseModel):
+    count: int
+    sample: list[SampleUser]
+    # Matching users reachable on each channel (the rule language's ``reachable``).
+    by_channel: dict[str, int]
+
+
+class TrackerGroup(BaseModel):
+    tracker_token: str
+    name: str | None
+    attributed_users: int
+    matching: int
+    share: float
+
+
+class TrackerComparison(BaseModel):
+    count: int
+    groups: list[TrackerGroup]
+
+
+class UserSegmentRead(BaseModel):
+    segment_id: str
+    name: str
+    entered_at: datetime
+
+
+class UserSegments(BaseModel):
+    user_key: str
+    items: list[UserSegmentRead]
 
 
 class JourneyCreate(_In):

@@ -1,5 +1,6 @@
-"""Admin writes the configuration catalog (``libs.runtime.tables``) and reads profiles
-and memberships for the per-user view. Every query is scoped by ``app_id``; repo
+"""Admin writes the configuration catalog (``libs.runtime.tables``) and reads profiles,
+memberships and (through the segment SQL compiler) counters for the per-user view and
+segment previews and exports. Every query is scoped by ``app_id``; repo
 functions never commit (the request's ``SessionDep`` does)."""
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.runtime.tables import Journey, Profile, Segment, Tracker
+from libs.runtime.tables import Journey, Membership, Profile, Segment, Tracker
 from libs.runtime.tenancy import SdkSecret
+from libs.schemas.rules import CHANNELS, Node, ReachableCond
+from libs.segments.sql import compile_rule, context_for
 
 TOKEN_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 TOKEN_LENGTH = 10
@@ -91,6 +94,156 @@ async def list_segments(session: AsyncSession, *, app_id: str) -> list[Segment]:
     return list(rows)
 
 
+async def update_segment(
+    session: AsyncSession, *, segment: Segment, values: dict[str, Any]
+) -> None:
+    """Apply ``values`` to a segment already loaded for its app (scoped by the caller)."""
+    for name, value in values.items():
+        setattr(segment, name, value)
+    segment.updated_at = datetime.now(UTC)
+    await session.flush()
+
+
+async def active_rules(session: AsyncSession, *, app_id: str) -> dict[str, Any]:
+    """Segment id → stored rule of the app's active segments (what a rule may reference:
+    archived segments have no members)."""
+    rows = await session.execute(
+        select(Segment.id, Segment.rule).where(Segment.app_id == app_id, Segment.status == "active")
+    )
+    return {segment_id: rule for segment_id, rule in rows}
+
+
+async def referrer_candidates(
+    session: AsyncSession, *, app_id: str
+) -> tuple[list[tuple[str, str, Any]], list[tuple[str, str, Any, Any]]]:
+    """The app's active segments (id, name, rule) and its journeys that are not archived
+    (id, name, trigger, definition): whatever may reference a segment."""
+    segments = await session.execute(
+        select(Segment.id, Segment.name, Segment.rule).where(
+            Segment.app_id == app_id, Segment.status == "active"
+        )
+    )
+    journeys = await session.execute(
+        select(Journey.id, Journey.name, Journey.trigger, Journey.definition).where(
+            Journey.app_id == app_id, Journey.status != "archived"
+        )
+    )
+    return (
+        [(i, n, r) for i, n, r in segments],
+        [(i, n, t, d) for i, n, t, d in journeys],
+    )
+
+
+async def preview(
+    session: AsyncSession, *, app_id: str, node: Node, now: datetime, sample: int
+) -> tuple[int, dict[str, int], list[dict[str, Any]]]:
+    """Evaluate ``node`` now over the app's profiles (``libs.segments.sql``, the compiler
+    the segmenter's scheduler runs): how many match, how many of those each channel
+    reaches (the ``reachable`` condition's SQL, counted in the same scan), and up to
+    ``sample`` of them, most recently seen first. Reads only."""
+    context = await context_for(session, app_id=app_id, node=node, now=now)
+    rule = compile_rule(node, app_id=app_id, now=now, context=context)
+    reach = [compile_rule(ReachableCond(ch), app_id=app_id, now=now) for ch in CHANNELS]
+    counts = (
+        await session.execute(
+            select(func.count(), *(func.count().filter(r) for r in reach)).where(
+                Profile.app_id == app_id, rule
+            )
+        )
+    ).one()
+    users: list[dict[str, Any]] = []
+    if sample:
+        rows = await session.execute(
+            select(
+                Profile.user_key,
+                Profile.user_id,
+                Profile.first_seen,
+                Profile.last_seen,
+                Profile.platform,
+                Profile.attribution["tracker_token"].astext.label("tracker_token"),
+                Profile.sessions,
+                Profile.purchases,
+                Profile.revenue,
+            )
+            .where(Profile.app_id == app_id, rule)
+            .order_by(Profile.last_seen.desc().nulls_last(), Profile.user_key)
+            .limit(sample)
+        )
+        users = [dict(row._mapping) for row in rows]
+    return counts[0], dict(zip(CHANNELS, counts[1:], strict=True)), users
+
+
+async def tracker_goal(
+    session: AsyncSession, *, app_id: str, node: Node, now: datetime
+) -> tuple[int, list[tuple[str, int, int]]]:
+    """The users matching ``node`` now, and per install tracker (tracker token,
+    attributed users, of them matching). A profile is one user, so each user counts
+    once, under the tracker of the install its profile keeps (the first); attributions
+    rejected as fraud credit no tracker. Reads only."""
+    context = await context_for(session, app_id=app_id, node=node, now=now)
+    rule = compile_rule(node, app_id=app_id, now=now, context=context)
+    total = await session.scalar(select(func.count()).where(Profile.app_id == app_id, rule))
+    token = Profile.attribution["tracker_token"].astext
+    status = func.coalesce(Profile.attribution["status"].astext, "")
+    rows = await session.execute(
+        select(token, func.count(), func.count().filter(rule))
+        .where(Profile.app_id == app_id, token.is_not(None), status != "rejected")
+        .group_by(token)
+    )
+    return int(total or 0), [(t, a, m) for t, a, m in rows]
+
+
+async def members_page(
+    session: AsyncSession, *, app_id: str, segment_id: str, after: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` members of the segment with user keys after ``after`` (keyset
+    pagination in user key order; the primary key serves it), with a few profile
+    fields. Reads only."""
+    stmt = (
+        select(
+            Membership.user_key,
+            Profile.user_id,
+            Membership.entered_at,
+            Profile.first_seen,
+            Profile.last_seen,
+            Profile.platform,
+            Profile.attribution["tracker_token"].astext.label("tracker_token"),
+        )
+        .select_from(Membership)
+        .outerjoin(
+            Profile,
+            and_(Profile.app_id == Membership.app_id, Profile.user_key == Membership.user_key),
+        )
+        .where(Membership.app_id == app_id, Membership.segment_id == segment_id)
+        .order_by(Membership.user_key)
+        .limit(limit)
+    )
+    if after is not None:
+        stmt = stmt.where(Membership.user_key > after)
+    return [dict(row._mapping) for row in await session.execute(stmt)]
+
+
+async def user_segments(
+    session: AsyncSession, *, app_id: str, user_key: str
+) -> list[tuple[str, str, datetime]]:
+    """(segment id, name, entered at) of the user's memberships of active segments, in
+    the order entered."""
+    rows = await session.execute(
+        select(Membership.segment_id, Segment.name, Membership.entered_at)
+        .join(
+            Segment,
+            and_(Segment.app_id == Membership.app_id, Segment.id == Membership.segment_id),
+        )
+        .where(
+            Membership.app_id == app_id,
+            Membership.user_key == user_key,
+            Segment.status == "active",
+        )
+        .order_by(Membership.entered_at, Membership.segment_id)
+    )
+    return [(s, n, e) for s, n, e in rows]
+
+
 async def create_journey(
     session: AsyncSession,
     *,
@@ -128,16 +281,9 @@ async def get_profile(session: AsyncSession, *, app_id: str, user_key: str) -> P
 
 
 async def segment_ids_of(session: AsyncSession, *, app_id: str, user_key: str) -> list[str]:
-    # segment_memberships belongs to segmenter; admin reads it by name, not by class,
-    # because services never import each other.
-    rows = await session.execute(
-        text(
-            "SELECT segment_id FROM segment_memberships "
-            "WHERE app_id = :app_id AND user_key = :user_key ORDER BY segment_id"
-        ),
-        {"app_id": app_id, "user_key": user_key},
-    )
-    return [r[0] for r in rows]
+    """The ids of the active segments the user is a member of (segmenter writes the
+    memberships; the scheduler deletes those of archived segments at its next tick)."""
+    return sorted(s for s, _, _ in await user_segments(session, app_id=app_id, user_key=user_key))
 
 
 SECRET_BYTES = 32

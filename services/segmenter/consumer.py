@@ -20,6 +20,7 @@ from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Record
 from libs.schemas import Event, SegmentChanged, UserAttributed
 from libs.schemas.rules import EventCond, Node, RevenueCond, RfmCond, RuleError, parse_rule, walk
+from libs.segments.sql import rfm_thresholds
 from services.segmenter import logic, store
 from services.segmenter.metrics import SEGMENT_CHANGES
 
@@ -40,6 +41,10 @@ class AppRules:
     """The app's active segments and what evaluating them needs loaded."""
 
     segments: dict[str, Node]
+    # segment id → ``logic.rule_fingerprint`` of its stored rule, and when admin last
+    # wrote the segment (the scheduler's check for new and changed rules)
+    fingerprints: dict[str, str]
+    updated_at: dict[str, datetime]
     context: logic.Context
     counters: bool
     recent: bool
@@ -183,18 +188,24 @@ async def record_changes(
 async def load_rules(session: AsyncSession, app_id: str, now: datetime) -> AppRules:
     """The app's active segments, parsed, and what evaluating them needs loaded."""
     parsed: dict[str, Node] = {}
+    fingerprints: dict[str, str] = {}
+    updated_at: dict[str, datetime] = {}
     for segment in await store.active_segments(session, app_id=app_id):
         try:
             parsed[segment.id] = parse_rule(segment.rule)
+            fingerprints[segment.id] = logic.rule_fingerprint(segment.rule)
+            updated_at[segment.id] = segment.updated_at
         except RuleError as exc:
             # Admin validates rules on write; a stored bad rule is skipped, loudly.
             log.error("segment rule invalid", extra={"segment": segment.id, "error": str(exc)})
     nodes = [n for rule in parsed.values() for n in walk(rule)]
     rfm = None
     if any(isinstance(n, RfmCond) for n in nodes):
-        rfm = await store.rfm_thresholds(session, app_id=app_id, now=now)
+        rfm = await rfm_thresholds(session, app_id=app_id, now=now)
     return AppRules(
         segments=parsed,
+        fingerprints=fingerprints,
+        updated_at=updated_at,
         context=logic.Context(rfm=rfm),
         counters=any(
             isinstance(n, RevenueCond) or (isinstance(n, EventCond) and not n.exact) for n in nodes

@@ -2,9 +2,10 @@
 
 ``apply_event`` folds one event into a profile state; ``evaluate`` answers a parsed
 segment rule (``libs.schemas.rules``) for one ``ProfileView``; ``membership_changes``
-diffs the answers against the stored memberships. ``services.segmenter.compiler`` turns
-the same rules into SQL and must agree with ``evaluate`` on every input (a hypothesis
-test against Postgres proves it); change both together.
+diffs the answers against the stored memberships. ``libs.segments.sql`` turns the same
+rules into SQL and must agree with ``evaluate`` on every input (a hypothesis test against
+Postgres proves it); change both together. What both compute from the rule and the clock
+alone (cut-offs, day windows, dates, RFM context) lives in ``libs.segments.semantics``.
 
 RFM (recency, frequency, monetary), per app:
 
@@ -12,7 +13,8 @@ RFM (recency, frequency, monetary), per app:
 - Thresholds are the 20/40/60/80th percentiles of each over the app's profiles, linearly
   interpolated (Postgres ``percentile_cont``; ``quintile_thresholds`` here), recency in
   days and only over profiles with a ``last_seen``. They are computed per app
-  (``store.rfm_thresholds``) and passed into both evaluators as ``RfmThresholds``.
+  (``libs.segments.sql.rfm_thresholds``) and passed into both evaluators as
+  ``RfmThresholds``.
 - f = 1 + #{thresholds t : sessions > t}; m = 1 + #{t : revenue > t};
   r = 5 − #{t : last_seen < now − t days} (the most recent users score 5); a profile
   that was never seen scores r = 1. Without thresholds no one matches an rfm condition.
@@ -20,14 +22,14 @@ RFM (recency, frequency, monetary), per app:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import re
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from libs.schemas import Event, UserAttributed
@@ -47,8 +49,19 @@ from libs.schemas.rules import (
     RfmCond,
     SeenCond,
     SegmentCond,
-    Window,
     referenced_segments,
+)
+from libs.segments.semantics import (
+    DEG,
+    EARTH_RADIUS_M,
+    IN_APP_WINDOW,
+    NO_CONTEXT,
+    Context,
+    RfmThresholds,
+    ago,
+    as_date,
+    day_range,
+    recency_cuts,
 )
 
 CHANGE_NS = uuid.UUID("a3d7c0de-51e5-4c5b-9a43-0f0c6b8f7c11")
@@ -59,9 +72,6 @@ MAX_CONTACT = 256
 # events can overflow the counter's float8 sum in Postgres (which raises, not saturates).
 MAX_EVENT_REVENUE = 1e18
 PUSH_PROVIDERS = frozenset({"fcm", "apns", "webpush"})
-IN_APP_WINDOW = timedelta(days=30)
-EARTH_RADIUS_M = 6_371_008.8
-DEG = math.pi / 180.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,25 +132,6 @@ class ProfileView:
     counters: tuple[DailyCount, ...] = ()
     recent: tuple[RecentEvent, ...] = ()
     segments: Set[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class RfmThresholds:
-    """Four ascending quintile cut points of each measure (empty: nobody to measure)."""
-
-    recency_days: tuple[float, ...] = ()
-    frequency: tuple[float, ...] = ()
-    monetary: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """App-level inputs of evaluation, the same for every user of the app."""
-
-    rfm: RfmThresholds | None = None
-
-
-NO_CONTEXT = Context()
 
 
 # --- folding ------------------------------------------------------------------------------
@@ -330,14 +321,6 @@ def apply_attribution(state: ProfileState, attributed: UserAttributed) -> Profil
 
 # --- evaluation ---------------------------------------------------------------------------
 
-# The only strings that compare as dates, in both evaluators (Postgres:
-# ``hodhod_iso_timestamp`` in migration 0002): ISO dates and date-times, optional zone.
-ISO_DATE = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
-    r"(?:Z|[+-](?:0[0-9]|1[0-5]):[0-5][0-9])?)?"  # Postgres takes offsets up to 15:59
-)
-
 
 def as_view(profile: ProfileState | ProfileView) -> ProfileView:
     return profile if isinstance(profile, ProfileView) else ProfileView(profile)
@@ -369,15 +352,6 @@ def _not(node: Any, view: ProfileView, now: datetime, ctx: Context) -> bool:
     return not _eval(node.node, view, now, ctx)
 
 
-def ago(now: datetime, delta: timedelta) -> datetime | None:
-    """``now - delta``, or None when that is before the first representable instant
-    (then nothing is before it and everything is after it)."""
-    try:
-        return now - delta
-    except OverflowError:
-        return None
-
-
 def _seen(node: SeenCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
     state = view.state
     seen = state.first_seen if node.which == "first_seen" else state.last_seen
@@ -397,16 +371,6 @@ def _install(node: InstallCond, view: ProfileView, now: datetime, ctx: Context) 
 
 def _attribute_node(node: AttributeCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
     return match_attribute(node, view.state.attributes, now)
-
-
-def day_range(window: Window, now: datetime) -> tuple[date | None, date | None]:
-    """The inclusive UTC day bounds of a whole-day window (None: unbounded)."""
-    if window.between is not None:
-        return window.between
-    if window.within is None:
-        return None, None
-    start = ago(now, window.within)
-    return (start.astimezone(UTC).date() if start is not None else None), None
 
 
 def event_count(node: EventCond, view: ProfileView, now: datetime) -> int:
@@ -509,10 +473,6 @@ def _segment(node: SegmentCond, view: ProfileView, now: datetime, ctx: Context) 
     return node.segment_id in view.segments
 
 
-def recency_cuts(now: datetime, thresholds: RfmThresholds) -> list[datetime | None]:
-    return [ago(now, timedelta(days=min(t, 36_500.0))) for t in thresholds.recency_days]
-
-
 def rfm_scores(state: ProfileState, now: datetime, thresholds: RfmThresholds) -> tuple[int, ...]:
     if state.last_seen is None:
         r = 1
@@ -613,17 +573,6 @@ def _comparable(actual: Any, expected: Any) -> tuple[Any, Any]:
     return None, None
 
 
-def as_date(value: str) -> datetime | None:
-    """An ISO date or date-time (``ISO_DATE``); a value without a zone is taken as UTC."""
-    if ISO_DATE.fullmatch(value) is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
 _EVALUATORS: dict[type, Callable[[Any, ProfileView, datetime, Context], bool]] = {
     All: _all,
     AnyOf: _any,
@@ -648,6 +597,13 @@ class Change:
     segment_id: str
     change: str  # entered | exited
     change_id: str
+
+
+def rule_fingerprint(raw: Any) -> str:
+    """A stable digest of a stored rule's JSON (key order ignored): the scheduler compares
+    it with the one it last reconciled memberships with, to notice a new or changed rule."""
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def dependency_order(segments: Mapping[str, Node]) -> list[str]:

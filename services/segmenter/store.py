@@ -1,6 +1,6 @@
-"""Segmenter's tables: profiles (in ``libs.runtime.tables``, read by others), processed
-events, daily counters, recent events and segment memberships. Repo functions never
-commit.
+"""Segmenter's tables: processed events here; profiles, daily counters, recent events and
+segment memberships in ``libs.runtime.tables`` (admin reads them). Segmenter is their
+only writer. Repo functions never commit.
 
 Event conditions with ``where`` property filters (or windows of minutes/hours) cannot be
 answered from daily counters, which are per (name, day) only. They are answered from
@@ -13,16 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, Float, Index, String, delete, func, select, text
+from sqlalchemy import String, delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from libs.runtime.postgres import Base, lock
-from libs.runtime.tables import DeviceAlias, Profile, Segment
+from libs.runtime.tables import (
+    DailyCounter,
+    DeviceAlias,
+    Membership,
+    Profile,
+    RecentEventRow,
+    Segment,
+)
 from libs.schemas import Event
 from libs.schemas.rules import RECENT_EVENTS_DAYS
 from services.segmenter.logic import (
@@ -30,7 +37,6 @@ from services.segmenter.logic import (
     ProfileState,
     ProfileView,
     RecentEvent,
-    RfmThresholds,
     daily_counts,
 )
 
@@ -45,41 +51,17 @@ class SeenEvent(Base):
     seen_at: Mapped[datetime]
 
 
-class DailyCounter(Base):
-    """Per (user, event name, UTC day): how many first-seen events and their revenue.
-    Kept for all time (one row per user, name and active day)."""
+class RuleSync(Base):
+    """The rule (by ``logic.rule_fingerprint``) a segment's memberships were last fully
+    reconciled with by the scheduler. A segment without a row, or whose rule has another
+    fingerprint now, is new or changed: the scheduler recomputes its memberships."""
 
-    __tablename__ = "segmenter_daily_counters"
-
-    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    day: Mapped[date] = mapped_column(Date, primary_key=True)
-    count: Mapped[int] = mapped_column(BigInteger)
-    revenue: Mapped[float] = mapped_column(Float)
-
-
-class RecentEventRow(Base):
-    """The user's events of the last ``RECENT_EVENTS_DAYS`` days with their props."""
-
-    __tablename__ = "segmenter_recent_events"
-    __table_args__ = (Index("ix_segmenter_recent_events_user", "app_id", "user_key", "name", "ts"),)
-
-    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    user_key: Mapped[str] = mapped_column(String(200))
-    name: Mapped[str] = mapped_column(String(128))
-    ts: Mapped[datetime]
-    props: Mapped[dict[str, Any]]
-
-
-class Membership(Base):
-    __tablename__ = "segment_memberships"
+    __tablename__ = "segmenter_rule_syncs"
 
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     segment_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    user_key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    entered_at: Mapped[datetime]
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    synced_at: Mapped[datetime]
 
 
 async def first_sightings(session: AsyncSession, *, app_id: str, event_ids: list[str]) -> set[str]:
@@ -181,6 +163,49 @@ async def memberships(session: AsyncSession, *, app_id: str, user_key: str) -> s
         )
     )
     return set(rows)
+
+
+async def synced_rules(session: AsyncSession, *, app_id: str) -> dict[str, str]:
+    """Segment id → fingerprint of the rule its memberships were last reconciled with."""
+    rows = await session.execute(
+        select(RuleSync.segment_id, RuleSync.fingerprint).where(RuleSync.app_id == app_id)
+    )
+    return {segment_id: fingerprint for segment_id, fingerprint in rows}
+
+
+async def mark_synced(
+    session: AsyncSession, *, app_id: str, fingerprints: dict[str, str], at: datetime
+) -> None:
+    """Record that each segment's memberships now agree with the rule ``fingerprints``
+    names (idempotent: the latest call wins)."""
+    if not fingerprints:
+        return
+    stmt = insert(RuleSync).values(
+        [
+            {"app_id": app_id, "segment_id": s, "fingerprint": f, "synced_at": at}
+            for s, f in sorted(fingerprints.items())
+        ]
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[RuleSync.app_id, RuleSync.segment_id],
+            set_={"fingerprint": stmt.excluded.fingerprint, "synced_at": stmt.excluded.synced_at},
+        )
+    )
+
+
+async def drop_inactive(session: AsyncSession, *, app_id: str) -> int:
+    """Delete the memberships (and sync marks) of the app's segments that are no longer
+    active (archived by admin); returns how many memberships went. No SegmentChanged is
+    published: the segment is gone, its users did not change."""
+    active = select(Segment.id).where(Segment.app_id == app_id, Segment.status == "active")
+    await session.execute(
+        delete(RuleSync).where(RuleSync.app_id == app_id, RuleSync.segment_id.not_in(active))
+    )
+    result = await session.execute(
+        delete(Membership).where(Membership.app_id == app_id, Membership.segment_id.not_in(active))
+    )
+    return int(result.rowcount or 0)
 
 
 async def members(session: AsyncSession, *, app_id: str, segment_id: str) -> set[str]:
@@ -306,22 +331,3 @@ async def load_view(
         )
         events = tuple(RecentEvent(*row) for row in found)
     return ProfileView(state=state, counters=rows, recent=events, segments=segments)
-
-
-async def rfm_thresholds(session: AsyncSession, *, app_id: str, now: datetime) -> RfmThresholds:
-    """The app's RFM quintile cut points (``percentile_cont``; see ``logic``). One scan of
-    the app's profiles: call once per batch, not per user."""
-    quintiles = text("ARRAY[0.2, 0.4, 0.6, 0.8]::float8[]")
-    recency = func.extract("epoch", now - Profile.last_seen) / 86400.0
-    row = (
-        await session.execute(
-            select(
-                func.percentile_cont(quintiles)
-                .within_group(recency.cast(Float))
-                .filter(Profile.last_seen.is_not(None)),
-                func.percentile_cont(quintiles).within_group(Profile.sessions.cast(Float)),
-                func.percentile_cont(quintiles).within_group(Profile.revenue),
-            ).where(Profile.app_id == app_id)
-        )
-    ).one()
-    return RfmThresholds(*(tuple(float(v) for v in values or ()) for values in row))

@@ -26,7 +26,7 @@ from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Handler, Record, TransientError
 from libs.runtime.postgres import Base
 from libs.runtime.settings import PlatformSettings
-from libs.runtime.tables import DeviceAlias, Journey, Profile, Segment
+from libs.runtime.tables import DeviceAlias, Journey, Membership, Profile, Segment
 from libs.schemas import CONTRACTS, Contract, DeliveryReceipt, validate
 from services.attribution import store as attribution_store
 from services.attribution.consumer import TOPICS as ATTRIBUTION_TOPICS
@@ -195,7 +195,7 @@ SEGMENTER_TABLES: tuple[type[Base], ...] = (
     Profile,
     DeviceAlias,
     segmenter_store.SeenEvent,
-    segmenter_store.Membership,
+    Membership,
 )
 JOURNEY_TABLES: tuple[type[Base], ...] = (journey_store.JourneyRun,)
 DISPATCHER_TABLES: tuple[type[Base], ...] = (

@@ -115,7 +115,7 @@ async def test_second_device_of_a_user_becomes_a_new_device_under_the_original_t
         done = rows.get(influencer, {}).get("new_devices") == 1
         return rows if done and rows.get(landing, {}).get("new_users") == 0 else None
 
-    rows = await eventually(report)
+    rows = await eventually(report, within=60)
     assert (rows[influencer]["new_users"], rows[influencer]["new_devices"]) == (1, 1)
 
     # A replayed login changes nothing.

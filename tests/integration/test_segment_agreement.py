@@ -21,9 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.runtime import postgres
 from libs.runtime.settings import PlatformSettings
-from libs.runtime.tables import Profile
+from libs.runtime.tables import DailyCounter, Membership, Profile, RecentEventRow
 from libs.schemas.rules import RuleError, parse_rule
-from services.segmenter import compiler, logic, store
+from libs.segments import semantics, sql
+from services.segmenter import logic
 
 pytestmark = pytest.mark.integration
 
@@ -336,14 +337,14 @@ async def _agree(
         transaction = await conn.begin()
         try:
             await _insert(conn, app_id, population, now)
-            context = logic.Context()
+            context = semantics.Context()
             if with_rfm:
                 async with postgres.session_factory(engine)(bind=conn) as session:
-                    context = logic.Context(
-                        rfm=await store.rfm_thresholds(session, app_id=app_id, now=now)
+                    context = semantics.Context(
+                        rfm=await sql.rfm_thresholds(session, app_id=app_id, now=now)
                     )
             note(f"context: {context}")
-            query = compiler.matching_users(node, app_id=app_id, now=now, context=context)
+            query = sql.matching_users(node, app_id=app_id, now=now, context=context)
             got = set((await conn.execute(query)).scalars())
         finally:
             await transaction.rollback()
@@ -397,9 +398,9 @@ async def _insert(
         ]
     await conn.execute(insert(Profile), profiles)
     for table, rows in (
-        (store.DailyCounter, counters),
-        (store.RecentEventRow, recent),
-        (store.Membership, members),
+        (DailyCounter, counters),
+        (RecentEventRow, recent),
+        (Membership, members),
     ):
         if rows:
             await conn.execute(insert(table), rows)
@@ -426,7 +427,7 @@ def test_sql_and_memory_agree(
 
 
 DATEISH = st.one_of(
-    st.from_regex(logic.ISO_DATE, fullmatch=True),
+    st.from_regex(semantics.ISO_DATE, fullmatch=True),
     st.text(alphabet="0123456789-:T Z+.", max_size=32),
     st.sampled_from(DATES),
 )
@@ -447,7 +448,7 @@ async def _sql_dates(engine: AsyncEngine, values: list[str]) -> list[int | None]
 
 
 def _micros(value: str) -> int | None:
-    when = logic.as_date(value)
+    when = semantics.as_date(value)
     return None if when is None else (when - EPOCH) // timedelta(microseconds=1)
 
 

@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.runtime import postgres
 from libs.runtime.pipeline import Batch, Record
 from libs.runtime.settings import PlatformSettings
-from libs.runtime.tables import Profile, Segment
+from libs.runtime.tables import DailyCounter, Profile, RecentEventRow, Segment
 from libs.schemas import Event, SegmentChanged
+from libs.segments import semantics, sql
 from services.segmenter import logic, store
 from services.segmenter.consumer import ProfileUpdater
 
@@ -65,14 +66,14 @@ async def counters(sessions: async_sessionmaker[AsyncSession], app_id: str) -> l
     async with sessions() as session:
         rows = await session.execute(
             select(
-                store.DailyCounter.user_key,
-                store.DailyCounter.name,
-                store.DailyCounter.day,
-                store.DailyCounter.count,
-                store.DailyCounter.revenue,
+                DailyCounter.user_key,
+                DailyCounter.name,
+                DailyCounter.day,
+                DailyCounter.count,
+                DailyCounter.revenue,
             )
-            .where(store.DailyCounter.app_id == app_id)
-            .order_by(store.DailyCounter.name, store.DailyCounter.day)
+            .where(DailyCounter.app_id == app_id)
+            .order_by(DailyCounter.name, DailyCounter.day)
         )
         return [tuple(r) for r in rows]
 
@@ -80,9 +81,9 @@ async def counters(sessions: async_sessionmaker[AsyncSession], app_id: str) -> l
 async def recent(sessions: async_sessionmaker[AsyncSession], app_id: str) -> list[str]:
     async with sessions() as session:
         rows = await session.scalars(
-            select(store.RecentEventRow.event_id)
-            .where(store.RecentEventRow.app_id == app_id)
-            .order_by(store.RecentEventRow.event_id)
+            select(RecentEventRow.event_id)
+            .where(RecentEventRow.app_id == app_id)
+            .order_by(RecentEventRow.event_id)
         )
         return list(rows)
 
@@ -200,10 +201,10 @@ async def test_rfm_thresholds_in_sql_are_the_quintiles_of_logic(
             for key, seen, n, revenue in rows
         )
     async with sessions() as session:
-        got = await store.rfm_thresholds(session, app_id=app_id, now=now)
-        empty = await store.rfm_thresholds(session, app_id="segr_nobody", now=now)
+        got = await sql.rfm_thresholds(session, app_id=app_id, now=now)
+        empty = await sql.rfm_thresholds(session, app_id="segr_nobody", now=now)
     recency = [(now - seen).total_seconds() / 86400 for _, seen, _, _ in rows if seen]
     assert got.recency_days == pytest.approx(logic.quintile_thresholds(recency))
     assert got.frequency == pytest.approx(logic.quintile_thresholds(r[2] for r in rows))
     assert got.monetary == pytest.approx(logic.quintile_thresholds(r[3] for r in rows))
-    assert empty == logic.RfmThresholds()
+    assert empty == semantics.RfmThresholds()

@@ -45,10 +45,13 @@ async def click_and_install(http: httpx.AsyncClient, keys: dict[str, str], token
 
 
 async def status_becomes(
-    http: httpx.AsyncClient, admin: dict[str, str], device: str, status: str
+    http: httpx.AsyncClient, admin: dict[str, str], device: str, status: str, *, user: str = ""
 ) -> dict:
+    """The attribution on the device's profile — or, once verified, on its user's (the
+    verification named the device: the install is the user's now)."""
+
     async def probe() -> dict | None:
-        r = await http.get(f"/admin/v1/users/d:{device}", headers=admin)
+        r = await http.get(f"/admin/v1/users/{user or 'd:' + device}", headers=admin)
         attribution = r.json().get("attribution") if r.status_code == 200 else None
         return attribution if attribution and attribution["status"] == status else None
 
@@ -89,7 +92,8 @@ async def test_installs_wait_for_verification(
             },
         )
         assert answer.status_code == 202, answer.text
-    verified = await status_becomes(http, admin, verified_device, "verified")
+    user = f"u-{verified_device}"
+    verified = await status_becomes(http, admin, verified_device, "verified", user=user)
     assert verified["tracker_token"] == token
 
     # Another user never verifies: after the window the install is unverified, not billed.
@@ -101,7 +105,7 @@ async def test_installs_wait_for_verification(
     await status_becomes(http, admin, silent_device, "unverified")
     # The verified install is final: a later sweep leaves it verified.
     await sweep.sweep(datetime.now(UTC) + timedelta(days=30))
-    await status_becomes(http, admin, verified_device, "verified")
+    await status_becomes(http, admin, verified_device, "verified", user=user)
 
     # The tracker report counts each install once, in its latest state, even though the
     # sweep restated one of them "8 days later" (another day, another partition).

@@ -32,6 +32,7 @@ PURE_EXTRAS = [
     "services.attribution.outcomes",
     "services.attribution.fraud",
     "libs.runtime.signing",
+    "services.admin.segments",
 ]
 PURE_MODULES = [
     *SERVICE_LOGIC,
@@ -39,6 +40,7 @@ PURE_MODULES = [
     "libs.schemas",
     "libs.schemas.rules",
     "libs.schemas.journeys",
+    "libs.segments.semantics",
 ]
 
 PROBE = """

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 
 from libs.schemas import Event
 from libs.schemas.rules import parse_rule
-from services.segmenter import compiler
+from libs.segments import sql
 from services.segmenter.logic import (
     Context,
     DailyCount,
@@ -603,11 +603,11 @@ def test_compiled_sql_is_scoped_by_app() -> None:
             ]
         }
     )
-    query = compiler.matching_users(rule, app_id="app_1", now=NOW, context=Context(THRESHOLDS))
-    sql = str(query.compile(dialect=postgresql.dialect()))
+    query = sql.matching_users(rule, app_id="app_1", now=NOW, context=Context(THRESHOLDS))
+    text = str(query.compile(dialect=postgresql.dialect()))
     for table in ("segmenter_daily_counters", "segmenter_recent_events", "segment_memberships"):
-        assert f"{table}.app_id = " in sql
-    assert "profiles.app_id = " in sql
+        assert f"{table}.app_id = " in text
+    assert "profiles.app_id = " in text
 
 
 def test_coordinates_are_kept_to_seven_decimals() -> None:

@@ -22,6 +22,7 @@ from services.segmenter.logic import (
     apply_event,
     evaluate,
     membership_changes,
+    rule_fingerprint,
 )
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -728,3 +729,12 @@ def test_counters_saturate_instead_of_overflowing() -> None:
     assert attrs["n"] == INT64_MAX and isinstance(attrs["n"], int)
     attrs = apply_attributes({"n": 2}, {"increment": {"n": 3}})
     assert attrs["n"] == 5 and isinstance(attrs["n"], int)
+
+
+def test_rule_fingerprint_ignores_key_order_and_notices_any_change() -> None:
+    rule = {"attribute": "city", "op": "eq", "value": "تهران"}
+    same = {"value": "تهران", "op": "eq", "attribute": "city"}
+    assert rule_fingerprint(rule) == rule_fingerprint(same)
+    assert rule_fingerprint(rule) != rule_fingerprint({**rule, "value": "شیراز"})
+    assert rule_fingerprint({"all": [rule]}) != rule_fingerprint(rule)
+    assert len(rule_fingerprint(rule)) == 64

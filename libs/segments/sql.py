@@ -1,5 +1,6 @@
-"""Segment rules to SQL: the bulk twin of ``logic.evaluate`` (count, list, export, the
-scheduler's re-evaluation of time-dependent segments).
+"""Segment rules to SQL: the bulk twin of ``services.segmenter.logic.evaluate``, used by
+the segmenter's scheduler (re-evaluation in bulk) and by admin (preview counts, samples,
+reachability and tracker breakdowns).
 
 ``compile_rule`` turns a parsed rule into a boolean SQLAlchemy Core expression over
 ``profiles`` (counters, recent events and memberships through correlated subqueries);
@@ -7,8 +8,9 @@ scheduler's re-evaluation of time-dependent segments).
 take the same ``now`` and ``Context`` and must agree on every profile: every leaf is
 made two-valued (``coalesce(…, false)``) so that ``not`` inverts exactly as in Python,
 and everything computed from the rule alone (cut-off instants, day bounds, dates in
-values, RFM cut-offs) is computed here in Python with the very functions ``logic``
-uses. Pure: builds statements, executes nothing.
+values, RFM cut-offs) is computed in Python with the very functions the evaluator uses
+(``libs.segments.semantics``). Builds statements and executes nothing, except
+``rfm_thresholds`` and ``context_for``, which read the app-level context a rule needs.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.runtime.tables import Profile
+from libs.runtime.tables import DailyCounter, Membership, Profile, RecentEventRow
 from libs.schemas.rules import (
     All,
     AnyOf,
@@ -58,19 +62,20 @@ from libs.schemas.rules import (
     SeenCond,
     SegmentCond,
     Window,
+    walk,
 )
-from services.segmenter.logic import (
+from libs.segments.semantics import (
     DEG,
     EARTH_RADIUS_M,
     IN_APP_WINDOW,
     NO_CONTEXT,
     Context,
+    RfmThresholds,
     ago,
     as_date,
     day_range,
     recency_cuts,
 )
-from services.segmenter.store import DailyCounter, Membership, RecentEventRow
 
 Expr = ColumnElement[Any]
 Bool = ColumnElement[bool]
@@ -327,3 +332,31 @@ class _Compiler:
             if bounds is not None
         ]
         return and_(true(), *parts)
+
+
+async def rfm_thresholds(session: AsyncSession, *, app_id: str, now: datetime) -> RfmThresholds:
+    """The app's RFM quintile cut points (``percentile_cont``; defined in
+    ``services.segmenter.logic``). One scan of the app's profiles: call once per batch or
+    request, not per user."""
+    quintiles = text("ARRAY[0.2, 0.4, 0.6, 0.8]::float8[]")
+    recency = func.extract("epoch", now - Profile.last_seen) / 86400.0
+    row = (
+        await session.execute(
+            select(
+                func.percentile_cont(quintiles)
+                .within_group(recency.cast(Float))
+                .filter(Profile.last_seen.is_not(None)),
+                func.percentile_cont(quintiles).within_group(Profile.sessions.cast(Float)),
+                func.percentile_cont(quintiles).within_group(Profile.revenue),
+            ).where(Profile.app_id == app_id)
+        )
+    ).one()
+    return RfmThresholds(*(tuple(float(v) for v in values or ()) for values in row))
+
+
+async def context_for(session: AsyncSession, *, app_id: str, node: Node, now: datetime) -> Context:
+    """The ``Context`` evaluating ``node`` for ``app_id`` needs: RFM thresholds are read
+    (one scan) only when the rule has an ``rfm`` condition."""
+    if not any(isinstance(n, RfmCond) for n in walk(node)):
+        return NO_CONTEXT
+    return Context(rfm=await rfm_thresholds(session, app_id=app_id, now=now))
