@@ -15,10 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import insert
 
 from libs.runtime.settings import PlatformSettings
-from libs.runtime.tables import Profile
 from libs.runtime.tenancy import provision_app
 from services.admin import segments_api
 from services.segmenter import store as segmenter_store
@@ -509,12 +507,17 @@ TRACKERS: dict[str, tuple[str, list[int]]] = {
 
 
 async def install_through(
-    http: httpx.AsyncClient, keys: dict[str, str], token: str, user: str, device: str
+    http: httpx.AsyncClient,
+    keys: dict[str, str],
+    token: str,
+    user: str,
+    device: str,
+    **props: Any,
 ) -> None:
     click = await http.get(f"/c/{token}", headers=PHONE)
     referrer = parse_qs(urlsplit(click.headers["location"]).query)["referrer"][0]
     later = datetime.now(UTC) + timedelta(minutes=2)
-    install = event("$install", user, later, props={"referrer": referrer})
+    install = event("$install", user, later, props={"referrer": referrer, **props})
     await send(http, keys, [{**install, "device_id": device}])
 
 
@@ -552,19 +555,23 @@ async def test_trackers_ranked_by_a_goal(
         await profile_with(http, app_keys, user, purchases=n)
         await eventually(partial(_attributed_to, http, keys, user, tokens[name]))
     await profile_with(http, app_keys, "organic", purchases=6)
-    # An install rejected as fraud credits no tracker (fraud rules do not reject installs
-    # over HTTP yet, so the segmenter's profile is written as it would be).
-    async with platform.app.state.resources.sessions() as session, session.begin():
-        await session.execute(
-            insert(Profile).values(
-                app_id=app_keys["app_id"],
-                user_key="fraud",
-                attributes={},
-                last_seen=now,
-                attribution={"tracker_token": tokens["influencer_c"], "status": "rejected"},
-                updated_at=now,
-            )
-        )
+    # An install rejected as fraud (an emulator) credits no tracker, though its user
+    # meets the goal.
+    await install_through(
+        http, app_keys, tokens["influencer_c"], "fraud", "dev-fraud", is_emulator=True
+    )
+    await send(
+        http,
+        app_keys,
+        [event("$purchase", "fraud", now, revenue=100, currency="IRR") for _ in range(5)],
+    )
+    await profile_with(http, app_keys, "fraud", purchases=5)
+
+    async def rejected() -> bool:
+        profile = (await http.get("/admin/v1/users/fraud", headers=keys)).json()
+        return (profile.get("attribution") or {}).get("status") == "rejected"
+
+    await eventually(rejected)
     # The second device of "multi", through another tracker, once its install is counted
     # there (as another install of a known user, never a new user).
     await install_through(http, app_keys, tokens["influencer_b"], "multi", "dev-multi-2")
@@ -580,7 +587,7 @@ async def test_trackers_ranked_by_a_goal(
         brought = [n for (t, n) in users.values() if t == name]
         matching = sum(n >= 5 for n in brought)
         expected[tokens[name]] = (len(brought), matching, matching / len(brought))
-    total = sum(n >= 5 for _, n in users.values()) + 1  # and the organic user
+    total = sum(n >= 5 for _, n in users.values()) + 2  # and the organic and fraud users
     for rank_by in ("matching", "share"):
         r = await http.post(
             "/admin/v1/segments/preview",
