@@ -42,14 +42,18 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JSONResponse(error_body(code, message, field), status_code=status)
 
 
-def client_ip(request: Request, *, trust_forwarded_for: bool) -> str | None:
-    """The client's address: the first ``X-Forwarded-For`` hop when the deployment says
-    a proxy sets it (else any client could claim any address), the peer otherwise."""
+def client_ip(request: Request, *, trust_forwarded_for: bool, hops: int = 1) -> str | None:
+    """The client's address. Behind proxies (``trust_forwarded_for``), the address the
+    outermost of ``hops`` trusted proxies saw: the ``hops``-th entry of
+    ``X-Forwarded-For`` from the right — each proxy appends what it saw, and anything to
+    the left of that the client itself may have written. Otherwise (or when the header
+    is missing, short or garbled there), the peer."""
     if trust_forwarded_for:
-        forwarded = request.headers.get("x-forwarded-for", "")
-        first = forwarded.split(",")[0].strip()
-        if first and len(first) <= 64 and first.isprintable():
-            return first
+        entries = request.headers.get("x-forwarded-for", "").split(",")
+        if len(entries) >= hops:
+            chosen = entries[-hops].strip()
+            if chosen and len(chosen) <= 64 and chosen.isprintable():
+                return chosen
     return request.client.host if request.client else None
 
 

@@ -76,6 +76,8 @@ class HttpSettings(BaseServiceSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # Take the client address from X-Forwarded-For: only behind a proxy that sets it.
     trust_forwarded_for: bool = False
+    # How many trusted proxies append to X-Forwarded-For (a CDN and a load balancer: 2).
+    forwarded_hops: int = Field(default=1, ge=1, le=10)
 
 
 class IngestSettings(BaseServiceSettings):

@@ -32,8 +32,10 @@ async def _read(session: Any, app: App) -> AppRead:
     )
 
 
-async def _app(session: Any, app_id: str) -> App:
-    app = await session.get(App, app_id)
+async def _app(session: Any, app_id: str, *, for_update: bool = False) -> App:
+    """The token's app; ``for_update`` locks its row until the request's transaction ends,
+    so checks across its secrets (the last active one, signing needs one) hold."""
+    app = await session.get(App, app_id, with_for_update=for_update)
     if app is None:  # the token resolved, so only a concurrent delete gets here
         raise NotFound(f"no app {app_id}")
     return app
@@ -57,7 +59,7 @@ async def update_app(
     """Change the time zone, signing requirement or fraud thresholds. ``fraud`` merges
     into the stored thresholds (``null`` restores a default). Turning signing on needs
     an active SDK secret (409 otherwise). Services pick changes up within 30 s."""
-    app = await _app(session, app_id)
+    app = await _app(session, app_id, for_update=True)
     changes = body.model_dump(exclude_unset=True)
     if "timezone" in changes:
         if changes["timezone"] is None or not logic.is_timezone(changes["timezone"]):
@@ -100,12 +102,12 @@ async def revoke_sdk_secret(
 ) -> SdkSecretRead:
     """Revoke a secret: requests signed with it fail within 30 s. The last active secret
     of an app that requires signing cannot be revoked (409): turn signing off first."""
+    app = await _app(session, app_id, for_update=True)
     secrets = await store.sdk_secrets(session, app_id=app_id)
     row = next((s for s in secrets if s.id == secret_id), None)
     if row is None:
         raise NotFound(f"no SDK secret {secret_id}", field="secret_id")
     if row.revoked_at is None:
-        app = await _app(session, app_id)
         others = [s for s in secrets if s.revoked_at is None and s.id != secret_id]
         if app.require_signature and not others:
             raise Conflict(

@@ -125,10 +125,34 @@ def periods(start: date, end: date, interval: str) -> list[tuple[date, date]]:
     return spans
 
 
+# A cell starting with one of these is a formula to a spreadsheet (CSV injection):
+# device ids, user keys and attribute values come from SDKs and must stay text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` safe to open in a spreadsheet: text that a spreadsheet would run as a
+    formula gets a leading apostrophe (OWASP's advice); numbers and other values are
+    unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def _is_number(text: str) -> bool:
+    """``-5``, ``+1.5``, ``+Inf``: a spreadsheet reads these as numbers, not formulas."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def csv_lines(rows: Iterable[Sequence[Any]]) -> str:
-    """Rows of values as CSV lines, each ending in ``\\n``; None is an empty field."""
+    """Rows of values as CSV lines, each ending in ``\\n``; None is an empty field; text
+    that would be a spreadsheet formula is neutralised (:func:`csv_cell`)."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
+    csv.writer(out, lineterminator="\n").writerows([csv_cell(v) for v in row] for row in rows)
     return out.getvalue()
 
 

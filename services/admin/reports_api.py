@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.background import BackgroundTask
 
 from libs.runtime.deps import ClickHouseDep, SessionDep
 from libs.runtime.errors import InvalidInput, NotFound
@@ -317,4 +318,7 @@ async def tracker_users(
         body(),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{token}-{kind}.csv"'},
+        # Closes the stream (its thread and client) also when the client went away
+        # before the body started; closing twice is harmless.
+        background=BackgroundTask(blocks.aclose),
     )

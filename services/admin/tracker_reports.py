@@ -16,8 +16,14 @@ from services.admin.warehouse import ATTRIBUTION, IDENTITY
 
 # Methods that match a click, so the install has a click-to-install time.
 CLICK_METHODS = ("click_id", "adid", "fingerprint")
-# Narrows ``latest`` to one tracker's attributions (the query parameter ``token``).
-OF_TRACKER = "s.tracker_token = {token:String}"
+# Narrows ``latest`` to the attributions the tracker (query parameter ``token``) is named
+# in by any statement — a login can restate an install under the user's original tracker
+# — and keeps those whose latest statement names it (``latest_attributions``' having).
+OF_TRACKER = (
+    "s.attribution_id IN (SELECT attribution_id FROM {db}.attributions "
+    "WHERE app_id = {{app_id:String}} AND tracker_token = {{token:String}})"
+)
+LATEST_OF_TRACKER = "tracker_token = {token:String}"
 # Narrows ``latest`` to the devices of the CTE ``removed``.
 OF_REMOVED_DEVICES = "s.device_id IN (SELECT device_id FROM removed)"
 
@@ -31,17 +37,20 @@ adids AS (
 )"""
 
 
-def latest_attributions(db: str, where: str = "") -> str:
+def latest_attributions(db: str, where: str = "", having: str = "") -> str:
     """The CTE ``latest``: one row per attribution of the app, from its latest statement
     (latest ``attributed_at``; a replay of the same statement ties and the later insert
     wins). ``where`` narrows the statements read: a condition on their columns, spelt
     ``s.<column>``, with query parameters; every statement of an attribution has the same
-    tracker, device and install, so narrowing by them keeps or drops whole attributions.
+    device and install, so narrowing by them keeps or drops whole attributions — not so
+    the tracker or user, which a login may restate: narrow by attribution id, and filter
+    on the latest values with ``having`` (the output names).
 
     ``click_ts`` comes from any statement that carries it, at microsecond precision like
     ``install_us``, so that a click-to-install time is exact. A restatement does not
-    carry it, and a same-day restatement replaces the first statement when ClickHouse
-    merges, so readers fall back to the click's own row (``clicks``, by ``click_id``).
+    carry it (before the attribution service's restatements did), and a same-day
+    restatement replaces the first statement when ClickHouse merges, so readers fall back
+    to the click's own row (``clicks``, by ``click_id``).
     """
     # Columns are qualified (s.): the output names shadow them otherwise.
     version = "(s.attributed_at, s._inserted_at)"
@@ -64,8 +73,8 @@ latest AS (
            max(parseDateTime64BestEffort(
                JSONExtractString(s.payload, 'install_ts'), 6, 'UTC')) AS install_us
     FROM {db}.attributions AS s
-    WHERE s.app_id = {{app_id:String}}{f" AND ({where})" if where else ""}
-    GROUP BY s.attribution_id
+    WHERE s.app_id = {{app_id:String}}{f" AND ({where.format(db=db)})" if where else ""}
+    GROUP BY s.attribution_id{f" HAVING {having}" if having else ""}
 )"""
 
 
@@ -166,7 +175,7 @@ async def ctit_counts(
     are absent."""
     db = ch.database
     sql = f"""
-WITH {latest_attributions(db, OF_TRACKER)},
+WITH {latest_attributions(db, OF_TRACKER, LATEST_OF_TRACKER)},
 picked AS (
     SELECT * FROM latest
     WHERE tracker_token = {{token:String}} AND method IN {{methods:Array(String)}}
@@ -227,7 +236,7 @@ def installs_of(
     db = ch.database
     sql = f"""
 WITH {IDENTITY.format(db=db)},
-{latest_attributions(db, OF_TRACKER)},
+{latest_attributions(db, OF_TRACKER, LATEST_OF_TRACKER)},
 picked AS (
     SELECT * FROM latest
     WHERE tracker_token = {{token:String}} AND kind IN {{kinds:Array(String)}}
@@ -271,7 +280,10 @@ picked AS (
            i.install_ts AS install_ts, i.kind AS kind, i.status AS status,
            i.tracker_token AS tracker_token
     FROM removed AS u
-    ASOF INNER JOIN latest AS i ON i.device_id = u.device_id AND u.ts >= i.install_ts
+    -- the device's latest counted install before the uninstall: a rejected (perhaps
+    -- forged) later install must not hide it
+    ASOF INNER JOIN (SELECT * FROM latest WHERE status != 'rejected') AS i
+        ON i.device_id = u.device_id AND u.ts >= i.install_ts
 ),
 {_ADIDS.format(db=db)}
 SELECT p.uk AS user_key, p.device_id AS device_id, ad.adid AS adid,

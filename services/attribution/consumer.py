@@ -66,10 +66,27 @@ class Matcher:
                 (r.value for r in batch.of("verifications") if isinstance(r.value, UserVerified)),
                 key=lambda v: (v.app_id, v.user_id, v.ts),
             )
-            joined = {(login[0], login[1]) for login in logins}
-            joined |= {(v.app_id, v.user_id) for v in verifications if v.device_id}
-            for app_id, user_id in sorted(joined):
+            # Then the users and devices the batch joins or installs on, in one order too:
+            # an install and a login of one device on two replicas are serialised, and so
+            # are two devices of one user (each reads the other's install as history).
+            installs = [
+                r.value for r in batch.of("installs") if isinstance(r.value, InstallReported)
+            ]
+            users = {(login[0], login[1]) for login in logins}
+            users |= {(v.app_id, v.user_id) for v in verifications if v.device_id}
+            devices = {(login[0], login[2]) for login in logins}
+            devices |= {(v.app_id, v.device_id) for v in verifications if v.device_id}
+            for install in installs:
+                devices.add((install.app_id, install.device_id))
+                user = install.user_id or await store.linked_user(
+                    session, app_id=install.app_id, device_id=install.device_id
+                )
+                if user:
+                    users.add((install.app_id, user))
+            for app_id, user_id in sorted(users):
                 await identity.lock_user(session, app_id=app_id, user_id=user_id)
+            for app_id, device_id in sorted(devices):
+                await store.lock_device(session, app_id=app_id, device_id=device_id)
             await store.record_clicks(session, rows=[_click_row(c) for c in clicks])
             for click_record, click in zip(click_records, clicks, strict=True):
                 if click.kind != "click":
@@ -306,6 +323,8 @@ class Matcher:
         ):
             status = recorded.status  # settled: a replayed install does not reopen it
         fraud_reasons = list(decision.reasons) if status == "rejected" else []
+        # Never stamp a statement older than the one it replaces (see identity.restate).
+        stamp = max(at, recorded.attributed_at) if recorded is not None else at
         values: dict[str, Any] = {
             "app_id": app_id,
             "install_event_id": event_id,
@@ -319,7 +338,7 @@ class Matcher:
             "status": status,
             "tracker_token": outcome.tracker_token,
             "click_id": click.click_id if click else None,
-            "attributed_at": at,
+            "attributed_at": stamp,
             "adid": adid,
             "ip": facts.ip,
             "install_begin_ts": facts.install_begin_ts,
@@ -333,7 +352,7 @@ class Matcher:
             device_id=device_id,
             install_event_id=event_id,
             install_ts=facts.ts,
-            attributed_at=at,
+            attributed_at=stamp,
             method=decision.method,
             kind=outcome.kind,
             status=status,

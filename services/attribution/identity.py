@@ -7,13 +7,14 @@ statement of an attribution replaces the older one downstream). Nothing commits.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.runtime.postgres import lock
 from libs.schemas import UserAttributed
-from services.attribution import outcomes, store
+from services.attribution import logic, outcomes, store
 
 
 async def restate(
@@ -24,8 +25,13 @@ async def restate(
     user_id: str | None = None,
 ) -> UserAttributed:
     """Set a recorded install's status and say so, with everything the first statement
-    said (tracker hierarchy, click time, fraud reasons)."""
+    said (tracker hierarchy, click time, fraud reasons). The statement is stamped
+    ``max(at, the row's last stamp)``: readers keep the latest statement of an
+    attribution by its stamp, and the record that triggers a restatement can be older
+    than the one that made the current statement (a verification sent before the
+    install was uploaded)."""
     row.status = status
+    row.attributed_at = max(at, row.attributed_at)
     tracker = (
         await store.tracker(session, app_id=row.app_id, token=row.tracker_token)
         if row.tracker_token
@@ -44,7 +50,7 @@ async def restate(
         user_id=user_id,
         install_event_id=row.install_event_id,
         install_ts=row.install_ts,
-        attributed_at=at,
+        attributed_at=row.attributed_at,
         method=row.method,
         kind=row.kind,
         status=status,
@@ -67,13 +73,29 @@ async def lock_user(session: AsyncSession, *, app_id: str, user_id: str) -> None
     await lock(session, app_id, "attribution-user", user_id)
 
 
-def _record(row: store.Install) -> outcomes.InstallRecord:
+async def _record(session: AsyncSession, row: store.Install) -> outcomes.InstallRecord:
+    click = (
+        await store.find_click(session, app_id=row.app_id, click_id=row.click_id)
+        if row.click_id
+        else None
+    )
     return outcomes.InstallRecord(
         install_event_id=row.install_event_id,
         install_ts=row.install_ts,
         kind=row.kind,
         tracker_token=row.tracker_token,
         adid=row.adid,
+        method=row.method,
+        # A click row gone from the index (expired) is known by its install's time.
+        click=(
+            logic.ClickFacts(
+                click_id=row.click_id,
+                tracker_token=click.tracker_token if click else row.tracker_token,
+                ts=click.ts if click else row.install_ts,
+            )
+            if row.click_id and (click or row.tracker_token)
+            else None
+        ),
     )
 
 
@@ -111,13 +133,13 @@ async def join_user(
     await session.flush()
     installs = await store.user_installs(session, app_id=app_id, user_key=user_id)
     counted = [row for row in installs if row.status != "rejected"]
-    if counted:
-        original = _record(counted[0])
-        for row in counted[1:]:
-            outcome = outcomes.reclassify(_record(row), original)
-            if (outcome.kind, outcome.tracker_token) != (row.kind, row.tracker_token):
-                row.kind, row.tracker_token = outcome.kind, outcome.tracker_token
-                changed[row.install_event_id] = row
+    records = [await _record(session, row) for row in counted]
+    for i, row in enumerate(counted[1:], start=1):
+        outcome = outcomes.reclassify(records[i], records[:i])
+        if (outcome.kind, outcome.tracker_token) != (row.kind, row.tracker_token):
+            row.kind, row.tracker_token = outcome.kind, outcome.tracker_token
+            records[i] = replace(records[i], kind=outcome.kind, tracker_token=outcome.tracker_token)
+            changed[row.install_event_id] = row
     await session.flush()
     return [
         await restate(session, row, row.status, at, user_id)

@@ -9,11 +9,17 @@ trackers and bill-once.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from services.attribution.logic import INACTIVITY, VERIFICATION_WINDOW, Decision, clean_adid
+from services.attribution.logic import (
+    INACTIVITY,
+    VERIFICATION_WINDOW,
+    ClickFacts,
+    Decision,
+    clean_adid,
+)
 
 NEW_USER, REINSTALL, NEW_DEVICE, REATTRIBUTION, ORGANIC = (
     "new_user",
@@ -102,39 +108,54 @@ def classify(
 
 @dataclass(frozen=True, slots=True)
 class InstallRecord:
-    """One install as the ledger holds it."""
+    """One install as the ledger holds it. ``method`` and ``click`` are how it was
+    matched (``click``: the touch's tracker and time; None for an organic install);
+    ``kind`` and ``tracker_token`` what it is reported as."""
 
     install_event_id: str
     install_ts: datetime
     kind: str
     tracker_token: str | None
     adid: str | None = None
+    method: str = "organic"
+    click: ClickFacts | None = None
 
 
-def reclassify(record: InstallRecord, original: InstallRecord | None) -> Outcome:
+def reclassify(
+    record: InstallRecord, earlier: Sequence[InstallRecord], *, inactivity: timedelta = INACTIVITY
+) -> Outcome:
     """The corrected outcome of ``record`` once its user is known ($identify,
-    verification); ``original`` is the user's first attributed install (None: none yet).
+    verification): ``earlier`` are the user's other counted installs before it, oldest
+    first (the first is the user's original attribution).
 
     Only ``new_user`` and ``organic`` records are corrected — the kinds that assumed an
-    unknown user. When ``original`` is another, earlier install: the same advertising id
-    makes ``record`` a ``reinstall`` under its own tracker; otherwise it is a
-    ``new_device`` reported under the original tracker — never a second new user. A record
-    earlier than ``original`` is itself the first and stays (the caller reclassifies the
-    other). Idempotent: applying it to its own result changes nothing.
+    unknown user; without ``earlier`` the record is the user's first and stays. Otherwise
+    the record is judged by :func:`classify` with the history ``earlier`` makes, so a
+    login processed after an install gives the same answer as one processed before it:
+    another device of the user (an advertising id the user never had) becomes
+    ``new_device`` under the original tracker — never a second new user; the same
+    advertising id, or none, a ``reinstall``; a return through a newer click after
+    ``inactivity``, a ``reattribution``. Idempotent.
     """
-    unchanged = Outcome(record.kind, record.tracker_token)
-    if (
-        original is None
-        or original.install_event_id == record.install_event_id
-        or record.kind not in (NEW_USER, ORGANIC)
-        or (record.install_ts, record.install_event_id)
-        < (original.install_ts, original.install_event_id)
-    ):
-        return unchanged
-    adid = clean_adid(record.adid)
-    if adid is not None and adid == clean_adid(original.adid):
-        return Outcome(REINSTALL, record.tracker_token)
-    return Outcome(NEW_DEVICE, original.tracker_token)
+    if record.kind not in (NEW_USER, ORGANIC) or not earlier:
+        return Outcome(record.kind, record.tracker_token)
+    mine = clean_adid(record.adid)
+    adids = frozenset(a for a in (clean_adid(e.adid) for e in earlier) if a)
+    history = History(
+        adid_seen=mine is not None and mine in adids,
+        user_seen=True,
+        user_adids=adids,
+        last_active=max(e.install_ts for e in earlier),
+        original_tracker=earlier[0].tracker_token,
+    )
+    decision = (
+        Decision(record.method, NEW_USER, ATTRIBUTED, record.click)
+        if record.click is not None and record.method != ORGANIC
+        else Decision(ORGANIC, ORGANIC, ATTRIBUTED, None)
+    )
+    return classify(
+        decision, history, install_ts=record.install_ts, adid=record.adid, inactivity=inactivity
+    )
 
 
 def verification_status(

@@ -214,6 +214,11 @@ async def record_clicks(session: AsyncSession, *, rows: list[dict[str, Any]]) ->
         await session.execute(insert(Click).values(rows).on_conflict_do_nothing())
 
 
+async def lock_device(session: AsyncSession, *, app_id: str, device_id: str) -> None:
+    """Hold the device's installs and link until the transaction ends (re-entrant)."""
+    await lock(session, app_id, "attribution-device", device_id)
+
+
 async def lock_click(session: AsyncSession, *, app_id: str, click_id: str) -> None:
     """Serialise the two paths that meet on one click id — an install naming it and the
     click itself arriving — across replicas, so neither misses the other."""
@@ -411,13 +416,16 @@ async def clicks_in_hour(
 async def installs_from_ip(
     session: AsyncSession, *, app_id: str, ip: str, install_event_id: str, until: datetime
 ) -> int:
-    """Installs from ``ip`` in the hour up to and including ``until``, counting the one
-    judged (``install_event_id``) once whether or not it is recorded yet."""
+    """Counted (not rejected) installs from ``ip`` in the hour up to and including
+    ``until``, plus the one judged (``install_event_id``), recorded or not."""
     others = await session.scalar(
         select(func.count()).where(
             Install.app_id == app_id,
             Install.ip == ip,
             Install.install_event_id != install_event_id,
+            # Rejected ones do not count: forged copies anyone can send with the public SDK
+            # key must not push honest installs from a shared address over the limit.
+            Install.status != "rejected",
             Install.install_ts > until - timedelta(hours=1),
             Install.install_ts <= until,
         )

@@ -155,25 +155,34 @@ async def _ingest(
     if refused is not None:
         return refused
     sdk = source == "sdk"
-    verdict = await _check_signature(request, app_id, raw) if sdk else None
     result = logic.parse_batch(
         body,
         app_id=app_id,
         received_at=datetime.now(UTC),
         # A server calls on behalf of users: its own address and agent describe no user.
-        ip=client_ip(request, trust_forwarded_for=settings.trust_forwarded_for) if sdk else None,
+        ip=client_ip(
+            request,
+            trust_forwarded_for=settings.trust_forwarded_for,
+            hops=settings.forwarded_hops,
+        )
+        if sdk
+        else None,
         user_agent=request.headers.get("user-agent") if sdk else None,
         source=source,
         max_batch=settings.ingest_max_batch,
         max_age=timedelta(days=settings.ingest_max_event_age_days) if sdk else None,
     )
+    verdict = await _check_signature(request, app_id, raw) if sdk else None
     if verdict is not None and not verdict.ok:
         return await _refuse_unsigned(producer, result.installs, verdict)
     if verdict is not None:
         result.installs[:] = [i.model_copy(update={"signature": "ok"}) for i in result.installs]
-    await producer.publish_all([*result.events, *result.installs], result.encoded)
-    if verdict is not None and verdict.replay_key is not None:
-        await _remember(request, app_id, verdict.replay_key)
+    try:
+        await producer.publish_all([*result.events, *result.installs], result.encoded)
+    except Exception:
+        if verdict is not None and verdict.replay_key is not None:
+            await _release(request, app_id, verdict.replay_key)
+        raise
     EVENTS.labels("accepted").inc(len(result.events))
     EVENTS.labels("rejected").inc(len(result.rejected))
     return EventsAccepted(
@@ -197,7 +206,8 @@ async def _check_signature(request: Request, app_id: str, raw: bytes) -> Verdict
     """The verdict on the request's signature when the app requires signing, else None.
 
     The signature covers the body exactly as sent (compressed when it was sent
-    compressed). A signature accepted before is a replay."""
+    compressed). The signature is claimed before anything is published (a second use,
+    even concurrent, is a replay) and released if publishing fails."""
     config = await _signing(request).of(app_id)
     if not config.required:
         return None
@@ -210,22 +220,23 @@ async def _check_signature(request: Request, app_id: str, raw: bytes) -> Verdict
         now=datetime.now(UTC),
     )
     if verdict.ok and verdict.replay_key is not None:
-        async with get_resources(request).sessions() as session:
-            if await store.was_seen(session, app_id=app_id, signature=verdict.replay_key):
-                verdict = signing.Verdict(signing.REPLAY)
+        async with get_resources(request).sessions() as session, session.begin():
+            claimed = await store.claim_signature(
+                session,
+                app_id=app_id,
+                signature=verdict.replay_key,
+                now=datetime.now(UTC),
+                keep=2 * signing.SKEW,
+            )
+        if not claimed:
+            verdict = signing.Verdict(signing.REPLAY)
     SIGNATURES.labels(verdict.code).inc()
     return verdict
 
 
-async def _remember(request: Request, app_id: str, signature: str) -> None:
+async def _release(request: Request, app_id: str, signature: str) -> None:
     async with get_resources(request).sessions() as session, session.begin():
-        await store.remember_signature(
-            session,
-            app_id=app_id,
-            signature=signature,
-            now=datetime.now(UTC),
-            keep=2 * signing.SKEW,
-        )
+        await store.release_signature(session, app_id=app_id, signature=signature)
 
 
 async def _refuse_unsigned(

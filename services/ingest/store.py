@@ -71,30 +71,32 @@ class SigningSettings:
         return signing
 
 
-async def was_seen(session: AsyncSession, *, app_id: str, signature: str) -> bool:
-    """True when ``signature`` was accepted before (a replay)."""
-    found = await session.scalar(
-        select(SeenSignature.signature).where(
-            SeenSignature.app_id == app_id, SeenSignature.signature == signature
-        )
-    )
-    return found is not None
-
-
-async def remember_signature(
+async def claim_signature(
     session: AsyncSession, *, app_id: str, signature: str, now: datetime, keep: timedelta
-) -> None:
-    """Record an accepted signature (idempotent) and forget the app's signatures older
-    than ``keep`` (indexed by app and time), so the table holds about ``keep`` worth of
-    requests. Called after the request's records are published: a request whose publish
-    failed may be retried with the same signature. Does not commit."""
-    await session.execute(
+) -> bool:
+    """Record a signature before its request's records are published; False when it was
+    recorded already (a replay, or the same request arriving twice at once). Also forgets
+    the app's signatures older than ``keep`` (indexed by app and time), so the table
+    holds about ``keep`` worth of requests. Does not commit."""
+    claimed = await session.scalar(
         insert(SeenSignature)
         .values(app_id=app_id, signature=signature, seen_at=now)
         .on_conflict_do_nothing()
+        .returning(SeenSignature.signature)
     )
     await session.execute(
         delete(SeenSignature).where(
             SeenSignature.app_id == app_id, SeenSignature.seen_at < now - keep
+        )
+    )
+    return claimed is not None
+
+
+async def release_signature(session: AsyncSession, *, app_id: str, signature: str) -> None:
+    """Forget a claimed signature whose request failed to publish, so that the SDK's retry
+    of the same request is not taken for a replay. Does not commit."""
+    await session.execute(
+        delete(SeenSignature).where(
+            SeenSignature.app_id == app_id, SeenSignature.signature == signature
         )
     )

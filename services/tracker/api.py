@@ -84,7 +84,11 @@ async def _record(
         click_id=uuid.uuid4().hex,
         tracker_token=tracker.token,
         ts=datetime.now(UTC),
-        ip=client_ip(request, trust_forwarded_for=settings.trust_forwarded_for),
+        ip=client_ip(
+            request,
+            trust_forwarded_for=settings.trust_forwarded_for,
+            hops=settings.forwarded_hops,
+        ),
         user_agent=logic.clean(user_agent, logic.MAX_USER_AGENT),
         accept_language=logic.clean(headers.get("accept-language"), 256),
         referer=logic.clean(headers.get("referer"), 4096),

