@@ -8,6 +8,7 @@ environment (``HODHOD_*``), as in production. Started by ``bench._infra.serve_ht
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import uvicorn
@@ -33,6 +34,9 @@ def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise SystemExit("usage: python -m bench._http_server <ingest-api|tracker>")
     settings = PlatformSettings()
+    # uvicorn re-raises SIGTERM once it has shut down; exiting normally instead lets a
+    # profiler the child runs under (``python -m cProfile -o …``) write its output.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     app = compose([spec(argv[0])], settings)
     uvicorn.run(
         app,

@@ -1,6 +1,6 @@
-"""Infrastructure shared by the benchmarks that run more than one process: a private
-Postgres database, one Hodhod HTTP service on one uvicorn worker in a child process, the
-CPU time a process used, and the records a topic holds."""
+"""What the benchmarks share: a private Postgres database, an app with trackers, one
+Hodhod HTTP service on one uvicorn worker in a child process, the CPU time a process (or
+the machine) used, the records a topic holds, and a ConsumerRunner with a stopwatch."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from libs.runtime import localinfra, postgres
+from libs.runtime.pipeline import ConsumerRunner
+from libs.runtime.tenancy import provision_app
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -126,3 +129,74 @@ async def read_topic(
         return values
     finally:
         await consumer.stop()
+
+
+async def provision_trackers(
+    database_url: str, *, count: int, **fields: Any
+) -> tuple[str, list[str]]:
+    """A new app (``provision_app``) and ``count`` active trackers written as the admin
+    API writes them (``TrackerCreate`` with its defaults, then
+    ``services.admin.store.create_tracker``); ``fields`` override the body's fields.
+    Commits. Returns (app id, tracker tokens)."""
+    from services.admin import store
+    from services.admin.schemas import TrackerCreate
+
+    keys = await provision_app(database_url, name=f"bench-{secrets.token_hex(3)}")
+    engine = postgres.create_engine(database_url, pool_size=1)
+    tokens = []
+    try:
+        async with postgres.session_factory(engine)() as session, session.begin():
+            for i in range(count):
+                body = TrackerCreate.model_validate(
+                    {
+                        "name": f"bench campaign {i}",
+                        "channel": "google_play",
+                        "network": f"network {i % 4}",
+                        "campaign": f"campaign {i}",
+                        "store_url": "https://play.google.com/store/apps/details?id=com.example",
+                        **fields,
+                    }
+                )
+                values = body.model_dump(mode="json")
+                values["cost_amount"] = body.cost_amount  # as services.admin.api does
+                tracker = await store.create_tracker(session, app_id=keys.app_id, values=values)
+                tokens.append(tracker.token)
+    finally:
+        await engine.dispose()
+    return keys.app_id, tokens
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes of the machine have used since boot, over every core
+    (``/proc/stat``): with ``cpu_seconds`` of one's own processes, what others took."""
+    with open("/proc/stat") as stat:
+        ticks = [int(x) for x in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
+    return (user + nice + system + irq + softirq + steal) / _TICKS_PER_S
+
+
+class TimedRunner(ConsumerRunner):
+    """ConsumerRunner with a stopwatch around its batch step; the loop itself is untouched.
+
+    The clock starts when the first non-empty batch reaches ``_handle`` (before decoding)
+    and stops once the batch holding the Nth record is committed — the same two points
+    as the bare loops.
+    """
+
+    def __init__(self, *, target: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target = target
+        self.count = 0
+        self.started: float | None = None
+        self.finished: float | None = None
+
+    async def _handle(
+        self, consumer: AIOKafkaConsumer, raw: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+        await super()._handle(consumer, raw)
+        self.count += sum(len(records) for records in raw.values())
+        if self.finished is None and self.count >= self.target:
+            self.finished = time.perf_counter()
+            self.stop()
