@@ -5,18 +5,22 @@ Its own Tansu broker and Postgres database: one app with 20 trackers (written as
 API writes them), then 1,000,000 clicks COPY'd into the clicks index
 (``attribution_clicks``, the table the matcher fills from the ``clicks`` topic) over the
 last 7 days: half with an advertising id, phone user agents over a few hundred thousand
-IPs, 5 % impressions, 2 % bots. The ``installs`` topic is then filled with N installs in
-a fixed mix — the referrer names a click (click_id), the advertising id of a click
-(adid), the IP and device of a click of the last 24 h (fingerprint), or nothing known
-(organic) — shuffled.
+IPs, 5 % impressions, 2 % bots; and 100,000 earlier installs COPY'd into the ledger
+(``attribution_installs``), then ANALYZE — the state of a live database, whose planner
+has statistics (on empty, never-analysed tables it picks the ``(app_id, status)`` index
+for every ledger lookup and scans all of the app's installs each time). The ``installs``
+topic is then filled with N installs in a fixed mix — the referrer names a click
+(click_id), the advertising id of a click (adid), the IP and device of a click of the
+last 24 h (fingerprint), or nothing known (organic) — shuffled.
 
 The measured part is production's: ``Matcher`` driven by ``ConsumerRunner`` (group
 ``attribution.matcher``, the service's topics and settings, resources opened by
-``open_resources``), timed like kafka_kit from the first batch reaching the runner to the
-commit of the batch holding the Nth install (the group join is excluded; it is reported).
+``open_resources``, on uvloop as under uvicorn), timed like kafka_kit from the first
+batch reaching the runner to the commit of the batch holding the Nth install (the group
+join is excluded; it is reported).
 Afterwards the ``attributions`` topic is read back: every install must be there, and the
-methods found are reported beside the planned mix. Tune with BENCH_ATTRIBUTION_INSTALLS
-and BENCH_ATTRIBUTION_CLICKS.
+methods found are reported beside the planned mix. Tune with BENCH_ATTRIBUTION_INSTALLS,
+BENCH_ATTRIBUTION_CLICKS and BENCH_ATTRIBUTION_LEDGER.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from sqlalchemy import event
 
 from bench._infra import (
     Database,
@@ -52,8 +57,9 @@ from services.attribution import logic
 from services.attribution.consumer import TOPICS, Matcher
 from services.tracker.logic import referrer_value
 
-INSTALLS = int(os.environ.get("BENCH_ATTRIBUTION_INSTALLS", "20000"))
+INSTALLS = int(os.environ.get("BENCH_ATTRIBUTION_INSTALLS", "10000"))
 CLICKS = int(os.environ.get("BENCH_ATTRIBUTION_CLICKS", "1000000"))
+LEDGER = int(os.environ.get("BENCH_ATTRIBUTION_LEDGER", "100000"))
 TRACKERS = 20
 TARGET_INSTALLS_PER_S = 5_000
 RUN_TIMEOUT_S = 1_800.0
@@ -110,7 +116,7 @@ BOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.htm
 CLICK_PREFIXES = (5, 31, 37, 46, 78, 89, 91, 151, 185, 188)  # public IPv4 /8s
 ORGANIC_PREFIX = 2  # no click comes from 2.0.0.0/8
 ORGANIC_REFERRER = "utm_source=google-play&utm_medium=organic"
-COLUMNS = (
+CLICK_COLUMNS = (
     "app_id",
     "click_id",
     "tracker_token",
@@ -122,6 +128,22 @@ COLUMNS = (
     "user_agent",
     "fingerprint",
     "kind",
+)
+INSTALL_COLUMNS = (
+    "app_id",
+    "install_event_id",
+    "device_id",
+    "user_key",
+    "install_ts",
+    "ref_click_id",
+    "attribution_id",
+    "method",
+    "kind",
+    "status",
+    "tracker_token",
+    "click_id",
+    "attributed_at",
+    "adid",
 )
 
 
@@ -137,7 +159,7 @@ def _ip(rng: random.Random, prefix: int) -> str:
 def click_rows(
     app_id: str, tokens: list[str], n: int, now: datetime, rng: random.Random
 ) -> list[tuple[Any, ...]]:
-    """n clicks-index rows as ``_click_row`` of the matcher writes them, ts over the last
+    """n clicks-index rows as the matcher's ``_click_row`` writes them, ts over the last
     7 days. The fingerprint is ``logic.fingerprint_key(logic.fingerprint(ip, ua))``, its
     device part computed once per user agent (it does not depend on the IP)."""
     devices = {
@@ -166,6 +188,39 @@ def click_rows(
                 ua,
                 logic.fingerprint_key(logic.Fingerprint(ip, devices[ua])),
                 "impression" if rng.random() < 0.05 else "click",
+            )
+        )
+    return rows
+
+
+def ledger_rows(
+    app_id: str, tokens: list[str], n: int, now: datetime, rng: random.Random
+) -> list[tuple[Any, ...]]:
+    """n earlier installs of the app (30 to 120 days ago, 40 % attributed to a click long
+    expired, 70 % with an advertising id): the ledger a live app has, which every new
+    install's history is looked up in."""
+    rows = []
+    for _ in range(n):
+        ts = now - timedelta(days=30 + rng.random() * 90)
+        device = f"dev-{rng.getrandbits(64):016x}"
+        event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        click_id = f"{rng.getrandbits(128):032x}" if rng.random() < 0.4 else None
+        rows.append(
+            (
+                app_id,
+                event_id,
+                device,
+                f"d:{device}",
+                ts,
+                click_id,
+                logic.attribution_id(app_id, event_id, click_id),
+                "click_id" if click_id else "organic",
+                "new_user" if click_id else "organic",
+                "attributed",
+                rng.choice(tokens) if click_id else None,
+                click_id,
+                ts,
+                _adid(rng) if rng.random() < 0.7 else None,
             )
         )
     return rows
@@ -232,13 +287,21 @@ def installs(
     return out, planned
 
 
-async def fill_clicks(database_url: str, rows: list[tuple[Any, ...]]) -> float:
-    """COPY the rows into the clicks index and ANALYZE it; returns seconds."""
+async def fill(
+    database_url: str, clicks: list[tuple[Any, ...]], ledger: list[tuple[Any, ...]]
+) -> float:
+    """COPY the clicks index and the ledger, then ANALYZE (as autovacuum would have done
+    on a live database); returns seconds."""
     started = time.perf_counter()
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.copy_records_to_table("attribution_clicks", records=rows, columns=COLUMNS)
-        await conn.execute("ANALYZE attribution_clicks")
+        await conn.copy_records_to_table(
+            "attribution_clicks", records=clicks, columns=CLICK_COLUMNS
+        )
+        await conn.copy_records_to_table(
+            "attribution_installs", records=ledger, columns=INSTALL_COLUMNS
+        )
+        await conn.execute("ANALYZE")
     finally:
         await conn.close()
     return time.perf_counter() - started
@@ -263,8 +326,16 @@ async def postgres_cpu_seconds(database_url: str) -> float:
     return total
 
 
-async def run() -> dict[str, Any]:
+def run() -> dict[str, Any]:
+    """On uvloop: the service's consumers run inside uvicorn, whose loop is uvloop."""
+    import uvloop
+
+    return uvloop.run(measure())
+
+
+async def measure() -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="hodhod-bench-attribution-"))
+    load_before = os.getloadavg()
     rng = random.Random(20261130)
     now = datetime.now(UTC).replace(microsecond=0)
     broker = await asyncio.to_thread(localinfra.Tansu.start, log_path=tmp / "tansu.log")
@@ -274,9 +345,15 @@ async def run() -> dict[str, Any]:
         app_id, tokens = await provision_trackers(database.url, count=TRACKERS)
         started = time.perf_counter()
         rows = click_rows(app_id, tokens, CLICKS, now, rng)
+        ledger = ledger_rows(app_id, tokens, LEDGER, now, rng)
         built_s = time.perf_counter() - started
-        copy_s = await fill_clicks(database.url, rows)
-        print(f"  {CLICKS} clicks built in {built_s:.1f} s, copied in {copy_s:.1f} s", flush=True)
+        copy_s = await fill(database.url, rows, ledger)
+        del ledger
+        print(
+            f"  {CLICKS} clicks and {LEDGER} earlier installs built in {built_s:.1f} s, "
+            f"copied in {copy_s:.1f} s",
+            flush=True,
+        )
         reports, planned = installs(app_id, rows, INSTALLS, now, rng)
         del rows
         producer = Producer(broker.bootstrap, client_id="bench-installs")
@@ -301,13 +378,20 @@ async def run() -> dict[str, Any]:
                 settings=settings,
                 dlq_producer=resources.producer,
             )
+            statements = Counter[str]()
+            event.listen(
+                resources.engine.sync_engine,
+                "before_cursor_execute",
+                lambda *args, **kwargs: statements.update(("sent",)),
+            )
             tune_gc()  # as compose does for every service process
             joined = time.perf_counter()
             busy = machine_busy_seconds()
-            cpu = time.process_time()
+            times = os.times()
             await asyncio.wait_for(runner.run(), RUN_TIMEOUT_S)
             wall = time.perf_counter() - joined
-            cpu = time.process_time() - cpu
+            user = os.times().user - times.user
+            cpu = user + os.times().system - times.system
             busy = machine_busy_seconds() - busy
             pg_cpu = await postgres_cpu_seconds(database.url)
         assert runner.started is not None and runner.finished is not None
@@ -319,6 +403,7 @@ async def run() -> dict[str, Any]:
         await asyncio.to_thread(broker.stop)
     attributed = [decode(UserAttributed, v) for v in values]
     found = Counter(a.method for a in attributed)
+    kinds = Counter(a.kind for a in attributed)
     if len({a.install_event_id for a in attributed}) != INSTALLS:
         raise RuntimeError(f"{INSTALLS} installs but {len(attributed)} attributions published")
     rate = round(INSTALLS / seconds)
@@ -326,6 +411,7 @@ async def run() -> dict[str, Any]:
         "parameters": {
             "installs": INSTALLS,
             "clicks_in_index": CLICKS,
+            "earlier_installs_in_ledger": LEDGER,
             "click_ts_spread": "last 7 days, uniform",
             "clicks_with_adid": "50 %",
             "impressions": "5 %",
@@ -337,7 +423,7 @@ async def run() -> dict[str, Any]:
             "database_pool_size": settings.database_pool_size,
             "partitions": 3,
             "broker": "Tansu, same host",
-            "load_average_before": [round(x, 2) for x in os.getloadavg()],
+            "load_average_before": [round(x, 2) for x in load_before],
         },
         "figures": {
             "installs_per_s": rate,
@@ -347,11 +433,14 @@ async def run() -> dict[str, Any]:
             "postgres_cpu_share": round(pg_cpu / wall, 2),
             "other_cpu_share": round(max(busy - cpu - pg_cpu, 0.0) / wall, 2),
             "consumer_cpu_ms_per_install": round(cpu / INSTALLS * 1000, 3),
+            "consumer_kernel_share_of_cpu": round(1 - user / cpu, 2),
             "postgres_cpu_ms_per_install": round(pg_cpu / INSTALLS * 1000, 3),
-            "clicks_build_seconds": round(built_s, 1),
-            "clicks_copy_seconds": round(copy_s, 1),
+            "fill_build_seconds": round(built_s, 1),
+            "fill_copy_analyze_seconds": round(copy_s, 1),
+            "sql_statements_per_install": round(statements["sent"] / INSTALLS, 2),
             "attributions_published": len(attributed),
             **{f"attributed_by_{m}": found.get(m, 0) for m in [*MIX, "view_through"]},
+            "kinds": dict(sorted(kinds.items())),
         },
         "targets": [
             {

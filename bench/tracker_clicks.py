@@ -5,15 +5,18 @@ The tracker service runs alone in a child process (``bench._http_server tracker`
 a private Tansu broker and its own Postgres database holding one app and one tracker,
 written as the admin API writes them. The load generator is a second child process
 (uvloop, asyncio streams, CONNECTIONS keep-alive HTTP/1.1 connections, one request in
-flight on each — a closed loop): every request carries a phone User-Agent and an
-advertising id, and must be answered 302. Latency is per request, from writing it to
-having read the whole answer. The CPU each process used is reported, so a saturated load
-generator would show.
+flight on each): every request carries a phone User-Agent and an advertising id, and must
+be answered 302. Latency is per request, from writing it to having read the whole
+answer. Two loads, REPEATS times each: a closed loop (as fast as the connections go: the
+throughput and its latency) and a paced one at min(target, half the best closed-loop
+rate), where a request held up by a late answer is timed from when it was due. The CPU
+each process used, and what the machine's other users took meanwhile, are reported.
 
 Afterwards every click is read back from the ``clicks`` topic and decoded: the benchmark
 fails unless each 302 answered has its ClickRecorded there (the redirect never waits for
 Kafka, so a click could be lost silently). Tune with BENCH_TRACKER_CLICKS (per
-repetition), BENCH_TRACKER_CONNECTIONS and BENCH_TRACKER_REPEATS.
+closed-loop repetition; paced ones send half), BENCH_TRACKER_CONNECTIONS and
+BENCH_TRACKER_REPEATS.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ CLICKS = int(os.environ.get("BENCH_TRACKER_CLICKS", "30000"))
 CONNECTIONS = int(os.environ.get("BENCH_TRACKER_CONNECTIONS", "16"))
 REPEATS = int(os.environ.get("BENCH_TRACKER_REPEATS", "3"))
 WARM_UP = 500
-PACE_FRACTION = 0.8
+PACE_FRACTION = 0.5
 TARGET_CLICKS_PER_S = 5_000
 TARGET_P99_MS = 10.0
 PHONE_UA = (
@@ -225,7 +228,9 @@ async def run() -> dict[str, Any]:
         for rep in range(REPEATS):
             saturated.append(await measure(client, server, broker, token, CLICKS))
             print(f"  closed loop rep {rep}: {saturated[-1]}", flush=True)
-        pace = min(TARGET_CLICKS_PER_S, round(PACE_FRACTION * _median(saturated, "clicks_per_s")))
+        # the best repetition is the one the machine's other users disturbed least
+        best = max(s["clicks_per_s"] for s in saturated)
+        pace = min(TARGET_CLICKS_PER_S, round(PACE_FRACTION * best))
         for rep in range(REPEATS):
             paced.append(await measure(client, server, broker, token, CLICKS // 2, pace))
             print(f"  paced at {pace}/s rep {rep}: {paced[-1]}", flush=True)
@@ -257,6 +262,7 @@ async def run() -> dict[str, Any]:
     cpu_per_click = round(_median(saturated, "server_cpu_us_per_click"))
     figures = {
         "clicks_per_s": rate,
+        "best_repetition_clicks_per_s": best,
         "p50_ms": round(_median(saturated, "p50_ms"), 2),
         "p99_ms": p99,
         "paced_clicks_per_s": pace,
@@ -281,7 +287,7 @@ async def run() -> dict[str, Any]:
             "repeats": REPEATS,
             "statistic": "median of repetitions",
             "warm_up_clicks": WARM_UP,
-            "paced_rate": f"min(target, {PACE_FRACTION} x closed-loop clicks/s)",
+            "paced_rate": f"min(target, {PACE_FRACTION} x best closed-loop clicks/s)",
             "uvicorn_workers": 1,
             "load_generator": "separate process, uvloop + asyncio streams",
             "broker": "Tansu, same host",
