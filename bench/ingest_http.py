@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -27,7 +24,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from libs.runtime import localinfra, postgres
+from bench._infra import Database, serve_http
+from libs.runtime import localinfra
 from libs.runtime.kafka import ensure_topics, platform_topics
 from libs.runtime.tenancy import provision_app
 from libs.schemas import Event, encode
@@ -130,50 +128,23 @@ async def produce_bare(bootstrap: str, payloads: list[bytes], app_id: str) -> fl
         await producer.stop()
 
 
-async def database_url(tmp: Path) -> tuple[str, Any]:
-    base = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-    embedded = None
-    if not localinfra.port_open("127.0.0.1", 5432) and not os.environ.get("DATABASE_URL"):
-        embedded = localinfra.EmbeddedPostgres(tmp / "pg")
-        base = embedded.url("postgres")
-    head, _, tail = base.partition("?")
-    url = f"{head.rsplit('/', 1)[0]}/hodhod_bench_{secrets.token_hex(4)}" + (
-        f"?{tail}" if tail else ""
-    )
-    await postgres.ensure_database(url)
-    await postgres.migrate_async(url)
-    return url, embedded
-
-
 async def run() -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="hodhod-bench-ingest-"))
     broker = await asyncio.to_thread(localinfra.Tansu.start, log_path=tmp / "tansu.log")
-    url, embedded = await database_url(tmp)
+    database = await Database.create(tmp)
     server = None
     try:
         await ensure_topics(broker.bootstrap, platform_topics(), partitions=3)
-        keys = asdict(await provision_app(url, name="bench"))
-        port = localinfra.free_port()
-        env = {
-            **os.environ,
-            "HODHOD_KAFKA_BOOTSTRAP": broker.bootstrap,
-            "HODHOD_DATABASE_URL": url,
-            "HODHOD_HTTP_PORT": str(port),
-            "HODHOD_LOG_LEVEL": "WARNING",
+        keys = asdict(await provision_app(database.url, name="bench"))
+        server = await serve_http(
+            "ingest-api",
+            bootstrap=broker.bootstrap,
+            database_url=database.url,
             # the limiter is not what is measured
-            "HODHOD_INGEST_RATE_PER_S": "1000000",
-            "HODHOD_INGEST_RATE_BURST": "1000000",
-        }
-        server = subprocess.Popen(  # noqa: ASYNC220 — a child server, started once
-            [
-                sys.executable,
-                *os.environ.get("BENCH_INGEST_PROFILE", "").split(),
-                "-m",
-                "bench._ingest_server",
-            ],
-            env=env,
+            env={"HODHOD_INGEST_RATE_PER_S": "1000000", "HODHOD_INGEST_RATE_BURST": "1000000"},
+            python_args=os.environ.get("BENCH_INGEST_PROFILE", "").split(),
         )
-        await asyncio.to_thread(localinfra.wait_for_port, "127.0.0.1", port, 30)
+        port = server.port
         await post_all(port, keys["sdk_key"], bodies(20))  # warm-up: caches, connections
         http_rates, bare_rates = [], []
         for rep in range(REPEATS):
@@ -191,11 +162,8 @@ async def run() -> dict[str, Any]:
                 )
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(10)
-        await postgres.drop_database(url)
-        if embedded is not None:
-            embedded.stop()
+            server.stop()
+        await database.drop()
         await asyncio.to_thread(broker.stop)
     http = round(statistics.median(http_rates))
     bare = round(statistics.median(bare_rates))

@@ -26,11 +26,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench._infra import TimedRunner
 from libs.runtime.kafka import Producer, ensure_topics
 from libs.runtime.localinfra import Tansu
-from libs.runtime.pipeline import Batch, ConsumerRunner
+from libs.runtime.pipeline import Batch
 from libs.runtime.service import GC_GEN0_THRESHOLD, tune_gc
 from libs.runtime.settings import KafkaSettings
 from libs.schemas import Event, contract_for, decode, dlq_topic, encode
@@ -176,39 +177,12 @@ async def consume_bare(
         await consumer.stop()
 
 
-class _TimedRunner(ConsumerRunner):
-    """ConsumerRunner with a stopwatch around its batch step; the loop itself is untouched.
-
-    The clock starts when the first non-empty batch reaches ``_handle`` (before decoding)
-    and stops once the batch holding the Nth record is committed — the same two points
-    as the bare loops.
-    """
-
-    def __init__(self, *, target: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.target = target
-        self.count = 0
-        self.started: float | None = None
-        self.finished: float | None = None
-
-    async def _handle(
-        self, consumer: AIOKafkaConsumer, raw: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
-    ) -> None:
-        if self.started is None:
-            self.started = time.perf_counter()
-        await super()._handle(consumer, raw)
-        self.count += sum(len(records) for records in raw.values())
-        if self.finished is None and self.count >= self.target:
-            self.finished = time.perf_counter()
-            self.stop()
-
-
 async def _noop(batch: Batch) -> None:
     return None
 
 
 async def consume_runner(bootstrap: str, n: int, dlq: Producer) -> tuple[int, float]:
-    runner = _TimedRunner(
+    runner = TimedRunner(
         target=n,
         group=f"bench-runner-{uuid.uuid4().hex[:8]}",
         topics=[TOPIC],
