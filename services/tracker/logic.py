@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -25,13 +26,22 @@ def redirect_url(store_url: str, click_id: str, tracker_token: str) -> str:
     """``store_url`` with a ``referrer`` query parameter carrying the click id.
 
     This is Google Play's install-referrer shape: the parameter's URL-decoded value is
-    itself a query string. Existing query parameters of the store URL are kept.
+    itself a query string. Existing query parameters of the store URL are kept (a
+    ``referrer`` of its own is replaced).
     """
+    scheme, netloc, path, query, fragment = _store_parts(store_url)
+    referrer = "referrer=" + quote(referrer_value(click_id, tracker_token), safe="")
+    query = f"{query}&{referrer}" if query else referrer
+    return urlunsplit((scheme, netloc, path, query, fragment))
+
+
+@functools.lru_cache(maxsize=1024)
+def _store_parts(store_url: str) -> tuple[str, str, str, str, str]:
+    """A store URL split, its query re-encoded without ``referrer`` — the same for every
+    click of a tracker, so parsed once (bounded cache)."""
     parts = urlsplit(store_url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "referrer"]
-    query.append(("referrer", referrer_value(click_id, tracker_token)))
-    encoded = urlencode(query, quote_via=quote)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, encoded, parts.fragment))
+    return parts.scheme, parts.netloc, parts.path, urlencode(query, quote_via=quote), parts.fragment
 
 
 def allowed_redirect(url: str | None, domains: list[str]) -> str | None:
@@ -57,6 +67,12 @@ def is_bot(user_agent: str | None) -> bool:
     """True for empty user agents and known crawlers/link previewers/HTTP libraries."""
     if not user_agent:
         return True
+    return _bot(user_agent)
+
+
+# User agents repeat across clicks (one per browser build), and the pattern is long.
+@functools.lru_cache(maxsize=4096)
+def _bot(user_agent: str) -> bool:
     return bool(BOT_PATTERN.search(user_agent))
 
 
