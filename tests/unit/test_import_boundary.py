@@ -32,6 +32,7 @@ PURE_EXTRAS = [
     "services.attribution.outcomes",
     "services.attribution.fraud",
     "libs.runtime.signing",
+    "libs.runtime.fraudrules",
     "services.admin.segments",
 ]
 PURE_MODULES = [
