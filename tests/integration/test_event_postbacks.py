@@ -227,8 +227,12 @@ async def test_chosen_events_are_posted_back_once_with_their_revenue(
         assert [c for c in network.calls if c.startswith("/pb?e=%24purchase")] == [purchase_url]
         assert network.to("/signup") == [signup_url, signup_url]  # 500, then delivered
 
-        # Every attempt recorded, under the event's id.
-        attempts = await event_attempts(platform, app_id)
+        # Every attempt recorded, under the event's id (each as soon as its call ended).
+        async def recorded() -> dict[str, list[tuple]] | None:
+            found = await event_attempts(platform, app_id)
+            return found if sum(map(len, found.values())) >= 3 else None
+
+        attempts = await eventually(recorded)
         assert {k: [(a, s, d) for _, a, s, d in v] for k, v in attempts.items()} == {
             purchase["event_id"]: [(1, 200, True)],
             signup["event_id"]: [(1, 500, False), (2, 200, True)],
