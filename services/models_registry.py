@@ -9,6 +9,7 @@ TABLE_MODULES = (
     "libs.runtime.tenancy",
     "libs.runtime.tables",
     "services.attribution.store",
+    "services.attribution.postback_store",
     "services.segmenter.store",
     "services.journey.store",
     "services.dispatcher.store",

@@ -51,6 +51,9 @@ class AttributionSettings(BaseServiceSettings):
     # The operator's data-centre / anonymous-proxy networks, one CIDR per line ("#"
     # comments); installs from them are rejected as fraud. Read when the service starts.
     fraud_datacenter_file: str | None = None
+    # Postback calls to one ad network (per process): sustained rate and burst.
+    postback_rate_per_s: float = Field(default=50.0, gt=0, le=10_000)
+    postback_burst: int = Field(default=10, ge=1, le=10_000)
 
 
 class PostgresSettings(BaseServiceSettings):

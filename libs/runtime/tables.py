@@ -54,7 +54,15 @@ class Tracker(Base):
     cost_model: Mapped[str | None] = mapped_column(String(16))  # cpi | total
     cost_amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 4))
     cost_currency: Mapped[str | None] = mapped_column(String(3))
+    # Install postbacks ({event} is "install"), and the templates of the chosen in-app
+    # events unless ``event_postback_urls`` gives an event its own.
     postback_urls: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    # Names of the in-app events posted back, as the app sends them ("$purchase").
+    postback_events: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    # {event name: [URL template, ...]} for chosen events that have their own endpoints.
+    event_postback_urls: Mapped[dict[str, list[str]]] = mapped_column(
+        JSONB, server_default=text("'{}'::jsonb")
+    )
     # Domains a click's ?redirect= may point to (no open redirect).
     redirect_domains: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
 

@@ -53,6 +53,8 @@ def _tracker_read(request: Request, public_url: str | None, t: Tracker) -> Track
         cost_amount=t.cost_amount,
         cost_currency=t.cost_currency,
         postback_urls=list(t.postback_urls or []),
+        postback_events=list(t.postback_events or []),
+        event_postback_urls=dict(t.event_postback_urls or {}),
         redirect_domains=list(t.redirect_domains or []),
     )
 
@@ -121,10 +123,20 @@ async def update_tracker(
         "view_window_hours",
         "counting",
         "postback_urls",
+        "postback_events",
+        "event_postback_urls",
         "redirect_domains",
     ):
         if name in changes and changes[name] is None:
             raise InvalidInput("cannot be null", field=name)
+    unchosen = logic.unchosen_postback_events(
+        changes.get("postback_events", tracker.postback_events or []),
+        changes.get("event_postback_urls", tracker.event_postback_urls or {}),
+    )
+    if unchosen:
+        raise InvalidInput(
+            "the event is not in postback_events", field=f"event_postback_urls.{unchosen[0]}"
+        )
     await store.update_tracker(session, tracker=tracker, values=changes)
     _changed(request, producer, app_id, "tracker", token, "updated")
     return _tracker_read(request, settings.public_url, tracker)

@@ -293,3 +293,15 @@ def merge_settings(stored: Mapping[str, Any], changes: Mapping[str, Any]) -> dic
         else:
             merged[key] = value
     return merged
+
+
+# Install postbacks are the tracker's ``postback_urls``; an ``$install`` event is not
+# an in-app event to post back a second time.
+NOT_POSTBACK_EVENTS = frozenset({"$install"})
+
+
+def unchosen_postback_events(events: Iterable[str], event_urls: Mapping[str, Any]) -> list[str]:
+    """Event names given their own postback URLs without being among the tracker's
+    ``postback_events``, sorted: such URLs would never be called, so the tracker is
+    refused rather than saved with them."""
+    return sorted(set(event_urls) - set(events))

@@ -15,6 +15,7 @@ from starlette.background import BackgroundTask
 
 from libs.runtime.deps import ClickHouseDep, SessionDep
 from libs.runtime.errors import InvalidInput, NotFound
+from libs.runtime.fraudrules import conversion_rule, tracker_flags
 from libs.runtime.tenancy import AdminAppDep, App
 from libs.schemas.attributions import AttributionStatus
 from services.admin import logic, tracker_reports, warehouse
@@ -185,9 +186,15 @@ async def trackers(
 ) -> Any:
     """Per tracker (or rolled up by network or campaign): clicks, installs by kind and
     status, rejections by reason, uninstalls, revenue, and cost and ROI where the tracker
-    has a cost (CPI: per counted new user — verified ones on verification trackers)."""
+    has a cost (CPI: per counted new user — verified ones on verification trackers).
+    ``flags`` names what a reviewer should look at, judged on the row's own totals with
+    the app's fraud settings: ``low_conversion`` when installs (rejected ones included)
+    per click are below ``min_conversion`` over at least ``min_clicks_for_conversion``
+    clicks — the mark of click spamming."""
     start, end = logic.date_range(start, end)
     figures = await tracker_reports.tracker_report(ch, app_id=app_id, start=start, end=end)
+    app = await session.get(App, app_id)
+    conversion = conversion_rule(app.fraud if app is not None and app.fraud else {})
     known = {t.token: t for t in await list_trackers(session, app_id=app_id)}
     groups: dict[str, dict[str, Any]] = {}
     for token, values in figures.items():
@@ -218,11 +225,15 @@ async def trackers(
     rows = []
     for row in sorted(groups.values(), key=lambda r: r["key"]):
         row["roi"] = logic.roi(row["revenue"], row["cost"])
+        row["flags"] = tracker_flags(
+            clicks=row["clicks"], installs=row["installs"], conversion=conversion
+        )
         if group_by == "tracker":
             row["tracker_token"] = row["key"]
         rows.append(row)
     if format == "csv":
-        return _csv(rows, ["key", *REPORT_FIELDS, "revenue", "cost", "roi"])
+        flat = [{**row, "flags": " ".join(row["flags"])} for row in rows]
+        return _csv(flat, ["key", *REPORT_FIELDS, "revenue", "cost", "roi", "flags"])
     return {"rows": rows}
 
 

@@ -17,8 +17,9 @@ from pydantic import (
     model_validator,
 )
 
-from libs.schemas.base import contract_violation, find_nul
+from libs.schemas.base import Name, contract_violation, find_nul
 from libs.schemas.journeys import JourneyDefinition, SegmentEntered
+from services.admin.logic import NOT_POSTBACK_EVENTS, unchosen_postback_events
 
 TrackerChannel = Literal[
     "landing_page",
@@ -55,6 +56,21 @@ Domain = Annotated[
 ]
 
 
+MAX_POSTBACK_URLS = 10
+MAX_POSTBACK_EVENTS = 50
+PostbackUrls = Annotated[list[AnyHttpUrl], Field(max_length=MAX_POSTBACK_URLS)]
+
+
+def _postback_events(value: list[str] | None) -> list[str] | None:
+    """The chosen event names, each once, in the order given; ``$install`` refused."""
+    if value is None:
+        return None
+    for i, name in enumerate(value):
+        if name in NOT_POSTBACK_EVENTS:
+            raise contract_violation(str(i), "installs are posted back to postback_urls")
+    return list(dict.fromkeys(value))
+
+
 class _TrackerFields(_In):
     network: str | None = Field(default=None, max_length=200)
     campaign: str | None = Field(default=None, max_length=200)
@@ -67,14 +83,30 @@ class _TrackerFields(_In):
     cost_model: Literal["cpi", "total"] | None = None
     cost_amount: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=4)
     cost_currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
-    postback_urls: list[AnyHttpUrl] = Field(default_factory=list, max_length=10)
+    postback_urls: PostbackUrls = Field(default_factory=list)
+    # In-app events posted back (to postback_urls, or to their own event_postback_urls).
+    postback_events: list[Name] = Field(default_factory=list, max_length=MAX_POSTBACK_EVENTS)
+    event_postback_urls: dict[Name, PostbackUrls] = Field(
+        default_factory=dict, max_length=MAX_POSTBACK_EVENTS
+    )
     redirect_domains: list[Domain] = Field(default_factory=list, max_length=20)
+
+    _chosen = field_validator("postback_events")(_postback_events)
 
     @model_validator(mode="after")
     def _cost_is_whole(self) -> _TrackerFields:
         given = [self.cost_model, self.cost_amount, self.cost_currency]
         if any(v is not None for v in given) and any(v is None for v in given):
             raise contract_violation("cost_model", "cost needs cost_model, amount and currency")
+        return self
+
+    @model_validator(mode="after")
+    def _event_urls_are_chosen(self) -> _TrackerFields:
+        unchosen = unchosen_postback_events(self.postback_events, self.event_postback_urls)
+        if unchosen:
+            raise contract_violation(
+                f"event_postback_urls.{unchosen[0]}", "the event is not in postback_events"
+            )
         return self
 
 
@@ -100,8 +132,14 @@ class TrackerUpdate(_In):
     cost_model: Literal["cpi", "total"] | None = None
     cost_amount: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=4)
     cost_currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
-    postback_urls: list[AnyHttpUrl] | None = Field(default=None, max_length=10)
+    postback_urls: PostbackUrls | None = None
+    postback_events: list[Name] | None = Field(default=None, max_length=MAX_POSTBACK_EVENTS)
+    event_postback_urls: dict[Name, PostbackUrls] | None = Field(
+        default=None, max_length=MAX_POSTBACK_EVENTS
+    )
     redirect_domains: list[Domain] | None = Field(default=None, max_length=20)
+
+    _chosen = field_validator("postback_events")(_postback_events)
 
 
 class TrackerRead(BaseModel):
@@ -124,6 +162,8 @@ class TrackerRead(BaseModel):
     cost_amount: Decimal | None
     cost_currency: str | None
     postback_urls: list[str]
+    postback_events: list[str]
+    event_postback_urls: dict[str, list[str]]
     redirect_domains: list[str]
 
 

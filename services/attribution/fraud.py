@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from libs.runtime.fraudrules import ConversionRule, conversion_rule
 from libs.runtime.signing import Verdict
 
 CLICK_INJECTION = "click_injection"
@@ -133,13 +134,13 @@ EMPTY = NetworkSet()
 
 @dataclass(frozen=True, slots=True)
 class FraudConfig:
-    """Per-app thresholds; the defaults follow the issue. Every check can be tuned or off."""
+    """Per-app thresholds; the defaults follow the issue. Every check can be tuned or off.
+    ``conversion`` flags trackers, not installs (``libs.runtime.fraudrules``)."""
 
     min_click_to_install: timedelta = timedelta(seconds=10)
     max_clicks_per_hour: int = 20
     max_installs_per_ip_hour: int = 10
-    min_conversion: float = 0.001
-    min_clicks_for_conversion: int = 1000
+    conversion: ConversionRule = field(default_factory=ConversionRule)
     reject_datacenter: bool = True
     reject_bots: bool = True
     reject_emulators: bool = True
@@ -149,21 +150,20 @@ class FraudConfig:
 
 
 DEFAULT_CONFIG = FraudConfig()
-_NUMBERS = {
-    "max_clicks_per_hour": int,
-    "max_installs_per_ip_hour": int,
-    "min_conversion": float,
-    "min_clicks_for_conversion": int,
-}
+_NUMBERS = {"max_clicks_per_hour": int, "max_installs_per_ip_hour": int}
 _FLAGS = ("reject_datacenter", "reject_bots", "reject_emulators", "reject_rooted")
 
 
 def config_from(settings: Mapping[str, Any], *, require_signature: bool = False) -> FraudConfig:
     """The :class:`FraudConfig` of an app's stored settings (the ``apps.fraud`` JSON that
-    admin validated: ``min_click_to_install_s``, the counts, the ``reject_*`` switches,
-    ``blocked_ips``). Absent or null keys keep the default; unknown keys and values of the
-    wrong type are ignored, so a stored document never stops the consumer."""
-    values: dict[str, Any] = {"require_signature": require_signature}
+    admin validated: ``min_click_to_install_s``, the counts, the conversion rule, the
+    ``reject_*`` switches, ``blocked_ips``). Absent or null keys keep the default; unknown
+    keys and values of the wrong type are ignored, so a stored document never stops the
+    consumer."""
+    values: dict[str, Any] = {
+        "require_signature": require_signature,
+        "conversion": conversion_rule(settings),
+    }
     seconds = settings.get("min_click_to_install_s")
     if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
         values["min_click_to_install"] = timedelta(seconds=seconds)
@@ -236,15 +236,6 @@ def is_click_injection(
     if install_ts - click_ts < min_click_to_install:
         return True
     return install_begin_ts is not None and install_begin_ts < click_ts
-
-
-def low_conversion(*, clicks: int, installs: int, config: FraudConfig) -> bool:
-    """Per-tracker click-spamming flag for review: at least ``min_clicks_for_conversion``
-    clicks and installs/clicks strictly below ``min_conversion``. It flags the tracker,
-    not single installs (an honest install from a spammed tracker is not rejected)."""
-    if clicks < max(config.min_clicks_for_conversion, 1):
-        return False
-    return installs / clicks < config.min_conversion
 
 
 def check_install(

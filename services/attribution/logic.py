@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, unquote
 
 CLICK_WINDOW = timedelta(days=7)
 FINGERPRINT_WINDOW = timedelta(hours=24)
@@ -243,29 +243,6 @@ def fingerprint(
 
 
 # --- matching ----------------------------------------------------------------------------
-
-
-POSTBACK_MACROS = (
-    "click_id",
-    "tracker",
-    "network",
-    "campaign",
-    "adid",
-    "install_ts",
-    "event",
-    "revenue",
-    "currency",
-    "user_key",
-)
-
-
-def postback_url(template: str, values: Mapping[str, str | None]) -> str:
-    """``template`` with each ``{macro}`` replaced by its URL-encoded value (empty when
-    unknown or missing). Only the documented macros are touched; other braces stay."""
-    url = template
-    for name in POSTBACK_MACROS:
-        url = url.replace("{" + name + "}", quote(values.get(name) or "", safe=""))
-    return url
 
 
 def fingerprint_key(fp: Fingerprint | None) -> str | None:

@@ -39,7 +39,15 @@ matcher = one_consumer(
         r.sessions, r.producer, datacenter_networks(r.settings.fraud_datacenter_file)
     ),
 )
-postbacks = one_consumer("attribution.postbacks", POSTBACK_TOPICS, lambda r: Postbacks(r.sessions))
+postbacks = one_consumer(
+    "attribution.postbacks",
+    POSTBACK_TOPICS,
+    lambda r: Postbacks(
+        r.sessions,
+        rate_per_s=r.settings.postback_rate_per_s,
+        burst=r.settings.postback_burst,
+    ),
+)
 
 
 def consumers(resources: Resources) -> Sequence[ConsumerRunner]:

@@ -1,22 +1,12 @@
-"""Attribution's tables: the clicks index and the install ledger. Repo functions never commit."""
+"""Attribution's tables: the clicks index and the install ledger (postbacks:
+``postback_store.py``). Repo functions never commit."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Identity,
-    Index,
-    Integer,
-    String,
-    func,
-    or_,
-    select,
-    text,
-)
+from sqlalchemy import Index, String, func, or_, select, text
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -109,45 +99,6 @@ class DeviceLink(Base):
     device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(128))
     linked_at: Mapped[datetime]
-
-
-class PostbackAttempt(Base):
-    """Every call made to a network's postback URL, and how it went."""
-
-    __tablename__ = "attribution_postbacks"
-    __table_args__ = (
-        Index("ix_attribution_postbacks_attribution", "app_id", "attribution_id", "status"),
-    )
-
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    app_id: Mapped[str] = mapped_column(String(64))
-    attribution_id: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))
-    url: Mapped[str] = mapped_column(String(4096))
-    attempt: Mapped[int] = mapped_column(Integer)
-    http_status: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(String(1024))
-    delivered: Mapped[bool] = mapped_column(Boolean)
-    at: Mapped[datetime]
-
-
-async def delivered_postbacks(
-    session: AsyncSession, *, app_id: str, attribution_id: str, status: str
-) -> set[str]:
-    """URLs already delivered for this attribution in this status (a replay skips them)."""
-    rows = await session.scalars(
-        select(PostbackAttempt.url).where(
-            PostbackAttempt.app_id == app_id,
-            PostbackAttempt.attribution_id == attribution_id,
-            PostbackAttempt.status == status,
-            PostbackAttempt.delivered.is_(True),
-        )
-    )
-    return set(rows)
-
-
-async def record_postback(session: AsyncSession, **values: Any) -> None:
-    session.add(PostbackAttempt(**values))
 
 
 async def record_verification(

@@ -24,6 +24,7 @@ from libs.runtime.deps import ProducerDep, SettingsDep, get_resources
 from libs.runtime.errors import HodhodError, PayloadTooLarge
 from libs.runtime.http import client_ip, error_body, error_response
 from libs.runtime.kafka import Producer
+from libs.runtime.ratelimit import TokenBuckets, retry_after_seconds
 from libs.runtime.settings import PlatformSettings
 from libs.runtime.signing import Verdict
 from libs.runtime.tenancy import SdkAppDep, ServerAppDep, hash_key
@@ -36,7 +37,6 @@ from services.ingest.metrics import (
     SIGNATURES,
     VERIFICATIONS,
 )
-from services.ingest.ratelimit import TokenBuckets, retry_after_seconds
 from services.ingest.store import SigningSettings
 
 SIGNATURE_HEADER = "X-Hodhod-Signature"

@@ -26,11 +26,13 @@ from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Handler, Record, TransientError
 from libs.runtime.postgres import Base
 from libs.runtime.settings import PlatformSettings
-from libs.runtime.tables import DeviceAlias, Journey, Membership, Profile, Segment
-from libs.schemas import CONTRACTS, Contract, DeliveryReceipt, validate
+from libs.runtime.tables import DeviceAlias, Journey, Membership, Profile, Segment, Tracker
+from libs.schemas import CONTRACTS, Contract, DeliveryReceipt, Event, validate
 from services.attribution import store as attribution_store
 from services.attribution.consumer import TOPICS as ATTRIBUTION_TOPICS
 from services.attribution.consumer import Matcher
+from services.attribution.postback_store import PostbackAttempt, PostbackHold
+from services.attribution.postbacks import Postbacks
 from services.dispatcher import store as dispatcher_store
 from services.dispatcher.consumer import TOPICS as DISPATCHER_TOPICS
 from services.dispatcher.consumer import Sender
@@ -197,6 +199,7 @@ SEGMENTER_TABLES: tuple[type[Base], ...] = (
     segmenter_store.SeenEvent,
     Membership,
 )
+POSTBACK_TABLES: tuple[type[Base], ...] = (PostbackHold, PostbackAttempt)
 JOURNEY_TABLES: tuple[type[Base], ...] = (journey_store.JourneyRun,)
 DISPATCHER_TABLES: tuple[type[Base], ...] = (
     dispatcher_store.SendLedger,
@@ -228,6 +231,27 @@ async def setup_segmenter(sessions: async_sessionmaker[AsyncSession], app_id: st
             status="active",
             created_at=now,
             updated_at=now,
+        ),
+    )
+
+
+async def setup_postbacks(sessions: async_sessionmaker[AsyncSession], app_id: str) -> None:
+    """A tracker posting back the examples' events (to no URL: nothing is called). No
+    install is known, so the events are held for theirs."""
+    now = datetime.now(UTC)
+    names = sorted({e.name for e in example_values("events", app_id) if isinstance(e, Event)})
+    await add_catalog(
+        sessions,
+        Tracker(
+            token=secrets.token_hex(5),
+            app_id=app_id,
+            name="پست‌بک",
+            channel="web",
+            store_url="https://example.com",
+            status="active",
+            created_at=now,
+            updated_at=now,
+            postback_events=names,
         ),
     )
 
@@ -286,6 +310,7 @@ CASES = [
             ),
         )
     ),
+    Case("postbacks", ("events",), ("attribution_postback_holds",)),
     *(Case("journey", (topic,), ("journey_runs",)) for topic in JOURNEY_TOPICS),
     *(
         Case("dispatcher", (topic,), ("dispatcher_send_ledger", "dispatcher_outbox"))
@@ -314,6 +339,12 @@ def _consumer(
     match case.consumer:
         case "attribution":
             return Matcher(sessions, producer), pg(ATTRIBUTION_TABLES), nothing
+        case "postbacks":
+            return (
+                Postbacks(sessions),
+                pg(POSTBACK_TABLES),
+                lambda: setup_postbacks(sessions, app_id),
+            )
         case "segmenter":
             return (
                 ProfileUpdater(sessions, producer),

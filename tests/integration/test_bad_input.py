@@ -254,14 +254,19 @@ async def test_garbage_on_a_topic_goes_to_dlq(platform: Platform, app_keys: dict
                     dlq = decode(DlqRecord, rec.value)
                     if marker.encode() in dlq.value_bytes():
                         found[f"{dlq.consumer_group}|{dlq.value_bytes()[:2]!r}"] = dlq
-            # both poison records, as seen by the three consumer groups of `events`
-            return len(found) >= 6
+            # both poison records, as seen by the four consumer groups of `events`
+            return len(found) >= 8
 
         await eventually(dead_letters, within=60)
     finally:
         await consumer.stop()
     groups = {d.consumer_group for d in found.values()}
-    assert groups == {"ingest.warehouse", "segmenter.profiles", "attribution.matcher"}
+    assert groups == {
+        "ingest.warehouse",
+        "segmenter.profiles",
+        "attribution.matcher",
+        "attribution.postbacks",
+    }
     raw_copies = [d for d in found.values() if d.value_bytes() == garbage]
     assert raw_copies and all("invalid JSON" in d.error for d in raw_copies)
     assert all(d.source_topic == "events" for d in found.values())

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from services.ingest.ratelimit import TokenBuckets
+from libs.runtime.ratelimit import TokenBuckets
 from tests.conftest import Platform, eventually
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,5 @@
-"""The per-tracker report from ClickHouse: clicks, installs by kind, revenue, cost, ROI."""
+"""The per-tracker report from ClickHouse: clicks, installs by kind, revenue, cost, ROI,
+and the review flags judged with the app's fraud settings."""
 
 from __future__ import annotations
 
@@ -108,9 +109,37 @@ async def test_tracker_report(http: httpx.AsyncClient, app_keys: dict[str, str])
     assert (rows[paid]["clicks"], rows[paid]["new_users"], rows[paid]["cost"]) == (3, 2, 2000.0)
     assert rows[paid]["roi"] == 1.5  # (5000 − 2000) / 2000
     assert (rows[free]["clicks"], rows[free]["cost"], rows[free]["roi"]) == (1, None, None)
+    # Under the default thresholds (1,000 clicks at least) nothing is judged.
+    assert rows[paid]["flags"] == rows[free]["flags"] == []
 
     by_network = await http.get(
         "/admin/v1/reports/trackers", headers=admin, params={**params, "group_by": "network"}
     )
     (adivery,) = [r for r in by_network.json()["rows"] if r["key"] == "Adivery"]
     assert (adivery["installs"], adivery["clicks"]) == (3, 4)
+
+    # Two clicks suffice now, and 70 % is the least conversion: paid (2 installs of 3
+    # clicks) is flagged, free (one click) is too small to judge, and the network's
+    # summed row (3 installs of 4 clicks) converts enough.
+    patched = await http.patch(
+        "/admin/v1/app",
+        headers=admin,
+        json={"fraud": {"min_conversion": 0.7, "min_clicks_for_conversion": 2}},
+    )
+    assert patched.status_code == 200
+    r = await http.get("/admin/v1/reports/trackers", headers=admin, params=params)
+    flags = {row["key"]: row["flags"] for row in r.json()["rows"]}
+    assert (flags[paid], flags[free]) == (["low_conversion"], [])
+    by_network = await http.get(
+        "/admin/v1/reports/trackers", headers=admin, params={**params, "group_by": "network"}
+    )
+    assert [r["flags"] for r in by_network.json()["rows"] if r["key"] == "Adivery"] == [[]]
+    csv = await http.get(
+        "/admin/v1/reports/trackers", headers=admin, params={**params, "format": "csv"}
+    )
+    header, *lines = csv.text.splitlines()
+    assert header.endswith(",roi,flags")
+    assert {line.split(",")[0]: line.split(",")[-1] for line in lines} == {
+        paid: "low_conversion",
+        free: "",
+    }

@@ -102,3 +102,59 @@ async def test_tracker_validation(http: httpx.AsyncClient, app_keys: dict[str, s
     assert nulled.status_code == 422 and nulled.json()["error"]["field"] == "name"
     missing = await http.patch("/admin/v1/trackers/nope", headers=admin, json={"name": "y"})
     assert missing.status_code == 404
+
+
+async def test_tracker_event_postbacks(http: httpx.AsyncClient, app_keys: dict[str, str]) -> None:
+    """A tracker chooses the in-app events posted back, optionally with their own URL
+    templates; URLs for an event it did not choose, and ``$install``, are refused."""
+    admin = {"Authorization": f"Bearer {app_keys['admin_token']}"}
+    base = {"name": "x", "channel": "web", "store_url": "https://example.com"}
+    created = await http.post(
+        "/admin/v1/trackers",
+        headers=admin,
+        json={
+            **base,
+            "postback_urls": ["https://net.example/pb?e={event}"],
+            "postback_events": ["$purchase", "ثبت‌نام", "$purchase"],
+            "event_postback_urls": {"ثبت‌نام": ["https://net.example/signup?r={revenue}"]},
+        },
+    )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    token = body["token"]
+    assert body["postback_events"] == ["$purchase", "ثبت‌نام"]  # each once
+    assert body["event_postback_urls"] == {"ثبت‌نام": ["https://net.example/signup?r={revenue}"]}
+
+    async def refused(method: str, url: str, json: dict) -> tuple[int, str]:
+        r = await http.request(method, url, headers=admin, json=json)
+        return r.status_code, r.json()["error"]["field"]
+
+    unchosen = {"event_postback_urls": {"level_up": ["https://net.example/l"]}}
+    assert await refused("POST", "/admin/v1/trackers", {**base, **unchosen}) == (
+        422,
+        "event_postback_urls.level_up",
+    )
+    assert await refused(
+        "POST", "/admin/v1/trackers", {**base, "postback_events": ["a", "$install"]}
+    ) == (422, "postback_events.1")
+    tracker_url = f"/admin/v1/trackers/{token}"
+    # PATCH is judged with what is stored: dropping an event that has its own URLs is
+    # refused while the URLs stay.
+    assert await refused("PATCH", tracker_url, {"postback_events": ["$purchase"]}) == (
+        422,
+        "event_postback_urls.ثبت‌نام",
+    )
+    assert await refused("PATCH", tracker_url, {"postback_events": None}) == (
+        422,
+        "postback_events",
+    )
+    patched = await http.patch(
+        tracker_url,
+        headers=admin,
+        json={"postback_events": ["$purchase"], "event_postback_urls": {}},
+    )
+    assert patched.status_code == 200, patched.text
+    assert (patched.json()["postback_events"], patched.json()["event_postback_urls"]) == (
+        ["$purchase"],
+        {},
+    )

@@ -1,5 +1,5 @@
-"""Tracker report helpers: CTIT buckets (bounds, bucketing, cumulative filling, CSV) and
-the shaping of user-list CSV rows."""
+"""Tracker helpers: CTIT buckets (bounds, bucketing, cumulative filling, CSV), the
+shaping of user-list CSV rows, and the event postback settings check."""
 
 from __future__ import annotations
 
@@ -194,3 +194,9 @@ def test_csv_lines_quote_what_needs_it_and_keep_persian() -> None:
     assert text == '"u,1","say ""hi""",,کاربر,3\n'
     assert list(csv.reader(io.StringIO(text))) == [["u,1", 'say "hi"', "", "کاربر", "3"]]
     assert logic.csv_lines([]) == ""
+
+
+def test_unchosen_postback_events() -> None:
+    assert logic.unchosen_postback_events(["$purchase", "signup"], {"signup": ["u"]}) == []
+    assert logic.unchosen_postback_events(["$purchase"], {"z": [], "a": ["u"]}) == ["a", "z"]
+    assert logic.unchosen_postback_events([], {}) == []

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from libs.runtime.fraudrules import ConversionRule
 from libs.runtime.signing import Verdict
 from services.attribution import fraud
 from services.attribution.fraud import (
@@ -20,7 +21,6 @@ from services.attribution.fraud import (
     check_install,
     is_bot,
     is_click_injection,
-    low_conversion,
     parse_networks,
 )
 
@@ -121,14 +121,6 @@ def test_click_spamming_is_more_than_n() -> None:
     assert reasons(FraudConfig(max_clicks_per_hour=2), click_ts=click, clicks_per_hour=3) == [
         "click_spamming"
     ]
-
-
-def test_low_conversion_per_tracker() -> None:
-    assert not low_conversion(clicks=999, installs=0, config=DEFAULT)  # too few to judge
-    assert low_conversion(clicks=1000, installs=0, config=DEFAULT)
-    assert not low_conversion(clicks=1000, installs=1, config=DEFAULT)  # exactly 0.1%
-    assert low_conversion(clicks=100_000, installs=99, config=DEFAULT)
-    assert not low_conversion(clicks=0, installs=0, config=FraudConfig(min_clicks_for_conversion=0))
 
 
 # --- IPs ------------------------------------------------------------------------------------
@@ -356,7 +348,7 @@ def test_config_from_reads_every_setting() -> None:
     )
     assert config.min_click_to_install == timedelta(seconds=3)
     assert (config.max_clicks_per_hour, config.max_installs_per_ip_hour) == (5, 2)
-    assert (config.min_conversion, config.min_clicks_for_conversion) == (0.01, 50)
+    assert config.conversion == ConversionRule(min_conversion=0.01, min_clicks=50)
     assert (
         not (config.reject_datacenter or config.reject_bots or config.reject_emulators)
         and not config.reject_rooted

@@ -264,15 +264,3 @@ def test_attribution_id_organic_differs_from_an_empty_click_id() -> None:
 
 def test_attribution_id_has_no_separator_collisions() -> None:
     assert attribution_id("a", "i|x", "y") != attribution_id("a", "i", "x|y")
-
-
-def test_postback_url_fills_and_encodes_macros() -> None:
-    from services.attribution.logic import postback_url
-
-    url = postback_url(
-        "https://n.example/pb?c={click_id}&camp={campaign}&r={revenue}&keep={other}",
-        {"click_id": "a b&c", "campaign": "پاییز", "revenue": None},
-    )
-    assert url == (
-        "https://n.example/pb?c=a%20b%26c&camp=%D9%BE%D8%A7%DB%8C%DB%8C%D8%B2&r=&keep={other}"
-    )

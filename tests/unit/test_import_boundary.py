@@ -31,7 +31,9 @@ SERVICE_LOGIC = sorted(
 PURE_EXTRAS = [
     "services.attribution.outcomes",
     "services.attribution.fraud",
+    "services.attribution.postback_rules",
     "libs.runtime.signing",
+    "libs.runtime.fraudrules",
     "services.admin.segments",
 ]
 PURE_MODULES = [

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from libs.runtime.ratelimit import TokenBuckets, retry_after_seconds
 from libs.runtime.settings import PlatformSettings
-from services.ingest.ratelimit import TokenBuckets, retry_after_seconds
 
 
 def test_a_fresh_key_gets_a_full_burst() -> None:

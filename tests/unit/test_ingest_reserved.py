@@ -389,7 +389,7 @@ print(json.dumps(sorted({n.split(".")[0] for n in sys.modules} & set(json.loads(
 """
 
 
-@pytest.mark.parametrize("module", ["services.ingest.reserved", "services.ingest.ratelimit"])
+@pytest.mark.parametrize("module", ["services.ingest.reserved", "libs.runtime.ratelimit"])
 def test_rule_modules_import_no_io_framework(module: str) -> None:
     forbidden = ["fastapi", "sqlalchemy", "aiokafka", "clickhouse_connect", "prometheus_client"]
     done = subprocess.run(

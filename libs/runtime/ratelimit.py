@@ -1,8 +1,9 @@
-"""Per-key token buckets for the event API. Pure: the caller passes the clock.
+"""Per-key token buckets. Pure: the caller passes the clock.
 
-A bucket holds up to ``burst`` tokens and refills at ``rate_per_s``; a request costs one
-token per event it carries. The buckets live in the process, so with N replicas behind
-a load balancer a key may send up to N times the rate (README, Known limits). Not
+Used by ingest (per API key: a request costs one token per event it carries) and by
+attribution's postbacks (per ad network: one token per call). A bucket holds up to
+``burst`` tokens and refills at ``rate_per_s``. The buckets live in the process, so N
+replicas together allow up to N times the rate (README, Known limits). Not
 thread-safe: one asyncio loop calls ``take`` without awaiting in between.
 """
 
@@ -24,7 +25,7 @@ class _Bucket:
 
 
 class TokenBuckets:
-    """Token buckets keyed by an opaque string (the digest of an API key)."""
+    """Token buckets keyed by an opaque string (the digest of an API key, a network)."""
 
     def __init__(self, *, rate_per_s: float, burst: int, max_keys: int = MAX_KEYS) -> None:
         if rate_per_s <= 0 or burst < 1 or max_keys < 1:
