@@ -10,6 +10,7 @@ TABLE_MODULES = (
     "libs.runtime.tables",
     "services.attribution.store",
     "services.attribution.postback_store",
+    "services.ingest.store",
     "services.segmenter.store",
     "services.journey.store",
     "services.dispatcher.store",
