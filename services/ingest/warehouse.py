@@ -28,7 +28,9 @@ from libs.schemas import (
     UserVerified,
     encode,
 )
-from services.ingest.metrics import WAREHOUSE_ROWS
+from libs.schemas.config_changes import is_user_erasure
+from services.ingest.erasure import erase_user
+from services.ingest.metrics import WAREHOUSE_ERASURES, WAREHOUSE_ROWS
 
 MIGRATIONS = Path(__file__).with_name("clickhouse")
 POSITION = ("_partition", "_offset")
@@ -289,7 +291,10 @@ def rows_by_table(records: Sequence[Record]) -> dict[str, tuple[tuple[str, ...],
 
 class WarehouseWriter:
     """The handler of the ``ingest.warehouse`` consumer group. Blocks on ClickHouse;
-    raises the driver's errors (the runner retries transient ones)."""
+    raises the driver's errors (the runner retries transient ones).
+
+    After a batch's inserts, it erases the users whose erasure the batch carries
+    (``erasure.py``): last, so that the user's rows of the same batch go too."""
 
     def __init__(self, clickhouse: AsyncClickHouse) -> None:
         self._ch = clickhouse
@@ -298,3 +303,8 @@ class WarehouseWriter:
         for table, (columns, rows) in rows_by_table(batch.records).items():
             await self._ch.insert(table, rows, columns)
             WAREHOUSE_ROWS.labels(table).inc(len(rows))
+        for record in batch.records:
+            value = record.value
+            if isinstance(value, ConfigChanged) and is_user_erasure(value):
+                await erase_user(self._ch, app_id=value.app_id, user_key=value.entity_id)
+                WAREHOUSE_ERASURES.inc()
