@@ -33,6 +33,8 @@ PURE_EXTRAS = [
     "services.attribution.fraud",
     "libs.runtime.signing",
     "services.admin.segments",
+    "services.admin.users",
+    "services.segmenter.identity",
 ]
 PURE_MODULES = [
     *SERVICE_LOGIC,
