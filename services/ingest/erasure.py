@@ -14,7 +14,10 @@ Whose rows are the user's, for a user id K:
   attributions were matched to (their IP, user agent and advertising id).
 
 For an anonymous key ``d:D``, the device is D and every row without a user id is in.
-The erasure record itself stays in ``config_changes`` (the audit of the erasure).
+The erasure record itself stays in ``config_changes`` (the audit of the erasure). The
+segmenter announces the erased user's segment exits, caused by the erasure id: the
+writer does not store those (``erasure_causes``) — or deletes them, should one reach
+the warehouse before its erasure record does.
 
 Lightweight ``DELETE FROM`` (ClickHouse 23.3+, chDB): rows disappear from reads at once
 and from disk at the next merge. Idempotent: a second run finds nothing (or the rows
@@ -123,3 +126,16 @@ async def erase_user(ch: AsyncClickHouse, *, app_id: str, user_key: str) -> dict
             {"app_id": app_id, "clicks": [row["click_id"] for row in clicks]},
         )
     return devices
+
+
+async def erasure_causes(ch: AsyncClickHouse, *, app_ids: list[str], ids: list[str]) -> set[str]:
+    """Those of ``ids`` that are erasures already in the warehouse."""
+    if not ids:
+        return set()
+    rows = await ch.query_rows(
+        f"SELECT DISTINCT change_id FROM {ch.database}.config_changes "
+        "WHERE app_id IN {app_ids:Array(String)} AND change_id IN {ids:Array(String)} "
+        "AND entity = 'user' AND action = 'deleted'",
+        {"app_ids": sorted(set(app_ids)), "ids": sorted(set(ids))},
+    )
+    return {row["change_id"] for row in rows}
