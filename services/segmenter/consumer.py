@@ -196,10 +196,10 @@ class ProfileUpdater:
         caller) and delete it, with its memberships (announced as exits). None when
         there is no anonymous profile (never was, or already merged: a replay)."""
         source = link.anonymous_key
-        anonymous = await store.load_profile(session, app_id=app_id, user_key=source)
+        anonymous = await store.load_profile(session, app_id=app_id, user_key=source, locked=True)
         if anonymous is None:
             return None
-        user = await store.load_profile(session, app_id=app_id, user_key=link.user_key)
+        user = await store.load_profile(session, app_id=app_id, user_key=link.user_key, locked=True)
         merged = identity.merge_profiles(user or logic.ProfileState(), anonymous)
         await store.save_profile(session, app_id=app_id, user_key=link.user_key, state=merged)
         await store.move_history(session, app_id=app_id, source=source, target=link.user_key)
@@ -223,7 +223,7 @@ class ProfileUpdater:
         """Fold the user's records not seen before (``fresh`` seen keys, consumed) and
         re-evaluate its segments when its profile changed (``merged``: it changed
         before the fold)."""
-        before = await store.load_profile(session, app_id=app_id, user_key=user_key)
+        before = await store.load_profile(session, app_id=app_id, user_key=user_key, locked=True)
         state = before or logic.ProfileState()
         cause = None
         cause_time = now

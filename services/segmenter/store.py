@@ -101,13 +101,17 @@ async def lock_profiles(session: AsyncSession, *, app_id: str, user_keys: Sequen
         await lock(session, "profile", app_id, user_key)
 
 
-async def load_profile(session: AsyncSession, *, app_id: str, user_key: str) -> ProfileState | None:
+async def load_profile(
+    session: AsyncSession, *, app_id: str, user_key: str, locked: bool = False
+) -> ProfileState | None:
     """The profile, locked for this transaction (one writer per user at a time), or None.
 
     The advisory lock also covers a profile that does not exist yet, so two replicas
     that both see it missing cannot both create it and lose one another's update.
+    ``locked``: the caller already holds it (``lock_profiles``), saving a round trip.
     """
-    await lock_profiles(session, app_id=app_id, user_keys=[user_key])
+    if not locked:
+        await lock_profiles(session, app_id=app_id, user_keys=[user_key])
     row = await session.scalar(
         select(Profile)
         .where(Profile.app_id == app_id, Profile.user_key == user_key)
