@@ -1,6 +1,7 @@
-"""Segmenter's tables: processed events here; profiles, daily counters, recent events and
-segment memberships in ``libs.runtime.tables`` (admin reads them). Segmenter is their
-only writer. Repo functions never commit.
+"""Segmenter's tables: processed records, erasures carried out and rule syncs here;
+profiles, device aliases, daily counters, recent events and segment memberships in
+``libs.runtime.tables`` (admin reads them). Segmenter is their only writer. Repo
+functions never commit.
 
 Event conditions with ``where`` property filters (or windows of minutes/hours) cannot be
 answered from daily counters, which are per (name, day) only. They are answered from
