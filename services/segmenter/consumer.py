@@ -25,9 +25,8 @@ same change ids (UUIDv5 of the cause: the linking event, the folded event, the e
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Record
-from libs.schemas import ConfigChanged, Event, SegmentChanged, UserAttributed
+from libs.schemas import ConfigChanged, Event, SegmentChanged, UserAttributed, encode
 from libs.schemas.config_changes import is_user_erasure
 from libs.schemas.rules import EventCond, Node, RevenueCond, RfmCond, RuleError, parse_rule, walk
 from libs.segments.sql import rfm_thresholds
@@ -48,17 +47,14 @@ log = logging.getLogger(__name__)
 TOPICS = ("events", "attributions", "config-changes")
 
 
-ATTRIBUTION_NS = uuid.UUID("5d0f3c1a-8e8b-4f7e-9a55-2b1c7e0f6a42")
-
-
 def seen_key(value: Event | UserAttributed) -> str:
     """The id under which a record is remembered as folded (``first_sightings``): an
-    event's id; for an attribution, its statement (id and time: a restatement is news,
-    a replay is not)."""
+    event's id; for an attribution, a digest of the whole statement — a restatement
+    differs (even one made at the same instant: a login, then the verification it
+    settles), a redelivered record does not."""
     if isinstance(value, Event):
         return value.event_id
-    statement = json.dumps([value.attribution_id, value.attributed_at.isoformat()])
-    return f"attribution:{uuid.uuid5(ATTRIBUTION_NS, statement).hex}"
+    return f"attribution:{hashlib.sha256(encode(value)).hexdigest()[:40]}"
 
 
 def sighting(value: Event | UserAttributed, *, fresh: bool) -> identity.Sighting:

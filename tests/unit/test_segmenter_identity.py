@@ -502,3 +502,26 @@ def test_merge_never_moves_last_seen_back_and_sums_counters_exactly(
 def test_merging_an_empty_profile_changes_nothing(device_events: list[Event]) -> None:
     user = fold(*device_events, state=ProfileState(user_id="U"))
     assert merge_profiles(user, ProfileState()) == user
+
+
+def test_attribution_statements_are_remembered_by_their_whole_content() -> None:
+    from libs.schemas import UserAttributed
+    from services.segmenter.consumer import seen_key
+
+    base: dict[str, Any] = dict(
+        app_id="app",
+        attribution_id="a1",
+        user_key="u1",
+        device_id="D",
+        install_event_id="i1",
+        install_ts=NOW,
+        attributed_at=NOW,
+        method="click_id",
+        kind="new_user",
+        status="pending",
+    )
+    pending = UserAttributed(**base)
+    # The login's restatement and the verification it settles share id and instant.
+    verified = UserAttributed(**{**base, "status": "verified"})
+    assert seen_key(pending) == seen_key(UserAttributed(**base))
+    assert seen_key(pending) != seen_key(verified)
