@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libs.schemas import Event
+from libs.schemas import Event, UserAttributed
+from services.segmenter.consumer import seen_key
 from services.segmenter.identity import (
     Alias,
     Sighting,
@@ -505,9 +506,6 @@ def test_merging_an_empty_profile_changes_nothing(device_events: list[Event]) ->
 
 
 def test_attribution_statements_are_remembered_by_their_whole_content() -> None:
-    from libs.schemas import UserAttributed
-    from services.segmenter.consumer import seen_key
-
     base: dict[str, Any] = dict(
         app_id="app",
         attribution_id="a1",
