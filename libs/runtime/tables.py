@@ -108,6 +108,10 @@ class Profile(Base):
     user_key: Mapped[str] = mapped_column(String(200), primary_key=True)
     user_id: Mapped[str | None] = mapped_column(String(128))
     attributes: Mapped[dict[str, Any]]
+    # name → [ISO time, op] of each attribute's latest write (services/segmenter/logic.py)
+    attribute_writes: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
     first_seen: Mapped[datetime | None]
     last_seen: Mapped[datetime | None]
     platform: Mapped[str | None] = mapped_column(String(16))
@@ -143,14 +147,19 @@ class Profile(Base):
 
 
 class DeviceAlias(Base):
-    """Which profile a device belongs to. Written by segmenter."""
+    """Which profile a device belongs to (``d:<device_id>`` until a user logs in on it).
+    Written by segmenter; read by admin (profile lookup by device)."""
 
     __tablename__ = "device_aliases"
+    __table_args__ = (Index("ix_device_aliases_user", "app_id", "user_key"),)
 
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     user_key: Mapped[str] = mapped_column(String(200))
     updated_at: Mapped[datetime]
+    # The newest event time that linked the device to its user: an older event naming
+    # another user does not move the device (None: anonymous, or linked before 0011).
+    linked_at: Mapped[datetime | None]
 
 
 # Segmenter's evaluation inputs and output. Written by segmenter only; admin reads them

@@ -1,9 +1,9 @@
-"""The admin API (admin token): trackers, journeys, the per-user view and delivery
-receipts (segments: ``segments_api``). Thin: parse, call the store, answer."""
+"""The admin API (admin token): trackers, journeys and delivery receipts (users:
+``users_api``; segments: ``segments_api``). Thin: parse, call the store, answer."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
@@ -18,7 +18,6 @@ from services.admin.schemas import (
     DeliveryRead,
     JourneyCreate,
     JourneyRead,
-    ProfileRead,
     TrackerCreate,
     TrackerRead,
     TrackerUpdate,
@@ -201,32 +200,6 @@ async def get_journey(journey_id: str, app_id: AdminAppDep, session: SessionDep)
     return _journey_read(journey)
 
 
-@router.get("/users/{user_key}", operation_id="get_user")
-async def get_user(user_key: str, app_id: AdminAppDep, session: SessionDep) -> ProfileRead:
-    profile = await store.get_profile(session, app_id=app_id, user_key=user_key)
-    if profile is None:
-        raise NotFound(f"no user {user_key}", field="user_key")
-    return ProfileRead(
-        user_key=profile.user_key,
-        user_id=profile.user_id,
-        attributes=profile.attributes,
-        first_seen=profile.first_seen,
-        last_seen=profile.last_seen,
-        platform=profile.platform,
-        app_version=profile.app_version,
-        os_version=profile.os_version,
-        device_model=profile.device_model,
-        locale=profile.locale,
-        timezone=profile.timezone,
-        attribution=profile.attribution,
-        sessions=profile.sessions,
-        purchases=profile.purchases,
-        revenue=profile.revenue,
-        events=profile.events,
-        segments=await store.segment_ids_of(session, app_id=app_id, user_key=user_key),
-    )
-
-
 @router.get("/deliveries", operation_id="list_deliveries")
 async def list_deliveries(
     app_id: AdminAppDep,
@@ -236,25 +209,3 @@ async def list_deliveries(
 ) -> DeliveryList:
     rows = await warehouse.deliveries_of(ch, app_id=app_id, user_key=user_key, limit=limit)
     return DeliveryList(items=[DeliveryRead(**row) for row in rows])
-
-
-@router.get("/users/{user_key}/timeline", operation_id="get_user_timeline")
-async def get_user_timeline(
-    user_key: str,
-    app_id: AdminAppDep,
-    session: SessionDep,
-    ch: ClickHouseDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-) -> dict[str, Any]:
-    """The CRM view: latest events (device events before login included), attribution,
-    message receipts, and the user's most active local hours."""
-    data = await warehouse.timeline(ch, app_id=app_id, user_key=user_key, limit=limit)
-    profile = await store.get_profile(session, app_id=app_id, user_key=user_key)
-    if profile is None and not data["events"]:
-        raise NotFound(f"no user {user_key}", field="user_key")
-    default_tz = profile.timezone if profile and profile.timezone else None
-    hours = logic.active_hours(
-        [(e["timezone"] or default_tz, e["ts"]) for e in data["events"] if e["name"] == "$open"],
-        default_tz or logic.DEFAULT_TIMEZONE,
-    )
-    return {"user_key": user_key, **data, "most_active_hours": hours}

@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from libs.schemas.base import Name, contract_violation, find_nul
+from libs.schemas.base import Name, Props, contract_violation, find_nul
 from libs.schemas.journeys import JourneyDefinition, SegmentEntered
 from services.admin.logic import NOT_POSTBACK_EVENTS, unchosen_postback_events
 
@@ -287,6 +287,48 @@ class ProfileRead(BaseModel):
     revenue: float
     events: int
     segments: list[str]
+    # The devices whose records fold into this profile (their aliases name it).
+    devices: list[str]
+    push_permission: bool | None
+    push_tokens: list[dict[str, Any]]
+    web_push: list[dict[str, Any]]
+    phone: str | None
+    email: str | None
+    opt_outs: list[str]
+
+
+ConsentChannel = Literal["push", "sms", "email", "web_push", "in_app"]
+AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Phone = Annotated[str, StringConstraints(pattern=r"^\+?[0-9]{6,15}$")]
+Email = Annotated[
+    str, StringConstraints(max_length=256, pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+]
+
+
+class ProfileUpdate(_In):
+    """A profile edit (PATCH): only what is sent changes. ``phone``/``email`` null
+    removes them; ``opt_out``/``opt_in`` name channels."""
+
+    set: Props | None = None
+    unset: list[AttributeName] | None = Field(default=None, max_length=100)
+    phone: Phone | None = None
+    email: Email | None = None
+    opt_out: list[ConsentChannel] | None = Field(default=None, max_length=5)
+    opt_in: list[ConsentChannel] | None = Field(default=None, max_length=5)
+
+
+class ProfileEditRead(BaseModel):
+    """An accepted edit: the segmenter applies it shortly (it owns profiles)."""
+
+    edit_id: str
+    user_key: str
+    # The ``$attributes`` props and the consent changes that will be applied.
+    applies: dict[str, Any]
+
+
+class ErasureRead(BaseModel):
+    erasure_id: str
+    user_key: str
 
 
 class DeliveryRead(BaseModel):

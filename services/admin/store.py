@@ -1,7 +1,7 @@
 """Admin writes the configuration catalog (``libs.runtime.tables``) and reads profiles,
-memberships and (through the segment SQL compiler) counters for the per-user view and
-segment previews and exports. Every query is scoped by ``app_id``; repo
-functions never commit (the request's ``SessionDep`` does)."""
+device aliases, memberships and (through the segment SQL compiler) counters for the
+per-user view and segment previews and exports. Every query is scoped by ``app_id``;
+repo functions never commit (the request's ``SessionDep`` does)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.runtime.tables import Journey, Membership, Profile, Segment, Tracker
+from libs.runtime.tables import DeviceAlias, Journey, Membership, Profile, Segment, Tracker
 from libs.runtime.tenancy import SdkSecret
+from libs.schemas.base import ANONYMOUS_PREFIX
 from libs.schemas.rules import CHANNELS, Node, ReachableCond
 from libs.segments.sql import compile_rule, context_for
 
@@ -278,6 +279,27 @@ async def get_profile(session: AsyncSession, *, app_id: str, user_key: str) -> P
     return await session.scalar(
         select(Profile).where(Profile.app_id == app_id, Profile.user_key == user_key)
     )
+
+
+async def user_key_of_device(session: AsyncSession, *, app_id: str, device_id: str) -> str:
+    """The profile key a device's records fold into: its alias (written by the
+    segmenter), else the device's anonymous key."""
+    key = await session.scalar(
+        select(DeviceAlias.user_key).where(
+            DeviceAlias.app_id == app_id, DeviceAlias.device_id == device_id
+        )
+    )
+    return key if key is not None else ANONYMOUS_PREFIX + device_id
+
+
+async def devices_of(session: AsyncSession, *, app_id: str, user_key: str) -> list[str]:
+    """The devices whose alias names ``user_key``, sorted."""
+    rows = await session.scalars(
+        select(DeviceAlias.device_id)
+        .where(DeviceAlias.app_id == app_id, DeviceAlias.user_key == user_key)
+        .order_by(DeviceAlias.device_id)
+    )
+    return list(rows)
 
 
 async def segment_ids_of(session: AsyncSession, *, app_id: str, user_key: str) -> list[str]:

@@ -19,6 +19,9 @@ VERIFICATIONS = Counter(
 WAREHOUSE_ROWS = Counter(
     "hodhod_ingest_warehouse_rows_total", "Rows inserted into ClickHouse", ["table"]
 )
+WAREHOUSE_ERASURES = Counter(
+    "hodhod_ingest_warehouse_erasures_total", "Users whose raw rows were erased from ClickHouse"
+)
 SIGNATURES = Counter(
     "hodhod_ingest_signatures_total",
     "Signed-SDK checks of apps that require signing, by verdict",

@@ -28,7 +28,9 @@ from libs.schemas import (
     UserVerified,
     encode,
 )
-from services.ingest.metrics import WAREHOUSE_ROWS
+from libs.schemas.config_changes import is_user_erasure
+from services.ingest.erasure import erase_user, erasure_causes
+from services.ingest.metrics import WAREHOUSE_ERASURES, WAREHOUSE_ROWS
 
 MIGRATIONS = Path(__file__).with_name("clickhouse")
 POSITION = ("_partition", "_offset")
@@ -289,12 +291,49 @@ def rows_by_table(records: Sequence[Record]) -> dict[str, tuple[tuple[str, ...],
 
 class WarehouseWriter:
     """The handler of the ``ingest.warehouse`` consumer group. Blocks on ClickHouse;
-    raises the driver's errors (the runner retries transient ones)."""
+    raises the driver's errors (the runner retries transient ones).
+
+    After a batch's inserts, it erases the users whose erasure the batch carries
+    (``erasure.py``): last, so that the user's rows of the same batch go too."""
 
     def __init__(self, clickhouse: AsyncClickHouse) -> None:
         self._ch = clickhouse
 
     async def __call__(self, batch: Batch) -> None:
-        for table, (columns, rows) in rows_by_table(batch.records).items():
+        erasures = [
+            r.value
+            for r in batch.records
+            if isinstance(r.value, ConfigChanged) and is_user_erasure(r.value)
+        ]
+        records = await self._without_erasure_exits(batch.records, erasures)
+        for table, (columns, rows) in rows_by_table(records).items():
             await self._ch.insert(table, rows, columns)
             WAREHOUSE_ROWS.labels(table).inc(len(rows))
+        for erasure in erasures:
+            await erase_user(self._ch, app_id=erasure.app_id, user_key=erasure.entity_id)
+            WAREHOUSE_ERASURES.inc()
+
+    async def _without_erasure_exits(
+        self, records: Sequence[Record], erasures: Sequence[ConfigChanged]
+    ) -> Sequence[Record]:
+        """``records`` but the segment exits an erasure caused (the segmenter announces
+        them; storing them would bring the erased user's key back)."""
+        exits = [
+            r.value
+            for r in records
+            if isinstance(r.value, SegmentChanged)
+            and r.value.change == "exited"
+            and r.value.cause_event_id is not None
+        ]
+        if not exits:
+            return records
+        causes = {e.change_id for e in erasures} | await erasure_causes(
+            self._ch,
+            app_ids=[e.app_id for e in exits],
+            ids=[e.cause_event_id for e in exits if e.cause_event_id is not None],
+        )
+        return [
+            r
+            for r in records
+            if not (isinstance(r.value, SegmentChanged) and r.value.cause_event_id in causes)
+        ]

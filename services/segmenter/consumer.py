@@ -1,14 +1,31 @@
-"""The ``segmenter.profiles`` consumer: events and attributions in, SegmentChanged out.
+"""The ``segmenter.profiles`` consumer: events, attributions and user erasures in,
+SegmentChanged out.
 
-Per user in the batch (in key order, so concurrent replicas lock in the same order):
-lock the profile, fold the records not seen before (profile, daily counters and recent
-events, all in the batch's transaction, so a replay changes nothing), re-evaluate the
-app's segments and store membership changes. SegmentChanged records are published
-before the Postgres commit; a retry recomputes the same change ids.
+Per batch, in one transaction:
+
+1. route: record every event and attribution statement as seen (``first_sightings``:
+   a replay folds nothing, so that it cannot bring back what a merge or an erasure
+   removed), load the aliases of the batch's devices and decide, per app, the profile
+   each record folds into and the device links the batch makes (``identity.route``);
+2. lock every profile the batch touches — targets, anonymous profiles to merge, users
+   to erase — at once, in sorted ``(app_id, user_key)`` order (the scheduler locks in
+   the same order), so that replicas never deadlock;
+3. merge: for each link of a device that had no user, fold the anonymous profile into
+   the user's (``identity.merge_profiles``; counters and recent events moved), delete it
+   and announce its exits; store the aliases;
+4. fold each profile's records not seen before, re-evaluate the app's segments and
+   store membership changes;
+5. erase the users named by ``ConfigChanged(entity="user", action="deleted")`` records
+   (profile, aliases, counters, recent events, memberships with their exits) — last,
+   so that events of the same batch do not outlive the erasure.
+
+SegmentChanged records are published before the Postgres commit; a retry recomputes the
+same change ids (UUIDv5 of the cause: the linking event, the folded event, the erasure).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,22 +35,40 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Record
-from libs.schemas import Event, SegmentChanged, UserAttributed
+from libs.schemas import ConfigChanged, Event, SegmentChanged, UserAttributed, encode
+from libs.schemas.config_changes import is_user_erasure
 from libs.schemas.rules import EventCond, Node, RevenueCond, RfmCond, RuleError, parse_rule, walk
 from libs.segments.sql import rfm_thresholds
-from services.segmenter import logic, store
-from services.segmenter.metrics import SEGMENT_CHANGES
+from services.segmenter import identity, logic, store
+from services.segmenter.metrics import ERASURES, MERGES, SEGMENT_CHANGES
 
 log = logging.getLogger(__name__)
 
-TOPICS = ("events", "attributions")
+TOPICS = ("events", "attributions", "config-changes")
 
 
-def user_of(record: Record) -> tuple[str, str]:
-    value = record.value
-    if isinstance(value, Event | UserAttributed):
-        return value.app_id, value.user_key
-    raise TypeError(f"unexpected record on {record.topic}")
+def seen_key(value: Event | UserAttributed) -> str:
+    """The id under which a record is remembered as folded (``first_sightings``): an
+    event's id; for an attribution, a digest of the whole statement — a restatement
+    differs (even one made at the same instant: a login, then the verification it
+    settles), a redelivered record does not."""
+    if isinstance(value, Event):
+        return value.event_id
+    return f"attribution:{hashlib.sha256(encode(value)).hexdigest()[:40]}"
+
+
+def sighting(value: Event | UserAttributed, *, fresh: bool) -> identity.Sighting:
+    """What routing needs of an event or an attribution. An attribution of an anonymous
+    install follows its device (it may arrive after the device logged in)."""
+    if isinstance(value, Event):
+        return identity.Sighting(
+            value.device_id, value.user_id, value.ts, value.event_id, fresh=fresh
+        )
+    cause = value.attribution_id
+    if identity.is_anonymous(value.user_key):
+        device = value.user_key.removeprefix(identity.anonymous_key(""))
+        return identity.Sighting(device, None, value.attributed_at, cause, fresh=fresh)
+    return identity.Sighting(None, value.user_key, value.attributed_at, cause, fresh=fresh)
 
 
 @dataclass(frozen=True)
@@ -50,27 +85,69 @@ class AppRules:
     recent: bool
 
 
+@dataclass
+class AppBatch:
+    """One app's share of a batch, routed."""
+
+    by_user: dict[str, list[Record]]
+    fresh: set[str]
+    routing: identity.Routing
+    erasures: list[ConfigChanged]
+
+
 class ProfileUpdater:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], producer: Producer) -> None:
         self._sessions = sessions
         self._producer = producer
 
     async def __call__(self, batch: Batch) -> None:
-        by_user: dict[tuple[str, str], list[Record]] = defaultdict(list)
+        per_app: dict[str, list[Record]] = defaultdict(list)
         for record in batch.records:
-            by_user[user_of(record)].append(record)
+            value = record.value
+            if isinstance(value, Event | UserAttributed) or (
+                isinstance(value, ConfigChanged) and is_user_erasure(value)
+            ):
+                per_app[value.app_id].append(record)
         out: list[SegmentChanged] = []
         now = datetime.now(UTC)
         async with self._sessions() as session, session.begin():
-            rules: dict[str, AppRules] = {}
-            for app_id, user_key in sorted(by_user):
-                if app_id not in rules:
-                    rules[app_id] = await self._rules(session, app_id, now)
-                out.extend(
-                    await self._update_user(
-                        session, app_id, user_key, by_user[(app_id, user_key)], rules[app_id], now
+            apps = {
+                app_id: await self._route(session, app_id, per_app[app_id])
+                for app_id in sorted(per_app)
+            }
+            for app_id, routed in apps.items():
+                keys = set(routed.by_user)
+                keys |= {link.anonymous_key for link in routed.routing.links if link.merges}
+                keys |= {erasure.entity_id for erasure in routed.erasures}
+                await store.lock_profiles(session, app_id=app_id, user_keys=sorted(keys))
+            for app_id, routed in apps.items():
+                rules = await self._rules(session, app_id, now)
+                merged: set[str] = set()
+                for link in routed.routing.links:
+                    if link.merges:
+                        changes = await self._merge(session, app_id, link, now)
+                        if changes is not None:
+                            merged.add(link.user_key)
+                            out.extend(changes)
+                await store.save_aliases(session, app_id=app_id, aliases=routed.routing.aliases)
+                for user_key in sorted(routed.by_user):
+                    records = routed.by_user[user_key]
+                    if await linked_meanwhile(session, app_id, user_key, records):
+                        continue
+                    out.extend(
+                        await self._update_user(
+                            session,
+                            app_id,
+                            user_key,
+                            records,
+                            routed.fresh,
+                            rules,
+                            now,
+                            merged=user_key in merged,
+                        )
                     )
-                )
+                for erasure in routed.erasures:
+                    out.extend(await erase(session, erasure, now))
             await session.flush()
             await self._producer.publish_all(out)
         for change in out:
@@ -79,43 +156,92 @@ class ProfileUpdater:
     async def _rules(self, session: AsyncSession, app_id: str, now: datetime) -> AppRules:
         return await load_rules(session, app_id, now)
 
+    async def _route(self, session: AsyncSession, app_id: str, records: list[Record]) -> AppBatch:
+        """Mark the app's events seen and decide where each record folds."""
+        folded: list[tuple[Record, Event | UserAttributed]] = []
+        erasures: list[ConfigChanged] = []
+        for record in records:
+            value = record.value
+            if isinstance(value, Event | UserAttributed):
+                folded.append((record, value))
+            elif isinstance(value, ConfigChanged) and is_user_erasure(value):
+                erasures.append(value)
+        fresh = await store.first_sightings(
+            session, app_id=app_id, event_ids=[seen_key(v) for _, v in folded]
+        )
+        devices = {sighting(v, fresh=False).device_id for _, v in folded}
+        stored = await store.aliases(
+            session, app_id=app_id, device_ids=[d for d in devices if d is not None]
+        )
+        unrouted = set(fresh)  # a record repeated inside the batch is new once
+        sightings = []
+        for _, value in folded:
+            key = seen_key(value)
+            sightings.append(sighting(value, fresh=key in unrouted))
+            unrouted.discard(key)
+        routing = identity.route(sightings, stored)
+        by_user: dict[str, list[Record]] = defaultdict(list)
+        for (record, _), target in zip(folded, routing.targets, strict=True):
+            by_user[target].append(record)
+        return AppBatch(dict(by_user), fresh, routing, erasures)
+
+    async def _merge(
+        self, session: AsyncSession, app_id: str, link: identity.Link, now: datetime
+    ) -> list[SegmentChanged] | None:
+        """Fold the device's anonymous profile into its user's (both locked by the
+        caller) and delete it, with its memberships (announced as exits). None when
+        there is no anonymous profile (never was, or already merged: a replay)."""
+        source = link.anonymous_key
+        anonymous = await store.load_profile(session, app_id=app_id, user_key=source, locked=True)
+        if anonymous is None:
+            return None
+        user = await store.load_profile(session, app_id=app_id, user_key=link.user_key, locked=True)
+        merged = identity.merge_profiles(user or logic.ProfileState(), anonymous)
+        await store.save_profile(session, app_id=app_id, user_key=link.user_key, state=merged)
+        await store.move_history(session, app_id=app_id, source=source, target=link.user_key)
+        exits = await leave_all(session, app_id=app_id, user_key=source, at=now, cause=link.cause)
+        await store.delete_profile(session, app_id=app_id, user_key=source)
+        MERGES.inc()
+        return exits
+
     async def _update_user(
         self,
         session: AsyncSession,
         app_id: str,
         user_key: str,
         records: list[Record],
+        fresh: set[str],
         rules: AppRules,
         now: datetime,
+        *,
+        merged: bool = False,
     ) -> list[SegmentChanged]:
-        events = [r.value for r in records if isinstance(r.value, Event)]
-        fresh = await store.first_sightings(
-            session, app_id=app_id, event_ids=[e.event_id for e in events]
-        )
-        before = await store.load_profile(session, app_id=app_id, user_key=user_key)
+        """Fold the user's records not seen before (``fresh`` seen keys, consumed) and
+        re-evaluate its segments when its profile changed (``merged``: it changed
+        before the fold)."""
+        before = await store.load_profile(session, app_id=app_id, user_key=user_key, locked=True)
         state = before or logic.ProfileState()
         cause = None
         cause_time = now
         applied: list[Event] = []
         for record in records:
             value = record.value
-            if isinstance(value, Event) and value.event_id in fresh:
-                fresh.discard(value.event_id)  # a duplicate inside the batch counts once
-                applied.append(value)
+            if not isinstance(value, Event | UserAttributed) or seen_key(value) not in fresh:
+                continue
+            fresh.discard(seen_key(value))  # a duplicate inside the batch counts once
+            if isinstance(value, Event):
+                if logic.is_activity(value):
+                    applied.append(value)
                 state = logic.apply_event(state, value)
                 cause, cause_time = value.event_id, record.time
-                if value.device_id is not None:
-                    await store.set_alias(
-                        session, app_id=app_id, device_id=value.device_id, user_key=user_key
-                    )
-            elif isinstance(value, UserAttributed):
+            else:
                 state = logic.apply_attribution(state, value)
                 cause, cause_time = value.attribution_id, record.time
         if applied:
             await store.add_events(
                 session, app_id=app_id, user_key=user_key, events=applied, now=now
             )
-        if state == before or cause is None:
+        if cause is None or (state == before and not merged):
             return []
         await store.save_profile(session, app_id=app_id, user_key=user_key, state=state)
         current = await store.memberships(session, app_id=app_id, user_key=user_key)
@@ -147,6 +273,57 @@ class ProfileUpdater:
             ts=cause_time,
             cause=cause,
         )
+
+
+async def linked_meanwhile(
+    session: AsyncSession, app_id: str, user_key: str, records: list[Record]
+) -> bool:
+    """True when ``records`` are only attributions of an anonymous device that another
+    replica linked to a user after this batch was routed (the attributions topic is
+    partitioned apart from the device's events). Such a statement is redundant: the
+    attribution service restates a device's installs under the user who logged in on
+    it. Dropping it keeps the merged anonymous profile from coming back. Call with the
+    profile locked."""
+    if not identity.is_anonymous(user_key):
+        return False
+    if any(not isinstance(r.value, UserAttributed) for r in records):
+        return False  # the device's own events: this replica alone links it
+    device = user_key.removeprefix(identity.anonymous_key(""))
+    alias = (await store.aliases(session, app_id=app_id, device_ids=[device])).get(device)
+    return alias is not None and not identity.is_anonymous(alias.user_key)
+
+
+async def leave_all(
+    session: AsyncSession, *, app_id: str, user_key: str, at: datetime, cause: str
+) -> list[SegmentChanged]:
+    """Take ``user_key`` out of every segment it is in, announcing each exit (ids from
+    ``cause``, so a retried batch announces the same ones)."""
+    current = await store.memberships(session, app_id=app_id, user_key=user_key)
+    changes = [
+        logic.Change(s, "exited", logic.change_id(app_id, user_key, s, "exited", cause))
+        for s in sorted(current)
+    ]
+    return await record_changes(
+        session, app_id=app_id, user_key=user_key, changes=changes, at=at, ts=at, cause=cause
+    )
+
+
+async def erase(
+    session: AsyncSession, erasure: ConfigChanged, now: datetime
+) -> list[SegmentChanged]:
+    """Carry out an erasure once (``claim_erasure``): the user's memberships (exits
+    announced, caused by the erasure id), the aliases of its devices, daily counters,
+    recent events and profile. The user's profile lock is held by the caller."""
+    app_id, user_key = erasure.app_id, erasure.entity_id
+    if not await store.claim_erasure(session, app_id=app_id, erasure_id=erasure.change_id, at=now):
+        return []
+    exits = await leave_all(
+        session, app_id=app_id, user_key=user_key, at=now, cause=erasure.change_id
+    )
+    await store.delete_aliases(session, app_id=app_id, user_key=user_key)
+    await store.delete_profile(session, app_id=app_id, user_key=user_key)
+    ERASURES.inc()
+    return exits
 
 
 async def record_changes(

@@ -1,11 +1,12 @@
 """Profile folding and segment evaluation. Pure: time and app context come in as values.
 
-``apply_event`` folds one event into a profile state; ``evaluate`` answers a parsed
-segment rule (``libs.schemas.rules``) for one ``ProfileView``; ``membership_changes``
-diffs the answers against the stored memberships. ``libs.segments.sql`` turns the same
-rules into SQL and must agree with ``evaluate`` on every input (a hypothesis test against
-Postgres proves it); change both together. What both compute from the rule and the clock
-alone (cut-offs, day windows, dates, RFM context) lives in ``libs.segments.semantics``.
+``apply_event`` folds one event into a profile state (merging two profiles when a
+device logs in is ``identity.py``); ``evaluate`` answers a parsed segment rule
+(``libs.schemas.rules``) for one ``ProfileView``; ``membership_changes`` diffs the
+answers against the stored memberships. ``libs.segments.sql`` turns the same rules into
+SQL and must agree with ``evaluate`` on every input (a hypothesis test against Postgres
+proves it); change both together. What both compute from the rule and the clock alone
+(cut-offs, day windows, dates, RFM context) lives in ``libs.segments.semantics``.
 
 RFM (recency, frequency, monetary), per app:
 
@@ -78,6 +79,10 @@ PUSH_PROVIDERS = frozenset({"fcm", "apns", "webpush"})
 class ProfileState:
     user_id: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    # name → [ISO time, op] of the attribute's latest write (op: set, once, inc, unset);
+    # an unset attribute keeps its entry (a tombstone) so that an older write arriving
+    # later cannot bring it back. See ``fold_attributes``.
+    attribute_writes: dict[str, list[str]] = field(default_factory=dict)
     first_seen: datetime | None = None
     last_seen: datetime | None = None
     platform: str | None = None
@@ -139,21 +144,27 @@ class ProfileView:
 
 def apply_event(state: ProfileState, event: Event) -> ProfileState:
     """Fold ``event`` in. Out-of-order safe: an older event never moves ``last_seen``
-    back nor overwrites fields set by a newer one (device fields, permission, contacts
-    and opt-outs by ``last_seen``; location and tokens by their own times; ``set_once``
-    fills only a missing contact). Malformed props of reserved events are ignored."""
+    back nor overwrites fields set by a newer one (device fields, permission and
+    opt-outs by ``last_seen``; attributes, phone and email by each attribute's own
+    write time; location and tokens by their own times). Malformed props of reserved
+    events are ignored.
+
+    An event with ``source="admin"`` (a profile edit from admin's API) is not activity:
+    it changes what it says and nothing else — not the event count, ``first_seen``,
+    ``last_seen`` nor the device fields."""
     newer = state.last_seen is None or event.ts >= state.last_seen
-    changes: dict[str, Any] = {
-        "events": state.events + 1,
-        "first_seen": min(filter(None, (state.first_seen, event.ts))),
-        "last_seen": max(filter(None, (state.last_seen, event.ts))),
-        "user_id": state.user_id or event.user_id,
-    }
-    if newer:
-        for name in ("platform", "app_version", "os_version", "device_model", "locale", "timezone"):
-            value = getattr(event, name)
-            if value is not None:
-                changes[name] = value
+    changes: dict[str, Any] = {"user_id": state.user_id or event.user_id}
+    if is_activity(event):
+        changes.update(
+            events=state.events + 1,
+            first_seen=min(filter(None, (state.first_seen, event.ts))),
+            last_seen=max(filter(None, (state.last_seen, event.ts))),
+        )
+        if newer:
+            for name in DEVICE_FIELDS:
+                value = getattr(event, name)
+                if value is not None:
+                    changes[name] = value
     props = event.props
     match event.name:
         case "$open":
@@ -162,14 +173,17 @@ def apply_event(state: ProfileState, event: Event) -> ProfileState:
             changes["purchases"] = state.purchases + 1
             changes["revenue"] = _finite_sum(state.revenue, event.revenue or 0.0)
         case "$attributes":
-            changes["attributes"] = apply_attributes(state.attributes, props)
-            for name in ("phone", "email"):
-                value = _mapping(props.get("set")).get(name)
-                once = _mapping(props.get("set_once")).get(name)
-                if newer and _is_contact(value):
-                    changes[name] = value
-                elif getattr(state, name) is None and _is_contact(once):
-                    changes[name] = once
+            attrs, writes, written = fold_attributes(
+                state.attributes, state.attribute_writes, props, event.ts
+            )
+            changes["attributes"], changes["attribute_writes"] = attrs, writes
+            for name in CONTACT_FIELDS:
+                if name not in written:
+                    continue
+                if name not in attrs:
+                    changes[name] = None  # unset
+                elif _is_contact(attrs[name]):
+                    changes[name] = attrs[name]
         case "$push_token":
             changes.update(_push_token(state, event))
         case "$push_permission":
@@ -187,6 +201,17 @@ def apply_event(state: ProfileState, event: Event) -> ProfileState:
                     outs.discard(channel)
                 changes["opt_outs"] = sorted(outs)
     return replace(state, **changes)
+
+
+DEVICE_FIELDS = ("platform", "app_version", "os_version", "device_model", "locale", "timezone")
+# Attributes that are also the profile's contact fields (the dispatcher's addresses).
+CONTACT_FIELDS = ("phone", "email")
+
+
+def is_activity(event: Event) -> bool:
+    """Whether ``event`` is something the user did: every event but admin's profile
+    edits, which are neither counted nor make the user seen."""
+    return event.source != "admin"
 
 
 def _is_contact(value: Any) -> bool:
@@ -234,23 +259,115 @@ def _location(state: ProfileState, event: Event) -> dict[str, Any]:
 
 
 def apply_attributes(current: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
-    """``$attributes`` props: ``set``, ``set_once``, ``increment`` (numbers), ``unset`` (names)."""
+    """``$attributes`` props applied to attributes with no write history (in order:
+    ``set``, ``set_once``, ``increment`` of numbers, ``unset`` of names)."""
+    return fold_attributes(current, {}, props, datetime.max.replace(tzinfo=UTC))[0]
+
+
+WriteOp = str  # "set" | "once" | "inc" | "unset"
+
+
+def write_mark(writes: Mapping[str, Any], name: str) -> tuple[datetime | None, WriteOp | None]:
+    """(time, op) of the latest write of attribute ``name``; (None, None) when unknown
+    (never written, or written before write times were kept: older than any time)."""
+    mark = writes.get(name)
+    if not isinstance(mark, list | tuple) or len(mark) != 2 or not isinstance(mark[0], str):
+        return None, None
+    try:
+        at = datetime.fromisoformat(mark[0])
+    except ValueError:
+        return None, None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at, str(mark[1])
+
+
+def fold_attributes(
+    current: dict[str, Any],
+    writes: dict[str, list[str]],
+    props: dict[str, Any],
+    ts: datetime,
+) -> tuple[dict[str, Any], dict[str, list[str]], set[str]]:
+    """Apply ``$attributes`` props written at ``ts``; returns the attributes, their write
+    marks and the names this call wrote. Per attribute, so that events may arrive in
+    any order:
+
+    - ``set`` applies unless a later write is known — except a ``set_once`` value, which
+      any ``set`` replaces (``set_once`` only fills a missing attribute, so had the
+      ``set`` arrived first the ``set_once`` would not have applied);
+    - ``set_once`` fills a missing attribute unless it was unset later, and replaces a
+      value another ``set_once`` wrote later (the earliest ``set_once`` wins);
+    - ``increment`` adds (from 0, or over a non-number) unless a later ``set`` or
+      ``unset`` absorbed it;
+    - ``unset`` removes unless a later write is known, and leaves a tombstone.
+
+    Ties count as later (a later event with the same time wins, as ``apply_event``'s
+    device fields). Increments interleaved out of order with a ``set`` of the same
+    attribute cannot all be placed without the full history and may be lost. At most
+    ``MAX_ATTRIBUTES`` attributes are kept (existing ones first) and as many tombstones
+    (newest first)."""
     attrs = dict(current)
+    marks = dict(writes)
+    written: set[str] = set()
+
+    def mark(name: str, op: WriteOp) -> None:
+        marks[name] = [ts.isoformat(), op]
+        written.add(name)
+
     for name, value in _mapping(props.get("set")).items():
-        attrs[name] = value
+        at, op = write_mark(marks, name)
+        if at is None or ts >= at or op == "once":
+            attrs[name] = value
+            mark(name, "set")
     for name, value in _mapping(props.get("set_once")).items():
-        attrs.setdefault(name, value)
+        at, op = write_mark(marks, name)
+        if name in attrs:
+            if op == "once" and at is not None and ts < at:
+                attrs[name] = value
+                mark(name, "once")
+        elif at is None or ts >= at:
+            attrs[name] = value
+            mark(name, "once")
     for name, value in _mapping(props.get("increment")).items():
-        if _is_number(value):
-            base = attrs.get(name, 0)
-            attrs[name] = _finite_sum(base if _is_number(base) else 0, value)
+        if not _is_number(value):
+            continue
+        at, op = write_mark(marks, name)
+        if at is not None and ts < at and op != "inc":
+            continue
+        base = attrs.get(name, 0)
+        attrs[name] = _finite_sum(base if _is_number(base) else 0, value)
+        if at is None or ts >= at:
+            mark(name, "inc")
+        else:
+            written.add(name)
     unset = props.get("unset")
     for name in unset if isinstance(unset, list) else []:
-        if isinstance(name, str):
+        if not isinstance(name, str):
+            continue
+        at, _ = write_mark(marks, name)
+        if at is None or ts >= at:
             attrs.pop(name, None)
+            mark(name, "unset")
     if len(attrs) > MAX_ATTRIBUTES:
         attrs = dict(list(attrs.items())[:MAX_ATTRIBUTES])
-    return attrs
+    return attrs, bounded_marks(attrs, marks), written & (set(attrs) | set(_tombstones(marks)))
+
+
+def _tombstones(marks: Mapping[str, Any]) -> list[str]:
+    """Names whose latest write was an unset, in the marks' order (oldest mark first)."""
+    return [name for name in marks if write_mark(marks, name)[1] == "unset"]
+
+
+def bounded_marks(attrs: Mapping[str, Any], marks: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The marks of ``attrs`` and the newest ``MAX_ATTRIBUTES`` tombstones; a mark of an
+    attribute that is neither (dropped by the cap) goes."""
+    kept = {name: list(marks[name]) for name in marks if name in attrs}
+    tombs = [n for n in _tombstones(marks) if n not in attrs]
+    # Stable: among tombstones of one time, the later written stay.
+    tombs.sort(key=lambda n: write_mark(marks, n)[0] or datetime.min.replace(tzinfo=UTC))
+    for name in tombs[-MAX_ATTRIBUTES:]:
+        kept[name] = list(marks[name])
+    return kept
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -653,8 +770,13 @@ def membership_changes(
             member.discard(segment_id)
         if inside != was:
             kind = "entered" if inside else "exited"
-            change_id = uuid.uuid5(
-                CHANGE_NS, json.dumps([app_id, user_key, segment_id, kind, cause])
+            changes.append(
+                Change(segment_id, kind, change_id(app_id, user_key, segment_id, kind, cause))
             )
-            changes.append(Change(segment_id, kind, change_id.hex))
     return sorted(changes, key=lambda c: c.segment_id)
+
+
+def change_id(app_id: str, user_key: str, segment_id: str, change: str, cause: str) -> str:
+    """The id of a membership change: deterministic in what changed and its cause (an
+    event, attribution or erasure id), so a redelivered cause yields the same id."""
+    return uuid.uuid5(CHANGE_NS, json.dumps([app_id, user_key, segment_id, change, cause])).hex

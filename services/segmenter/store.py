@@ -1,6 +1,7 @@
-"""Segmenter's tables: processed events here; profiles, daily counters, recent events and
-segment memberships in ``libs.runtime.tables`` (admin reads them). Segmenter is their
-only writer. Repo functions never commit.
+"""Segmenter's tables: processed records, erasures carried out and rule syncs here;
+profiles, device aliases, daily counters, recent events and segment memberships in
+``libs.runtime.tables`` (admin reads them). Segmenter is their only writer. Repo
+functions never commit.
 
 Event conditions with ``where`` property filters (or windows of minutes/hours) cannot be
 answered from daily counters, which are per (name, day) only. They are answered from
@@ -11,12 +12,12 @@ configure; the rule language bounds such windows to the retention."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, delete, select
+from sqlalchemy import String, delete, literal, not_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -31,7 +32,9 @@ from libs.runtime.tables import (
     Segment,
 )
 from libs.schemas import Event
+from libs.schemas.base import ANONYMOUS_PREFIX
 from libs.schemas.rules import RECENT_EVENTS_DAYS
+from services.segmenter.identity import Alias
 from services.segmenter.logic import (
     DailyCount,
     ProfileState,
@@ -49,6 +52,18 @@ class SeenEvent(Base):
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     seen_at: Mapped[datetime]
+
+
+class Erasure(Base):
+    """Erasures (admin's ``DELETE /admin/v1/users/{user_key}``) already carried out: a
+    redelivered erasure record does nothing, so it cannot erase what the user did
+    after it (nor events of its batch marked seen). Keeps no user key."""
+
+    __tablename__ = "segmenter_erasures"
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erasure_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    erased_at: Mapped[datetime]
 
 
 class RuleSync(Base):
@@ -78,13 +93,26 @@ async def first_sightings(session: AsyncSession, *, app_id: str, event_ids: list
     return set(result)
 
 
-async def load_profile(session: AsyncSession, *, app_id: str, user_key: str) -> ProfileState | None:
+async def lock_profiles(session: AsyncSession, *, app_id: str, user_keys: Sequence[str]) -> None:
+    """Take the profiles' advisory locks (held until the transaction ends; re-entrant).
+    Blocks. Callers that lock several profiles lock them all at once, in sorted
+    ``(app_id, user_key)`` order across the transaction, so that replicas never wait on
+    each other in a cycle."""
+    for user_key in sorted(set(user_keys)):
+        await lock(session, "profile", app_id, user_key)
+
+
+async def load_profile(
+    session: AsyncSession, *, app_id: str, user_key: str, locked: bool = False
+) -> ProfileState | None:
     """The profile, locked for this transaction (one writer per user at a time), or None.
 
     The advisory lock also covers a profile that does not exist yet, so two replicas
     that both see it missing cannot both create it and lose one another's update.
+    ``locked``: the caller already holds it (``lock_profiles``), saving a round trip.
     """
-    await lock(session, "profile", app_id, user_key)
+    if not locked:
+        await lock_profiles(session, app_id=app_id, user_keys=[user_key])
     row = await session.scalar(
         select(Profile)
         .where(Profile.app_id == app_id, Profile.user_key == user_key)
@@ -95,6 +123,7 @@ async def load_profile(session: AsyncSession, *, app_id: str, user_key: str) -> 
     return ProfileState(
         user_id=row.user_id,
         attributes=dict(row.attributes),
+        attribute_writes=dict(row.attribute_writes or {}),
         first_seen=row.first_seen,
         last_seen=row.last_seen,
         platform=row.platform,
@@ -134,19 +163,136 @@ async def save_profile(
     )
 
 
-async def set_alias(session: AsyncSession, *, app_id: str, device_id: str, user_key: str) -> None:
-    """Point ``device_id`` at ``user_key`` (the latest identity seen on the device wins)."""
+async def aliases(
+    session: AsyncSession, *, app_id: str, device_ids: Iterable[str]
+) -> dict[str, Alias]:
+    """The stored alias of each of ``device_ids`` that has one."""
+    wanted = sorted(set(device_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(DeviceAlias.device_id, DeviceAlias.user_key, DeviceAlias.linked_at).where(
+            DeviceAlias.app_id == app_id, DeviceAlias.device_id.in_(wanted)
+        )
+    )
+    return {device: Alias(key, linked_at) for device, key, linked_at in rows}
+
+
+async def save_aliases(session: AsyncSession, *, app_id: str, aliases: Mapping[str, Alias]) -> None:
+    """Store ``aliases`` (device id → alias) as decided by ``identity.route``. Links
+    replace whatever was stored (one partition owns a device's events, so one batch at
+    a time decides them); an anonymous alias is stored only where none or another
+    anonymous one is."""
+    if not aliases:
+        return
     now = datetime.now(UTC)
     stmt = insert(DeviceAlias).values(
-        app_id=app_id, device_id=device_id, user_key=user_key, updated_at=now
+        [
+            {
+                "app_id": app_id,
+                "device_id": device,
+                "user_key": alias.user_key,
+                "linked_at": alias.linked_at,
+                "updated_at": now,
+            }
+            for device, alias in sorted(aliases.items())
+        ]
     )
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=[DeviceAlias.app_id, DeviceAlias.device_id],
-            set_={"user_key": stmt.excluded.user_key, "updated_at": now},
-            where=DeviceAlias.user_key != stmt.excluded.user_key,
+            set_={
+                "user_key": stmt.excluded.user_key,
+                "linked_at": stmt.excluded.linked_at,
+                "updated_at": now,
+            },
+            # An anonymous alias is only ever a first one: it never replaces a link
+            # (which a replica handling the device's events may have just stored).
+            where=or_(
+                not_(stmt.excluded.user_key.startswith(ANONYMOUS_PREFIX)),
+                DeviceAlias.user_key.startswith(ANONYMOUS_PREFIX),
+            ),
         )
     )
+
+
+async def devices_of(session: AsyncSession, *, app_id: str, user_key: str) -> list[str]:
+    """The devices whose alias names ``user_key``, sorted."""
+    rows = await session.scalars(
+        select(DeviceAlias.device_id)
+        .where(DeviceAlias.app_id == app_id, DeviceAlias.user_key == user_key)
+        .order_by(DeviceAlias.device_id)
+    )
+    return list(rows)
+
+
+async def move_history(session: AsyncSession, *, app_id: str, source: str, target: str) -> None:
+    """Move ``source``'s daily counters (summed into ``target``'s rows of the same name
+    and day) and recent events to ``target``; ``source`` keeps none. Both profiles must
+    be locked by the caller. Not idempotent on its own (the counters are added): the
+    caller deletes ``source`` in the same transaction."""
+    moved = select(
+        DailyCounter.app_id,
+        literal(target).label("user_key"),
+        DailyCounter.name,
+        DailyCounter.day,
+        DailyCounter.count,
+        DailyCounter.revenue,
+    ).where(DailyCounter.app_id == app_id, DailyCounter.user_key == source)
+    stmt = insert(DailyCounter).from_select(
+        ["app_id", "user_key", "name", "day", "count", "revenue"], moved
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[
+                DailyCounter.app_id,
+                DailyCounter.user_key,
+                DailyCounter.name,
+                DailyCounter.day,
+            ],
+            set_={
+                "count": DailyCounter.count + stmt.excluded.count,
+                "revenue": DailyCounter.revenue + stmt.excluded.revenue,
+            },
+        )
+    )
+    await session.execute(
+        delete(DailyCounter).where(DailyCounter.app_id == app_id, DailyCounter.user_key == source)
+    )
+    await session.execute(
+        update(RecentEventRow)
+        .where(RecentEventRow.app_id == app_id, RecentEventRow.user_key == source)
+        .values(user_key=target)
+    )
+
+
+async def delete_profile(session: AsyncSession, *, app_id: str, user_key: str) -> None:
+    """Delete the profile, its daily counters and recent events (memberships: ``leave``,
+    one by one, so that each exit is announced). Idempotent."""
+    for table in (DailyCounter, RecentEventRow, Profile):
+        await session.execute(
+            delete(table).where(table.app_id == app_id, table.user_key == user_key)
+        )
+
+
+async def delete_aliases(session: AsyncSession, *, app_id: str, user_key: str) -> None:
+    """Forget every device whose alias names ``user_key``. Idempotent."""
+    await session.execute(
+        delete(DeviceAlias).where(DeviceAlias.app_id == app_id, DeviceAlias.user_key == user_key)
+    )
+
+
+async def claim_erasure(
+    session: AsyncSession, *, app_id: str, erasure_id: str, at: datetime
+) -> bool:
+    """Record the erasure as carried out; False when it already was (a redelivery)."""
+    claimed = await session.scalar(
+        insert(Erasure)
+        .values(app_id=app_id, erasure_id=erasure_id, erased_at=at)
+        .on_conflict_do_nothing()
+        .returning(Erasure.erasure_id)
+    )
+    return claimed is not None
 
 
 async def active_segments(session: AsyncSession, *, app_id: str) -> list[Segment]:

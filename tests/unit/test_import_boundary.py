@@ -35,6 +35,8 @@ PURE_EXTRAS = [
     "libs.runtime.signing",
     "libs.runtime.fraudrules",
     "services.admin.segments",
+    "services.admin.users",
+    "services.segmenter.identity",
 ]
 PURE_MODULES = [
     *SERVICE_LOGIC,
