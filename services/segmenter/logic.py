@@ -406,11 +406,15 @@ def daily_counts(events: Iterable[Event]) -> list[DailyCount]:
 
 
 def apply_attribution(state: ProfileState, attributed: UserAttributed) -> ProfileState:
-    """The profile keeps the attribution of its first install, upgraded (organic → a
-    tracker) when a late click matches that same install."""
+    """The profile keeps the attribution of its first counted install, upgraded (organic →
+    a tracker) when a late click matches that same install. An install rejected as fraud
+    gives way to an honest one: it was never counted, so it does not make the device's
+    later install a second one."""
     current = state.attribution
     if current is not None and current.get("install_event_id") != attributed.install_event_id:
-        return state
+        if current.get("status") != "rejected" or attributed.status == "rejected":
+            return state
+        current = None
     if (
         current is not None
         and current.get("method") != "organic"

@@ -275,6 +275,21 @@ def test_another_installs_attribution_is_ignored() -> None:
     assert apply_attribution(state, attributed("i2", "click_id")) == state
 
 
+def test_a_rejected_install_gives_way_to_an_honest_one() -> None:
+    fraud = attributed("i1", status="rejected", fraud_reasons=["emulator"])
+    state = apply_attribution(ProfileState(), fraud)
+    assert state.attribution is not None and state.attribution["status"] == "rejected"
+    honest = apply_attribution(state, attributed("i2", "organic"))
+    assert honest.attribution is not None
+    assert (honest.attribution["install_event_id"], honest.attribution["status"]) == (
+        "i2",
+        "attributed",
+    )
+    # a replay of the rejected statement, or another rejected install, changes nothing
+    assert apply_attribution(honest, fraud) == honest
+    assert apply_attribution(state, attributed("i3", status="rejected")) == state
+
+
 def test_same_attribution_twice_is_idempotent() -> None:
     once = apply_attribution(ProfileState(), attributed("i1"))
     assert apply_attribution(once, attributed("i1")) == once
