@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+from bisect import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ CITIES = [
     ("Kish", 26.5325, 53.9800, 4),
 ]
 CITY_NAMES = [c[0] for c in CITIES]
-CITY_WEIGHTS = [c[3] for c in CITIES]
+CITY_CUMULATIVE = list(accumulate(c[3] for c in CITIES))
 CATEGORIES = ["electronics", "fashion", "grocery", "books", "home", "beauty"]
 CHANNELS = [("instagram", "meta"), ("google_ads", "google"), ("telegram", "tg_ads")]
 
@@ -134,11 +136,11 @@ def make_user(i: int, now: datetime, *, recent: bool) -> User:
     today = now.astimezone(UTC).date()
     roll = rnd.random()
     if roll < 0.4:
-        days = rnd.randint(0, 2)
+        days = _int(rnd, 0, 2)
     elif roll < 0.8:
-        days = rnd.randint(3, 10)
+        days = _int(rnd, 3, 10)
     else:
-        days = rnd.randint(10, 40)
+        days = _int(rnd, 10, 40)
     # Recent activity is skewed toward the latest weeks.
     offsets = sorted({min(WINDOW_DAYS - 1, int(rnd.expovariate(1 / 20))) for _ in range(days)})
     counters: list[DailyCount] = []
@@ -147,14 +149,14 @@ def make_user(i: int, now: datetime, *, recent: bool) -> User:
     revenue = 0.0
     for back in offsets:
         day = today - timedelta(days=back)
-        opens = rnd.randint(1, 4)
+        opens = _int(rnd, 1, 4)
         counters.append(DailyCount("$open", day, opens))
         sessions += opens
         total += opens
         if recent:
             events.extend(RecentEvent("$open", _at(day, rnd, now)) for _ in range(opens))
         if rnd.random() < 0.6:
-            views = rnd.randint(1, 10)
+            views = _int(rnd, 1, 10)
             counters.append(DailyCount("view_item", day, views))
             total += views
             if recent:
@@ -165,7 +167,7 @@ def make_user(i: int, now: datetime, *, recent: bool) -> User:
                             _at(day, rnd, now),
                             {
                                 "category": rnd.choice(CATEGORIES),
-                                "sku": f"sku-{rnd.randint(1, 5000)}",
+                                "sku": f"sku-{_int(rnd, 1, 5000)}",
                             },
                         )
                     )
@@ -175,7 +177,7 @@ def make_user(i: int, now: datetime, *, recent: bool) -> User:
             if recent:
                 events.append(RecentEvent("add_to_cart", _at(day, rnd, now), {"qty": 1}))
         if rnd.random() < 0.05:
-            amount = float(rnd.randint(100, 5_000) * 1_000)
+            amount = float(_int(rnd, 100, 5_000) * 1_000)
             counters.append(DailyCount("$purchase", day, 1, amount))
             purchases += 1
             revenue += amount
@@ -184,18 +186,16 @@ def make_user(i: int, now: datetime, *, recent: bool) -> User:
                 events.append(RecentEvent("$purchase", _at(day, rnd, now), {"amount": amount}))
     if offsets:
         last_seen = _at(today - timedelta(days=offsets[0]), rnd, now)
-        first_seen = _at(today - timedelta(days=offsets[-1] + rnd.randint(0, 300)), rnd, now)
+        first_seen = _at(today - timedelta(days=offsets[-1] + _int(rnd, 0, 300)), rnd, now)
     else:
-        last_seen = now - timedelta(
-            days=WINDOW_DAYS + rnd.randint(0, 275), hours=rnd.randint(0, 23)
-        )
-        first_seen = last_seen - timedelta(days=rnd.randint(0, 300))
-    city = rnd.choices(CITY_NAMES, CITY_WEIGHTS)[0]
+        last_seen = now - timedelta(days=WINDOW_DAYS + _int(rnd, 0, 275), hours=_int(rnd, 0, 23))
+        first_seen = last_seen - timedelta(days=_int(rnd, 0, 300))
+    city = CITY_NAMES[bisect(CITY_CUMULATIVE, rnd.random() * CITY_CUMULATIVE[-1])]
     android = rnd.random() < 0.75
     granted = rnd.random() < (0.7 if android else 0.45)
     token = {
         "device_id": f"dev{i}",
-        "token": f"tok-{i}-{rnd.randint(0, 1 << 30)}",
+        "token": f"tok-{i}-{_int(rnd, 0, 1 << 30)}",
         "provider": "fcm" if android else "apns",
         "valid": rnd.random() >= 0.1,
         "updated_at": first_seen.isoformat(),
@@ -205,29 +205,30 @@ def make_user(i: int, now: datetime, *, recent: bool) -> User:
         _, base_lat, base_lon, _ = CITIES[CITY_NAMES.index(city)]
         lat = round(base_lat + rnd.uniform(-0.3, 0.3), 7)
         lon = round(base_lon + rnd.uniform(-0.3, 0.3), 7)
-        located = now - timedelta(minutes=rnd.randint(0, 3 * 1440))
+        located = now - timedelta(minutes=_int(rnd, 0, 3 * 1440))
     attribution = None
     if rnd.random() < 0.6:
         channel, network = rnd.choice(CHANNELS)
         attribution = {
-            "tracker_token": f"trk{rnd.randint(1, 40)}",
+            "tracker_token": f"trk{_int(rnd, 1, 40)}",
             "network": network,
-            "campaign": f"cmp{rnd.randint(1, 12)}",
+            "campaign": f"cmp{_int(rnd, 1, 12)}",
             "channel": channel,
             "method": "click",
         }
     opt = rnd.random()
+    tier = rnd.random()
     state = ProfileState(
         user_id=f"user{i}" if rnd.random() < 0.55 else None,
         attributes={
             "city": city,
-            "tier": rnd.choices(["free", "silver", "gold"], [70, 20, 10])[0],
-            "age": rnd.randint(16, 70),
+            "tier": "free" if tier < 0.7 else ("silver" if tier < 0.9 else "gold"),
+            "age": _int(rnd, 16, 70),
             "gender": rnd.choice(["f", "m", "x"]),
-            "signup_at": (first_seen + timedelta(minutes=rnd.randint(0, 600))).isoformat(),
+            "signup_at": (first_seen + timedelta(minutes=_int(rnd, 0, 600))).isoformat(),
             "language": "fa" if rnd.random() < 0.9 else "en",
             "plan": rnd.choice(["basic", "plus", "pro"]),
-            "loyalty_points": rnd.randint(0, 20_000),
+            "loyalty_points": _int(rnd, 0, 20_000),
         },
         first_seen=first_seen,
         last_seen=last_seen,
@@ -252,10 +253,15 @@ def make_user(i: int, now: datetime, *, recent: bool) -> User:
     return User(user_key(i), state, tuple(counters), tuple(events))
 
 
+def _int(rnd: random.Random, low: int, high: int) -> int:
+    """``rnd.randint(low, high)``, five times cheaper (a million users are generated)."""
+    return low + int(rnd.random() * (high - low + 1))
+
+
 def _at(day: date, rnd: random.Random, now: datetime) -> datetime:
     """A time on ``day`` (UTC), never after ``now``."""
     when = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(
-        seconds=rnd.randint(0, 86_399)
+        seconds=_int(rnd, 0, 86_399)
     )
     return min(when, now)
 
