@@ -26,8 +26,6 @@ Tune with BENCH_SEG_BULK_USERS / BENCH_SEG_BULK_REPEATS.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import statistics
 import tempfile
@@ -37,13 +35,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-from sqlalchemy import Select, func, insert, literal, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bench._segments_infra import RULES, Database, population
+from bench._segments_infra import RULES, Database, load_users, seed_memberships
 from libs.runtime import postgres
-from libs.runtime.tables import Membership, Profile
+from libs.runtime.tables import Profile
 from libs.schemas.rules import parse_rule
 from libs.segments.semantics import NO_CONTEXT
 from libs.segments.sql import compile_rule, matching_users, rfm_thresholds, without_jit
@@ -52,120 +49,10 @@ from services.segmenter import store
 
 USERS = int(os.environ.get("BENCH_SEG_BULK_USERS", "1000000"))
 REPEATS = int(os.environ.get("BENCH_SEG_BULK_REPEATS", "5"))
-CHUNK = 25_000
 TARGET_SECONDS = 3.0
 APP = "bench"
 SEGMENT = "s_buyers_tehran"
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-
-PROFILE_COLUMNS = (
-    "app_id",
-    "user_key",
-    "user_id",
-    "attributes",
-    "first_seen",
-    "last_seen",
-    "platform",
-    "app_version",
-    "locale",
-    "timezone",
-    "attribution",
-    "sessions",
-    "purchases",
-    "revenue",
-    "events",
-    "push_permission",
-    "push_tokens",
-    "phone",
-    "email",
-    "web_push",
-    "opt_outs",
-    "last_lat",
-    "last_lon",
-    "last_location_at",
-    "updated_at",
-)
-COUNTER_COLUMNS = ("app_id", "user_key", "name", "day", "count", "revenue")
-
-
-def rows(start: int, count: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """COPY rows (profiles, daily counters) of users ``start`` … ``start + count - 1``."""
-    profiles, counters = [], []
-    dumps = json.dumps
-    for user in population(start, count, NOW, recent=False):
-        s = user.state
-        profiles.append(
-            (
-                APP,
-                user.user_key,
-                s.user_id,
-                dumps(s.attributes),
-                s.first_seen,
-                s.last_seen,
-                s.platform,
-                s.app_version,
-                s.locale,
-                s.timezone,
-                dumps(s.attribution) if s.attribution is not None else None,
-                s.sessions,
-                s.purchases,
-                s.revenue,
-                s.events,
-                s.push_permission,
-                dumps(s.push_tokens),
-                s.phone,
-                s.email,
-                "[]",
-                dumps(s.opt_outs),
-                s.last_lat,
-                s.last_lon,
-                s.last_location_at,
-                NOW,
-            )
-        )
-        counters.extend(
-            (APP, user.user_key, c.name, c.day, c.count, c.revenue) for c in user.counters
-        )
-    return profiles, counters
-
-
-async def load(url: str, users: int) -> dict[str, float]:
-    """COPY every user in chunks (the next chunk is generated in a thread while the
-    current one is copied), then VACUUM ANALYZE. Returns timings and row counts."""
-    conn = await asyncpg.connect(url)
-    started = time.perf_counter()
-    counter_rows = 0
-    try:
-        starts = list(range(0, users, CHUNK))
-        pending = asyncio.create_task(asyncio.to_thread(rows, 0, min(CHUNK, users)))
-        for i, start in enumerate(starts):
-            profiles, counters = await pending
-            if i + 1 < len(starts):
-                nxt = starts[i + 1]
-                pending = asyncio.create_task(asyncio.to_thread(rows, nxt, min(CHUNK, users - nxt)))
-            await conn.copy_records_to_table("profiles", records=profiles, columns=PROFILE_COLUMNS)
-            await conn.copy_records_to_table(
-                "segmenter_daily_counters", records=counters, columns=COUNTER_COLUMNS
-            )
-            counter_rows += len(counters)
-            if (start // CHUNK) % 8 == 7:
-                print(f"  loaded {start + len(profiles)} users", flush=True)
-        copied = time.perf_counter() - started
-        await conn.execute("VACUUM ANALYZE profiles")
-        await conn.execute("VACUUM ANALYZE segmenter_daily_counters")
-        sizes = await conn.fetchrow(
-            "SELECT pg_total_relation_size('profiles') AS p,"
-            " pg_total_relation_size('segmenter_daily_counters') AS c"
-        )
-    finally:
-        await conn.close()
-    return {
-        "copy_seconds": round(copied, 1),
-        "vacuum_analyze_seconds": round(time.perf_counter() - started - copied, 1),
-        "daily_counter_rows": counter_rows,
-        "profiles_mb": round(sizes["p"] / 2**20),
-        "daily_counters_mb": round(sizes["c"] / 2**20),
-    }
 
 
 def count_statement() -> Select[Any]:
@@ -186,19 +73,6 @@ async def explain(session: AsyncSession, stmt: Select[Any]) -> str:
     return "\n".join(r[0] for r in plan)
 
 
-async def seed_members(session: AsyncSession) -> int:
-    """The segment's stored memberships: the rule's answer an hour before NOW."""
-    node = parse_rule(RULES[SEGMENT])
-    earlier = NOW - timedelta(hours=1)
-    answer = matching_users(node, app_id=APP, now=earlier).with_only_columns(
-        literal(APP), literal(SEGMENT), Profile.user_key, literal(earlier)
-    )
-    result = await session.execute(
-        insert(Membership).from_select(["app_id", "segment_id", "user_key", "entered_at"], answer)
-    )
-    return int(result.rowcount or 0)
-
-
 async def timed(step: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
     started = time.perf_counter()
     value = await step()
@@ -210,8 +84,15 @@ async def measure(url: str) -> dict[str, Any]:
     sessions = postgres.session_factory(engine)
     node = parse_rule(RULES[SEGMENT])
     try:
+        # The segment's stored members: the rule's answer an hour before NOW.
         async with sessions() as session, session.begin():
-            members = await seed_members(session)
+            members = await seed_memberships(
+                session,
+                app_id=APP,
+                segments={SEGMENT: node},
+                at=NOW - timedelta(hours=1),
+                context=NO_CONTEXT,
+            )
         # ``bulk`` runs as the scheduler and admin do (JIT off for the transaction);
         # ``plain`` with the server's default JIT settings, for comparison.
         async with sessions() as bulk, sessions() as plain:
@@ -263,7 +144,7 @@ async def run() -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="hodhod-bench-segbulk-"))
     db = await Database.create(tmp)
     try:
-        loaded = await load(db.url, USERS)
+        loaded = await load_users(db.url, APP, USERS, NOW)
         print(f"  loaded: {loaded}", flush=True)
         outcome = await measure(db.url)
     finally:
