@@ -369,9 +369,9 @@ async def without_jit(session: AsyncSession) -> None:
 
     Correlated counter subqueries make the planner's estimate of a rule huge (about
     2e6 for 50,000 profiles, 1.4e8 for 1,000,000), far past ``jit_above_cost``, so
-    Postgres would JIT-compile and optimise the query for 0.2-0.45 s while the work it
-    speeds up (filters over the profiles) takes a fraction of that. Measured with
+    Postgres would JIT-compile and optimise the query for 0.2-0.45 s, more than the work
+    it speeds up (filters over the profiles) saves unless the app is huge. Measured with
     bench/segments_bulk.py's 5-condition rule: 400 ms with JIT, 170 ms without over
-    50,000 profiles; 0.44 s of JIT in a 2.4 s query over 1,000,000.
+    50,000 profiles; over 1,000,000 a wash (~0.3 s of JIT won back by faster filters).
     """
     await session.execute(text("SET LOCAL jit = off"))
