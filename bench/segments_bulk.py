@@ -27,6 +27,7 @@ Tune with BENCH_SEG_BULK_USERS / BENCH_SEG_BULK_REPEATS.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -149,6 +150,7 @@ async def run() -> dict[str, Any]:
         outcome = await measure(db.url)
     finally:
         await db.drop()
+        shutil.rmtree(tmp, ignore_errors=True)
     medians = {k: round(statistics.median(v), 3) for k, v in outcome["samples"].items()}
     print("\n".join(f"  | {line}" for line in outcome["plan"].splitlines()[:40]), flush=True)
     count_s = medians["count"]

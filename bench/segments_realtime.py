@@ -36,6 +36,7 @@ import math
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -347,6 +348,7 @@ async def run() -> dict[str, Any]:
                 child.kill()
         await db.drop()
         await asyncio.to_thread(broker.stop)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     target, light = phases["target"], phases["light"]
     figures = {
