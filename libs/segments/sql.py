@@ -10,7 +10,8 @@ made two-valued (``coalesce(…, false)``) so that ``not`` inverts exactly as in
 and everything computed from the rule alone (cut-off instants, day bounds, dates in
 values, RFM cut-offs) is computed in Python with the very functions the evaluator uses
 (``libs.segments.semantics``). Builds statements and executes nothing, except
-``rfm_thresholds`` and ``context_for``, which read the app-level context a rule needs.
+``rfm_thresholds`` and ``context_for``, which read the app-level context a rule needs,
+and ``without_jit``, which every caller runs before evaluating a rule in bulk.
 """
 
 from __future__ import annotations
@@ -360,3 +361,17 @@ async def context_for(session: AsyncSession, *, app_id: str, node: Node, now: da
     if not any(isinstance(n, RfmCond) for n in walk(node)):
         return NO_CONTEXT
     return Context(rfm=await rfm_thresholds(session, app_id=app_id, now=now))
+
+
+async def without_jit(session: AsyncSession) -> None:
+    """Turn Postgres' JIT compilation off for the rest of the session's transaction; call
+    it before running compiled rules over an app's profiles. Idempotent.
+
+    Correlated counter subqueries make the planner's estimate of a rule huge (about
+    2e6 for 50,000 profiles, 1.4e8 for 1,000,000), far past ``jit_above_cost``, so
+    Postgres would JIT-compile and optimise the query for 0.2-0.45 s, more than the work
+    it speeds up (filters over the profiles) saves unless the app is huge. Measured with
+    bench/segments_bulk.py's 5-condition rule: 400 ms with JIT, 170 ms without over
+    50,000 profiles; over 1,000,000 a wash (~0.3 s of JIT won back by faster filters).
+    """
+    await session.execute(text("SET LOCAL jit = off"))

@@ -16,7 +16,7 @@ from libs.runtime.tables import DeviceAlias, Journey, Membership, Profile, Segme
 from libs.runtime.tenancy import SdkSecret
 from libs.schemas.base import ANONYMOUS_PREFIX
 from libs.schemas.rules import CHANNELS, Node, ReachableCond
-from libs.segments.sql import compile_rule, context_for
+from libs.segments.sql import compile_rule, context_for, without_jit
 
 TOKEN_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 TOKEN_LENGTH = 10
@@ -142,6 +142,7 @@ async def preview(
     the segmenter's scheduler runs): how many match, how many of those each channel
     reaches (the ``reachable`` condition's SQL, counted in the same scan), and up to
     ``sample`` of them, most recently seen first. Reads only."""
+    await without_jit(session)
     context = await context_for(session, app_id=app_id, node=node, now=now)
     rule = compile_rule(node, app_id=app_id, now=now, context=context)
     reach = [compile_rule(ReachableCond(ch), app_id=app_id, now=now) for ch in CHANNELS]
@@ -181,6 +182,7 @@ async def tracker_goal(
     attributed users, of them matching). A profile is one user, so each user counts
     once, under the tracker of the install its profile keeps (the first); attributions
     rejected as fraud credit no tracker. Reads only."""
+    await without_jit(session)
     context = await context_for(session, app_id=app_id, node=node, now=now)
     rule = compile_rule(node, app_id=app_id, now=now, context=context)
     total = await session.scalar(select(func.count()).where(Profile.app_id == app_id, rule))

@@ -80,6 +80,8 @@ class AppRules:
     # wrote the segment (the scheduler's check for new and changed rules)
     fingerprints: dict[str, str]
     updated_at: dict[str, datetime]
+    # ``logic.dependency_order(segments)``, computed once per load, not per user
+    order: list[str]
     context: logic.Context
     counters: bool
     recent: bool
@@ -99,6 +101,7 @@ class ProfileUpdater:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], producer: Producer) -> None:
         self._sessions = sessions
         self._producer = producer
+        self._rfm = logic.RfmCache()
 
     async def __call__(self, batch: Batch) -> None:
         per_app: dict[str, list[Record]] = defaultdict(list)
@@ -154,7 +157,7 @@ class ProfileUpdater:
             SEGMENT_CHANGES.labels(change.change).inc()
 
     async def _rules(self, session: AsyncSession, app_id: str, now: datetime) -> AppRules:
-        return await load_rules(session, app_id, now)
+        return await load_rules(session, app_id, now, rfm_cache=self._rfm)
 
     async def _route(self, session: AsyncSession, app_id: str, records: list[Record]) -> AppBatch:
         """Mark the app's events seen and decide where each record folds."""
@@ -263,6 +266,7 @@ class ProfileUpdater:
             now=now,
             cause=cause,
             context=rules.context,
+            order=rules.order,
         )
         return await record_changes(
             session,
@@ -362,8 +366,18 @@ async def record_changes(
     return out
 
 
-async def load_rules(session: AsyncSession, app_id: str, now: datetime) -> AppRules:
-    """The app's active segments, parsed, and what evaluating them needs loaded."""
+async def load_rules(
+    session: AsyncSession,
+    app_id: str,
+    now: datetime,
+    *,
+    rfm_cache: logic.RfmCache | None = None,
+) -> AppRules:
+    """The app's active segments, parsed, and what evaluating them needs loaded.
+
+    RFM thresholds (one scan of the app's profiles) are read only when a rule has an rfm
+    condition, and taken from ``rfm_cache`` when it holds fresh ones (the real-time
+    consumer's; the scheduler passes none and always computes them)."""
     parsed: dict[str, Node] = {}
     fingerprints: dict[str, str] = {}
     updated_at: dict[str, datetime] = {}
@@ -378,11 +392,16 @@ async def load_rules(session: AsyncSession, app_id: str, now: datetime) -> AppRu
     nodes = [n for rule in parsed.values() for n in walk(rule)]
     rfm = None
     if any(isinstance(n, RfmCond) for n in nodes):
-        rfm = await rfm_thresholds(session, app_id=app_id, now=now)
+        rfm = rfm_cache.get(app_id, now) if rfm_cache is not None else None
+        if rfm is None:
+            rfm = await rfm_thresholds(session, app_id=app_id, now=now)
+            if rfm_cache is not None:
+                rfm_cache.put(app_id, rfm, now)
     return AppRules(
         segments=parsed,
         fingerprints=fingerprints,
         updated_at=updated_at,
+        order=logic.dependency_order(parsed),
         context=logic.Context(rfm=rfm),
         counters=any(
             isinstance(n, RevenueCond) or (isinstance(n, EventCond) and not n.exact) for n in nodes

@@ -19,6 +19,14 @@ RFM (recency, frequency, monetary), per app:
 - f = 1 + #{thresholds t : sessions > t}; m = 1 + #{t : revenue > t};
   r = 5 − #{t : last_seen < now − t days} (the most recent users score 5); a profile
   that was never seen scores r = 1. Without thresholds no one matches an rfm condition.
+- Computing thresholds scans every profile of the app, so the real-time consumer keeps
+  them per app in an ``RfmCache`` for ``RFM_TTL`` (5 minutes) instead of recomputing
+  them per batch. Staleness bound: a real-time decision uses thresholds at most
+  ``RFM_TTL`` old — recency cut-offs are then at most that much off (minutes, on a scale
+  of days), frequency and monetary cut-offs off by however much the app's quintiles
+  moved meanwhile. rfm conditions are time dependent, so the scheduler re-evaluates
+  them every tick with freshly computed thresholds and corrects any membership decided
+  with stale ones within one interval.
 """
 
 from __future__ import annotations
@@ -28,9 +36,9 @@ import json
 import math
 import sys
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from libs.schemas import Event, UserAttributed
@@ -73,6 +81,7 @@ MAX_CONTACT = 256
 # events can overflow the counter's float8 sum in Postgres (which raises, not saturates).
 MAX_EVENT_REVENUE = 1e18
 PUSH_PROVIDERS = frozenset({"fcm", "apns", "webpush"})
+RFM_TTL = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,6 +624,32 @@ def _rfm(node: RfmCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
     return True
 
 
+class RfmCache:
+    """Each app's RFM thresholds, reused for ``ttl`` after they were computed (see the
+    staleness bound in the module docstring). Time comes in as ``now`` (the caller's
+    clock); an entry stamped later than ``now`` (the clock went back) counts as expired.
+    Not thread-safe; one per consumer. Holds one entry per app seen."""
+
+    def __init__(self, ttl: timedelta = RFM_TTL) -> None:
+        self._ttl = ttl
+        self._entries: dict[str, tuple[datetime, RfmThresholds]] = {}
+
+    def get(self, app_id: str, now: datetime) -> RfmThresholds | None:
+        """The app's thresholds if computed less than ``ttl`` before ``now``, else None."""
+        entry = self._entries.get(app_id)
+        if entry is None:
+            return None
+        at, thresholds = entry
+        if not at <= now < at + self._ttl:
+            del self._entries[app_id]
+            return None
+        return thresholds
+
+    def put(self, app_id: str, thresholds: RfmThresholds, now: datetime) -> None:
+        """Keep ``thresholds``, computed at ``now``, for the app (replacing any older)."""
+        self._entries[app_id] = (now, thresholds)
+
+
 def quintile_thresholds(values: Iterable[float]) -> tuple[float, ...]:
     """The 20/40/60/80th percentiles with linear interpolation (``percentile_cont``)."""
     ordered = sorted(values)
@@ -730,16 +765,14 @@ def rule_fingerprint(raw: Any) -> str:
 def dependency_order(segments: Mapping[str, Node]) -> list[str]:
     """Segment ids so that a segment comes after the segments (of ``segments``) it
     references; ties by id. Stored rules have no cycles (validated on write); should one
-    slip in, its members are taken in id order."""
+    slip in, its members are taken in id order. Walks every rule once: a caller deciding
+    many users against the same segments computes it once (``membership_changes(order=)``)."""
+    refs = {s: (referenced_segments(rule) - {s}) & segments.keys() for s, rule in segments.items()}
     order: list[str] = []
     placed: set[str] = set()
     remaining = sorted(segments)
     while remaining:
-        ready = [
-            s
-            for s in remaining
-            if not (referenced_segments(segments[s]) & (set(segments) - placed - {s}))
-        ]
+        ready = [s for s in remaining if refs[s] <= placed]
         for s in ready or remaining[:1]:
             order.append(s)
             placed.add(s)
@@ -757,16 +790,22 @@ def membership_changes(
     now: datetime,
     cause: str,
     context: Context = NO_CONTEXT,
+    order: Sequence[str] | None = None,
 ) -> list[Change]:
     """What entering/exiting ``state`` implies for the ``segments`` (id → rule), given the
     ids it is ``current``ly a member of. Segments referencing others see the new answers
     of those (evaluated first). Ids are deterministic in ``cause`` (an event id), so
-    re-deciding the same cause yields the same change ids. Sorted by segment id."""
-    view = as_view(state)
+    re-deciding the same cause yields the same change ids. Sorted by segment id.
+
+    ``order`` is ``dependency_order(segments)`` when the caller already has it (it must
+    be exactly that); otherwise it is computed here."""
     member = set(current)
+    # One view for every segment: its ``segments`` is ``member`` itself, so each rule
+    # sees the answers decided before it.
+    view = replace(as_view(state), segments=member)
     changes = []
-    for segment_id in dependency_order(segments):
-        inside = _eval(segments[segment_id], replace(view, segments=member), now, context)
+    for segment_id in dependency_order(segments) if order is None else order:
+        inside = _eval(segments[segment_id], view, now, context)
         was = segment_id in current
         if inside:
             member.add(segment_id)

@@ -43,7 +43,7 @@ from libs.runtime.kafka import Producer
 from libs.runtime.tables import Segment
 from libs.schemas import SegmentChanged
 from libs.schemas.rules import is_time_dependent
-from libs.segments.sql import matching_users
+from libs.segments.sql import matching_users, without_jit
 from services.segmenter import logic, store
 from services.segmenter.consumer import load_rules, record_changes
 from services.segmenter.metrics import SEGMENT_CHANGES
@@ -100,6 +100,7 @@ class SegmentScheduler:
             )
             if not locked:
                 return 0
+            await without_jit(session)
             await store.drop_inactive(session, app_id=app_id)
             rules = await load_rules(session, app_id, now)
             synced = await store.synced_rules(session, app_id=app_id)

@@ -208,3 +208,61 @@ async def test_rfm_thresholds_in_sql_are_the_quintiles_of_logic(
     assert got.frequency == pytest.approx(logic.quintile_thresholds(r[2] for r in rows))
     assert got.monetary == pytest.approx(logic.quintile_thresholds(r[3] for r in rows))
     assert empty == semantics.RfmThresholds()
+
+
+async def test_consumer_reuses_an_apps_rfm_thresholds_within_their_ttl(
+    sessions: async_sessionmaker[AsyncSession], app_keys: dict[str, str]
+) -> None:
+    app_id = app_keys["app_id"]
+    now = datetime.now(UTC)
+    top = f"seg_{secrets.token_hex(6)}"
+
+    async def add_profiles(prefix: str, revenues: Sequence[float]) -> None:
+        async with sessions() as session, session.begin():
+            session.add_all(
+                Profile(
+                    app_id=app_id,
+                    user_key=f"{prefix}{i}",
+                    attributes={},
+                    last_seen=now,
+                    sessions=1,
+                    purchases=1,
+                    revenue=revenue,
+                    events=1,
+                    updated_at=now,
+                )
+                for i, revenue in enumerate(revenues)
+            )
+            if prefix == "low":
+                session.add(
+                    Segment(
+                        id=top,
+                        app_id=app_id,
+                        name="top spenders",
+                        rule={"rfm": {"m": [5, 5]}},
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+
+    def buy(device: str, event_id: str) -> Event:
+        return event(app_id, event_id, "$purchase", now, revenue=100.0, currency="IRR").model_copy(
+            update={"device_id": device}
+        )
+
+    def entered(producer: CollectingProducer) -> set[str]:
+        return {c.user_key for c in producer.published if c.segment_id == top}
+
+    await add_profiles("low", [float(i) for i in range(10)])  # monetary cuts 1.8 … 7.2
+    producer = CollectingProducer()
+    handler = ProfileUpdater(sessions, producer)  # type: ignore[arg-type]
+    await handler(batch([buy("dev_a", "r1")]))
+    assert entered(producer) == {"d:dev_a"}
+    # The app's quintiles move far above 100; this consumer keeps its thresholds for
+    # logic.RFM_TTL, a fresh one reads the new ones.
+    await add_profiles("high", [1000.0] * 100)
+    await handler(batch([buy("dev_b", "r2")]))
+    assert entered(producer) == {"d:dev_a", "d:dev_b"}
+    fresh = CollectingProducer()
+    await ProfileUpdater(sessions, fresh)(batch([buy("dev_c", "r3")]))  # type: ignore[arg-type]
+    assert entered(fresh) == set()

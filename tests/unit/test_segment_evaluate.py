@@ -25,6 +25,7 @@ from services.segmenter.logic import (
     RfmThresholds,
     apply_event,
     daily_counts,
+    dependency_order,
     evaluate,
     haversine_m,
     membership_changes,
@@ -580,6 +581,44 @@ def test_referencing_segments_see_this_pass_answers() -> None:
         ("m_not_vip", "exited"),
         ("z_buyer", "entered"),
     ]
+
+
+def test_dependency_order_puts_referenced_segments_first_ties_by_id() -> None:
+    segments = {
+        "a": parse_rule({"segment": "c"}),
+        "b": parse_rule({"all": [{"segment": "a"}, {"segment": "gone"}]}),
+        "c": parse_rule({"event": "buy"}),
+        "d": parse_rule({"event": "buy"}),
+    }
+    assert dependency_order(segments) == ["c", "d", "a", "b"]
+
+
+def test_dependency_order_of_a_cycle_takes_its_members_in_id_order() -> None:
+    segments = {
+        "x": parse_rule({"segment": "y"}),
+        "y": parse_rule({"segment": "x"}),
+        "self": parse_rule({"segment": "self"}),
+    }
+    assert dependency_order(segments) == ["self", "x", "y"]
+
+
+def test_a_precomputed_order_decides_as_the_computed_one() -> None:
+    segments = {
+        "a_vip": parse_rule({"segment": "z_buyer"}),
+        "z_buyer": parse_rule({"event": "buy"}),
+        "m_not_vip": parse_rule({"not": {"segment": "a_vip"}}),
+    }
+    kwargs: dict[str, Any] = dict(
+        app_id="app",
+        user_key="u",
+        segments=segments,
+        current={"m_not_vip"},
+        state=counters(("buy", 0, 1, 0.0)),
+        now=NOW,
+        cause="e1",
+    )
+    order = dependency_order(segments)
+    assert membership_changes(**kwargs, order=order) == membership_changes(**kwargs)
 
 
 # --- the SQL twin compiles ----------------------------------------------------------------

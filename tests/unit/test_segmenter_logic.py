@@ -15,8 +15,11 @@ from libs.schemas.rules import parse_rule
 from services.segmenter.logic import (
     CHANGE_NS,
     MAX_ATTRIBUTES,
+    RFM_TTL,
     Change,
     ProfileState,
+    RfmCache,
+    RfmThresholds,
     apply_attributes,
     apply_attribution,
     apply_event,
@@ -753,3 +756,38 @@ def test_rule_fingerprint_ignores_key_order_and_notices_any_change() -> None:
     assert rule_fingerprint(rule) != rule_fingerprint({**rule, "value": "شیراز"})
     assert rule_fingerprint({"all": [rule]}) != rule_fingerprint(rule)
     assert len(rule_fingerprint(rule)) == 64
+
+
+# --- RFM threshold cache ------------------------------------------------------------------
+
+THRESHOLDS = RfmThresholds((1.0, 3.0, 7.0, 30.0), (1.0, 2.0, 5.0, 9.0), (0.0, 0.0, 1e5, 1e6))
+
+
+def test_rfm_cache_misses_until_filled_and_keeps_apps_apart() -> None:
+    cache = RfmCache()
+    assert cache.get("app", NOW) is None
+    cache.put("app", THRESHOLDS, NOW)
+    assert cache.get("app", NOW) == THRESHOLDS
+    assert cache.get("other", NOW) is None
+
+
+def test_rfm_cache_serves_until_the_ttl_then_expires() -> None:
+    cache = RfmCache(ttl=timedelta(minutes=5))
+    cache.put("app", THRESHOLDS, NOW)
+    assert cache.get("app", NOW + timedelta(minutes=5) - timedelta(microseconds=1)) == THRESHOLDS
+    assert cache.get("app", NOW + timedelta(minutes=5)) is None
+    assert cache.get("app", NOW) is None  # an expired entry is gone, not revived
+
+
+def test_rfm_cache_put_replaces_and_restarts_the_ttl() -> None:
+    cache = RfmCache()
+    cache.put("app", RfmThresholds(), NOW)
+    later = NOW + RFM_TTL - timedelta(seconds=1)
+    cache.put("app", THRESHOLDS, later)
+    assert cache.get("app", later + RFM_TTL - timedelta(seconds=1)) == THRESHOLDS
+
+
+def test_rfm_cache_entry_from_the_future_is_expired() -> None:
+    cache = RfmCache()
+    cache.put("app", THRESHOLDS, NOW)
+    assert cache.get("app", NOW - timedelta(seconds=1)) is None
