@@ -199,6 +199,12 @@ async def produce_paced(
     return sent, time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process ``pid`` has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -315,6 +321,7 @@ async def run() -> dict[str, Any]:
                 count = int(rate * seconds)
                 events = make_events(app_id, order[used : used + count])
                 used += count
+                cpu_before = cpu_seconds(child.pid) if child.pid is not None else 0.0
                 sent, send_s = await produce_paced(producer, events, rate)
                 # The warm-up waits as long as group joins take; the others DRAIN_TIMEOUT_S.
                 timeout = 120.0 if name == "warmup" else DRAIN_TIMEOUT_S
@@ -322,15 +329,19 @@ async def run() -> dict[str, Any]:
                 if name == "warmup" and not drained:
                     raise RuntimeError("the segmenter did not answer the warm-up events")
                 if name != "warmup":
+                    cpu = cpu_seconds(child.pid) - cpu_before if child.pid is not None else 0.0
                     phases[name] = {
                         "rate_per_s": rate,
                         "seconds": seconds,
                         **summarize(sent, reader.received, send_s, seconds),
+                        # the consumer's own CPU over the phase and its drain, per event sent
+                        "consumer_cpu_ms_per_event": round(cpu * 1000 / max(1, count), 2),
                     }
                 print(
                     f"  {name}: {count} events at {rate}/s, drained={drained}"
                     + (
                         f", p50 {phases[name]['p50_ms']} ms, p99 {phases[name]['p99_ms']} ms"
+                        f", consumer CPU {phases[name]['consumer_cpu_ms_per_event']} ms/event"
                         if name in phases
                         else ""
                     ),
@@ -362,6 +373,7 @@ async def run() -> dict[str, Any]:
         "light_rate_per_s": LIGHT_RATE,
         "light_latency_p50_ms": light["p50_ms"],
         "light_latency_p99_ms": light["p99_ms"],
+        "target_consumer_cpu_ms_per_event": target["consumer_cpu_ms_per_event"],
         "other_segment_changes": other,
     }
     p99 = target["p99_ms"]
