@@ -133,22 +133,7 @@ class ProfileUpdater:
                             merged.add(link.user_key)
                             out.extend(changes)
                 await store.save_aliases(session, app_id=app_id, aliases=routed.routing.aliases)
-                for user_key in sorted(routed.by_user):
-                    records = routed.by_user[user_key]
-                    if await linked_meanwhile(session, app_id, user_key, records):
-                        continue
-                    out.extend(
-                        await self._update_user(
-                            session,
-                            app_id,
-                            user_key,
-                            records,
-                            routed.fresh,
-                            rules,
-                            now,
-                            merged=user_key in merged,
-                        )
-                    )
+                out.extend(await self._update_users(session, app_id, routed, rules, now, merged))
                 for erasure in routed.erasures:
                     out.extend(await erase(session, erasure, now))
             await session.flush()
@@ -207,94 +192,116 @@ class ProfileUpdater:
         MERGES.inc()
         return exits
 
-    async def _update_user(
+    async def _update_users(
         self,
         session: AsyncSession,
         app_id: str,
-        user_key: str,
-        records: list[Record],
-        fresh: set[str],
+        routed: AppBatch,
         rules: AppRules,
         now: datetime,
-        *,
-        merged: bool = False,
+        merged: set[str],
     ) -> list[SegmentChanged]:
-        """Fold the user's records not seen before (``fresh`` seen keys, consumed) and
-        re-evaluate its segments when its profile changed (``merged``: it changed
-        before the fold)."""
-        before = await store.load_profile(session, app_id=app_id, user_key=user_key, locked=True)
-        state = before or logic.ProfileState()
-        cause = None
-        cause_time = now
-        applied: list[Event] = []
-        for record in records:
-            value = record.value
-            if not isinstance(value, Event | UserAttributed) or seen_key(value) not in fresh:
-                continue
-            fresh.discard(seen_key(value))  # a duplicate inside the batch counts once
-            if isinstance(value, Event):
-                if logic.is_activity(value):
-                    applied.append(value)
-                state = logic.apply_event(state, value)
-                cause, cause_time = value.event_id, record.time
-            else:
-                state = logic.apply_attribution(state, value)
-                cause, cause_time = value.attribution_id, record.time
-        if applied:
-            await store.add_events(
-                session, app_id=app_id, user_key=user_key, events=applied, now=now
+        """Fold each profile's records not seen before (``routed.fresh`` seen keys,
+        consumed) and re-evaluate the segments of those whose profile changed
+        (``merged``: it changed before the fold) — set-wise: the profiles, counters,
+        recent events and memberships of all the batch's users are read and written in
+        a few statements, each user's fold and evaluation done in memory. Call with
+        every profile of the batch locked."""
+        skipped = await linked_meanwhile(session, app_id, routed.by_user)
+        keys = [k for k in sorted(routed.by_user) if k not in skipped]
+        stored = await store.load_profiles(session, app_id=app_id, user_keys=keys)
+        applied: dict[str, list[Event]] = {}
+        changed: dict[str, logic.ProfileState] = {}
+        causes: dict[str, tuple[str, datetime]] = {}
+        for user_key in keys:
+            before = stored.get(user_key)
+            state, activity, cause = fold_records(
+                before or logic.ProfileState(), routed.by_user[user_key], routed.fresh
             )
-        if cause is None or (state == before and not merged):
-            return []
-        await store.save_profile(session, app_id=app_id, user_key=user_key, state=state)
-        current = await store.memberships(session, app_id=app_id, user_key=user_key)
-        view = await store.load_view(
+            if activity:
+                applied[user_key] = activity
+            if cause is not None and (state != before or user_key in merged):
+                changed[user_key] = state
+                causes[user_key] = cause
+        await store.add_events_of(session, app_id=app_id, events=applied, now=now)
+        await store.save_profiles(session, app_id=app_id, states=changed)
+        current = await store.memberships_of(session, app_id=app_id, user_keys=changed)
+        views = await store.load_views(
             session,
             app_id=app_id,
-            user_key=user_key,
-            state=state,
+            states=changed,
             counters=rules.counters,
             recent=rules.recent,
             segments=current,
         )
-        changes = logic.membership_changes(
-            app_id=app_id,
-            user_key=user_key,
-            segments=rules.segments,
-            current=current,
-            state=view,
-            now=now,
-            cause=cause,
-            context=rules.context,
-            order=rules.order,
-        )
-        return await record_changes(
-            session,
-            app_id=app_id,
-            user_key=user_key,
-            changes=changes,
-            at=now,
-            ts=cause_time,
-            cause=cause,
-        )
+        decided: list[tuple[str, logic.Change, datetime, str | None]] = []
+        for user_key in sorted(changed):
+            cause_id, cause_time = causes[user_key]
+            decided.extend(
+                (user_key, change, cause_time, cause_id)
+                for change in logic.membership_changes(
+                    app_id=app_id,
+                    user_key=user_key,
+                    segments=rules.segments,
+                    current=current[user_key],
+                    state=views[user_key],
+                    now=now,
+                    cause=cause_id,
+                    context=rules.context,
+                    order=rules.order,
+                )
+            )
+        return await record_many(session, app_id=app_id, changes=decided, at=now)
+
+
+def fold_records(
+    state: logic.ProfileState, records: list[Record], fresh: set[str]
+) -> tuple[logic.ProfileState, list[Event], tuple[str, datetime] | None]:
+    """Fold the records whose seen key is in ``fresh`` into ``state`` (consuming the
+    keys: a duplicate inside the batch counts once). Returns the new state, the
+    activity events to count, and the last folded record's cause id and time (None
+    when nothing was folded). No I/O."""
+    cause = None
+    applied: list[Event] = []
+    for record in records:
+        value = record.value
+        if not isinstance(value, Event | UserAttributed) or seen_key(value) not in fresh:
+            continue
+        fresh.discard(seen_key(value))
+        if isinstance(value, Event):
+            if logic.is_activity(value):
+                applied.append(value)
+            state = logic.apply_event(state, value)
+            cause = (value.event_id, record.time)
+        else:
+            state = logic.apply_attribution(state, value)
+            cause = (value.attribution_id, record.time)
+    return state, applied, cause
 
 
 async def linked_meanwhile(
-    session: AsyncSession, app_id: str, user_key: str, records: list[Record]
-) -> bool:
-    """True when ``records`` are only attributions of an anonymous device that another
-    replica linked to a user after this batch was routed (the attributions topic is
-    partitioned apart from the device's events). Such a statement is redundant: the
-    attribution service restates a device's installs under the user who logged in on
-    it. Dropping it keeps the merged anonymous profile from coming back. Call with the
-    profile locked."""
-    if not identity.is_anonymous(user_key):
-        return False
-    if any(not isinstance(r.value, UserAttributed) for r in records):
-        return False  # the device's own events: this replica alone links it
-    device = user_key.removeprefix(identity.anonymous_key(""))
-    alias = (await store.aliases(session, app_id=app_id, device_ids=[device])).get(device)
-    return alias is not None and not identity.is_anonymous(alias.user_key)
+    session: AsyncSession, app_id: str, by_user: dict[str, list[Record]]
+) -> set[str]:
+    """The keys of ``by_user`` whose records are only attributions of an anonymous
+    device that another replica linked to a user after this batch was routed (the
+    attributions topic is partitioned apart from the device's events). Such a statement
+    is redundant: the attribution service restates a device's installs under the user
+    who logged in on it. Dropping it keeps the merged anonymous profile from coming back.
+    Call with the profiles locked."""
+    prefix = identity.anonymous_key("")
+    candidates = {
+        user_key.removeprefix(prefix): user_key
+        for user_key, records in by_user.items()
+        if identity.is_anonymous(user_key)
+        # the device's own events: this replica alone links it
+        and all(isinstance(r.value, UserAttributed) for r in records)
+    }
+    stored = await store.aliases(session, app_id=app_id, device_ids=candidates)
+    return {
+        candidates[device]
+        for device, alias in stored.items()
+        if not identity.is_anonymous(alias.user_key)
+    }
 
 
 async def leave_all(
@@ -342,28 +349,40 @@ async def record_changes(
 ) -> list[SegmentChanged]:
     """Write membership ``changes`` (entered at ``at``) and the records announcing them,
     stamped ``ts`` — the real-time path's and the scheduler's common last step."""
-    out = []
-    for change in changes:
-        if change.change == "entered":
-            await store.enter(
-                session, app_id=app_id, segment_id=change.segment_id, user_key=user_key, at=at
-            )
-        else:
-            await store.leave(
-                session, app_id=app_id, segment_id=change.segment_id, user_key=user_key
-            )
-        out.append(
-            SegmentChanged(
-                app_id=app_id,
-                change_id=change.change_id,
-                user_key=user_key,
-                segment_id=change.segment_id,
-                change=change.change,
-                ts=ts,
-                cause_event_id=cause,
-            )
+    return await record_many(
+        session, app_id=app_id, changes=[(user_key, c, ts, cause) for c in changes], at=at
+    )
+
+
+async def record_many(
+    session: AsyncSession,
+    *,
+    app_id: str,
+    changes: list[tuple[str, logic.Change, datetime, str | None]],
+    at: datetime,
+) -> list[SegmentChanged]:
+    """``record_changes`` for several users at once: ``(user_key, change, ts, cause)``
+    each; the memberships written in at most two statements. Returns the records in the
+    order of ``changes``."""
+    await store.write_memberships(
+        session,
+        app_id=app_id,
+        entered=[(u, c.segment_id) for u, c, _, _ in changes if c.change == "entered"],
+        left=[(u, c.segment_id) for u, c, _, _ in changes if c.change != "entered"],
+        at=at,
+    )
+    return [
+        SegmentChanged(
+            app_id=app_id,
+            change_id=change.change_id,
+            user_key=user_key,
+            segment_id=change.segment_id,
+            change=change.change,
+            ts=ts,
+            cause_event_id=cause,
         )
-    return out
+        for user_key, change, ts, cause in changes
+    ]
 
 
 async def load_rules(

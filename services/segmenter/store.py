@@ -13,12 +13,12 @@ configure; the rule language bounds such windows to the retention."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, delete, literal, not_, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import String, any_, bindparam, delete, literal, not_, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -79,47 +79,101 @@ class RuleSync(Base):
     synced_at: Mapped[datetime]
 
 
+# The real-time path's statements, built once: SQLAlchemy caches their compiled form and
+# asyncpg their prepared statements, so a batch pays neither per user nor per batch.
+# Core tables (not ORM entities), so that executing them skips the ORM's statement layer.
+_SEEN = SeenEvent.__table__
+_PROFILES = Profile.__table__
+_ALIASES = DeviceAlias.__table__
+_COUNTERS = DailyCounter.__table__
+_RECENT = RecentEventRow.__table__
+_MEMBERS = Membership.__table__
+_KEYS = bindparam("keys", type_=ARRAY(String))
+_PROFILE_FIELDS = tuple(f.name for f in fields(ProfileState))
+
+_FIRST_SIGHTINGS = text(
+    "INSERT INTO segmenter_seen_events (app_id, event_id, seen_at)"
+    " SELECT CAST(:app_id AS text), e, CAST(:now AS timestamptz)"
+    " FROM unnest(CAST(:ids AS text[])) AS e"
+    " ON CONFLICT DO NOTHING RETURNING event_id"
+)
+# Rows come out of unnest in array order, so the locks are taken in the order given.
+_LOCK_MANY = text(
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))"
+    " FROM unnest(CAST(:keys AS text[])) AS k"
+)
+_LOAD_PROFILES = (
+    select(_PROFILES)
+    .where(_PROFILES.c.app_id == bindparam("app_id"), _PROFILES.c.user_key == any_(_KEYS))
+    .with_for_update()
+)
+_profile_insert = insert(_PROFILES)
+_SAVE_PROFILE = _profile_insert.on_conflict_do_update(
+    index_elements=[_PROFILES.c.app_id, _PROFILES.c.user_key],
+    set_={c: _profile_insert.excluded[c] for c in (*_PROFILE_FIELDS, "updated_at")},
+)
+_ALIASES_OF = select(_ALIASES.c.device_id, _ALIASES.c.user_key, _ALIASES.c.linked_at).where(
+    _ALIASES.c.app_id == bindparam("app_id"), _ALIASES.c.device_id == any_(_KEYS)
+)
+_counter_insert = insert(_COUNTERS)
+_ADD_COUNTS = _counter_insert.on_conflict_do_update(
+    index_elements=[_COUNTERS.c.app_id, _COUNTERS.c.user_key, _COUNTERS.c.name, _COUNTERS.c.day],
+    set_={
+        "count": _COUNTERS.c.count + _counter_insert.excluded.count,
+        "revenue": _COUNTERS.c.revenue + _counter_insert.excluded.revenue,
+    },
+)
+_ADD_RECENT = insert(_RECENT).on_conflict_do_nothing()
+_PRUNE_RECENT = delete(_RECENT).where(
+    _RECENT.c.app_id == bindparam("app_id"),
+    _RECENT.c.user_key == any_(_KEYS),
+    _RECENT.c.ts < bindparam("horizon"),
+)
+_MEMBERSHIPS_OF = select(_MEMBERS.c.user_key, _MEMBERS.c.segment_id).where(
+    _MEMBERS.c.app_id == bindparam("app_id"), _MEMBERS.c.user_key == any_(_KEYS)
+)
+_COUNTERS_OF = select(
+    _COUNTERS.c.user_key, _COUNTERS.c.name, _COUNTERS.c.day, _COUNTERS.c.count, _COUNTERS.c.revenue
+).where(_COUNTERS.c.app_id == bindparam("app_id"), _COUNTERS.c.user_key == any_(_KEYS))
+_RECENT_OF = select(_RECENT.c.user_key, _RECENT.c.name, _RECENT.c.ts, _RECENT.c.props).where(
+    _RECENT.c.app_id == bindparam("app_id"), _RECENT.c.user_key == any_(_KEYS)
+)
+_ENTER = insert(_MEMBERS).on_conflict_do_nothing()
+_LEAVE = delete(_MEMBERS).where(
+    _MEMBERS.c.app_id == bindparam("a"),
+    _MEMBERS.c.segment_id == bindparam("s"),
+    _MEMBERS.c.user_key == bindparam("u"),
+)
+
+
 async def first_sightings(session: AsyncSession, *, app_id: str, event_ids: list[str]) -> set[str]:
-    """Record ``event_ids`` as seen; returns those not seen before (to be applied)."""
+    """Record ``event_ids`` as seen; returns those not seen before (to be applied). One
+    statement; an id repeated in ``event_ids`` is returned at most once."""
     if not event_ids:
         return set()
-    now = datetime.now(UTC)
-    result = await session.scalars(
-        insert(SeenEvent)
-        .values([{"app_id": app_id, "event_id": e, "seen_at": now} for e in event_ids])
-        .on_conflict_do_nothing()
-        .returning(SeenEvent.event_id)
+    conn = await session.connection()
+    result = await conn.execute(
+        _FIRST_SIGHTINGS, {"app_id": app_id, "now": datetime.now(UTC), "ids": list(event_ids)}
     )
-    return set(result)
+    return set(result.scalars())
 
 
 async def lock_profiles(session: AsyncSession, *, app_id: str, user_keys: Sequence[str]) -> None:
-    """Take the profiles' advisory locks (held until the transaction ends; re-entrant).
-    Blocks. Callers that lock several profiles lock them all at once, in sorted
-    ``(app_id, user_key)`` order across the transaction, so that replicas never wait on
-    each other in a cycle."""
-    for user_key in sorted(set(user_keys)):
-        await lock(session, "profile", app_id, user_key)
+    """Take the profiles' advisory locks (held until the transaction ends; re-entrant),
+    in one statement, one key after another in sorted order. Blocks. Callers that lock
+    several profiles lock them all at once, in sorted ``(app_id, user_key)`` order across
+    the transaction, so that replicas never wait on each other in a cycle. The lock of a
+    profile is ``libs.runtime.postgres.lock(session, "profile", app_id, user_key)``'s."""
+    keys = ["\x1f".join(("profile", app_id, k)) for k in sorted(set(user_keys))]
+    if len(keys) == 1:
+        await lock(session, "profile", app_id, user_keys[0])
+    elif keys:
+        conn = await session.connection()
+        await conn.execute(_LOCK_MANY, {"keys": keys})
 
 
-async def load_profile(
-    session: AsyncSession, *, app_id: str, user_key: str, locked: bool = False
-) -> ProfileState | None:
-    """The profile, locked for this transaction (one writer per user at a time), or None.
-
-    The advisory lock also covers a profile that does not exist yet, so two replicas
-    that both see it missing cannot both create it and lose one another's update.
-    ``locked``: the caller already holds it (``lock_profiles``), saving a round trip.
-    """
-    if not locked:
-        await lock_profiles(session, app_id=app_id, user_keys=[user_key])
-    row = await session.scalar(
-        select(Profile)
-        .where(Profile.app_id == app_id, Profile.user_key == user_key)
-        .with_for_update()
-    )
-    if row is None:
-        return None
+def _state(row: Any) -> ProfileState:
+    """A profile row (ORM or Core) as a ``ProfileState`` (containers copied)."""
     return ProfileState(
         user_id=row.user_id,
         attributes=dict(row.attributes),
@@ -149,6 +203,54 @@ async def load_profile(
     )
 
 
+async def load_profiles(
+    session: AsyncSession, *, app_id: str, user_keys: Iterable[str]
+) -> dict[str, ProfileState]:
+    """The stored profiles among ``user_keys`` (``FOR UPDATE``), by key, in one
+    statement. The caller holds their advisory locks (``lock_profiles``)."""
+    keys = sorted(set(user_keys))
+    if not keys:
+        return {}
+    conn = await session.connection()
+    rows = await conn.execute(_LOAD_PROFILES, {"app_id": app_id, "keys": keys})
+    return {row.user_key: _state(row) for row in rows}
+
+
+async def save_profiles(
+    session: AsyncSession, *, app_id: str, states: Mapping[str, ProfileState]
+) -> None:
+    """Upsert the profiles ``states`` (user key → state), one statement for all."""
+    if not states:
+        return
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    for user_key, state in sorted(states.items()):
+        values = {f: getattr(state, f) for f in _PROFILE_FIELDS}
+        values.update(app_id=app_id, user_key=user_key, updated_at=now)
+        rows.append(values)
+    conn = await session.connection()
+    await conn.execute(_SAVE_PROFILE, rows)
+
+
+async def load_profile(
+    session: AsyncSession, *, app_id: str, user_key: str, locked: bool = False
+) -> ProfileState | None:
+    """The profile, locked for this transaction (one writer per user at a time), or None.
+
+    The advisory lock also covers a profile that does not exist yet, so two replicas
+    that both see it missing cannot both create it and lose one another's update.
+    ``locked``: the caller already holds it (``lock_profiles``), saving a round trip.
+    """
+    if not locked:
+        await lock_profiles(session, app_id=app_id, user_keys=[user_key])
+    row = await session.scalar(
+        select(Profile)
+        .where(Profile.app_id == app_id, Profile.user_key == user_key)
+        .with_for_update()
+    )
+    return None if row is None else _state(row)
+
+
 async def save_profile(
     session: AsyncSession, *, app_id: str, user_key: str, state: ProfileState
 ) -> None:
@@ -170,11 +272,8 @@ async def aliases(
     wanted = sorted(set(device_ids))
     if not wanted:
         return {}
-    rows = await session.execute(
-        select(DeviceAlias.device_id, DeviceAlias.user_key, DeviceAlias.linked_at).where(
-            DeviceAlias.app_id == app_id, DeviceAlias.device_id.in_(wanted)
-        )
-    )
+    conn = await session.connection()
+    rows = await conn.execute(_ALIASES_OF, {"app_id": app_id, "keys": wanted})
     return {device: Alias(key, linked_at) for device, key, linked_at in rows}
 
 
@@ -364,90 +463,6 @@ async def members(session: AsyncSession, *, app_id: str, segment_id: str) -> set
     return set(rows)
 
 
-async def enter(
-    session: AsyncSession, *, app_id: str, segment_id: str, user_key: str, at: datetime
-) -> None:
-    await session.execute(
-        insert(Membership)
-        .values(app_id=app_id, segment_id=segment_id, user_key=user_key, entered_at=at)
-        .on_conflict_do_nothing()
-    )
-
-
-async def leave(session: AsyncSession, *, app_id: str, segment_id: str, user_key: str) -> None:
-    await session.execute(
-        delete(Membership).where(
-            Membership.app_id == app_id,
-            Membership.segment_id == segment_id,
-            Membership.user_key == user_key,
-        )
-    )
-
-
-async def add_events(
-    session: AsyncSession, *, app_id: str, user_key: str, events: Sequence[Event], now: datetime
-) -> None:
-    """Count ``events`` (first sightings only: the caller filters by ``first_sightings`` in
-    the same transaction, which makes this exactly-once) into the daily counters, keep
-    them as recent events, and prune this user's recent events past the retention."""
-    increments = daily_counts(events)
-    if increments:
-        stmt = insert(DailyCounter).values(
-            [
-                {
-                    "app_id": app_id,
-                    "user_key": user_key,
-                    "name": c.name,
-                    "day": c.day,
-                    "count": c.count,
-                    "revenue": c.revenue,
-                }
-                for c in increments
-            ]
-        )
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[
-                    DailyCounter.app_id,
-                    DailyCounter.user_key,
-                    DailyCounter.name,
-                    DailyCounter.day,
-                ],
-                set_={
-                    "count": DailyCounter.count + stmt.excluded.count,
-                    "revenue": DailyCounter.revenue + stmt.excluded.revenue,
-                },
-            )
-        )
-    horizon = now - timedelta(days=RECENT_EVENTS_DAYS)
-    recent = [e for e in events if e.ts >= horizon]
-    if recent:
-        await session.execute(
-            insert(RecentEventRow)
-            .values(
-                [
-                    {
-                        "app_id": app_id,
-                        "event_id": e.event_id,
-                        "user_key": user_key,
-                        "name": e.name,
-                        "ts": e.ts,
-                        "props": e.props,
-                    }
-                    for e in recent
-                ]
-            )
-            .on_conflict_do_nothing()
-        )
-    await session.execute(
-        delete(RecentEventRow).where(
-            RecentEventRow.app_id == app_id,
-            RecentEventRow.user_key == user_key,
-            RecentEventRow.ts < horizon,
-        )
-    )
-
-
 async def load_view(
     session: AsyncSession,
     *,
@@ -477,3 +492,124 @@ async def load_view(
         )
         events = tuple(RecentEvent(*row) for row in found)
     return ProfileView(state=state, counters=rows, recent=events, segments=segments)
+
+
+async def add_events_of(
+    session: AsyncSession, *, app_id: str, events: Mapping[str, Sequence[Event]], now: datetime
+) -> None:
+    """Count each user's ``events`` (user key → its first sightings: the caller filters
+    by ``first_sightings`` in the same transaction, which makes this exactly-once) into
+    the daily counters, keep them as recent events, and prune those users' recent
+    events past the retention — three statements whatever the number of users. The
+    users' profiles are locked by the caller."""
+    counts: list[dict[str, Any]] = []
+    recent: list[dict[str, Any]] = []
+    horizon = now - timedelta(days=RECENT_EVENTS_DAYS)
+    for user_key, applied in sorted(events.items()):
+        counts.extend(
+            {
+                "app_id": app_id,
+                "user_key": user_key,
+                "name": c.name,
+                "day": c.day,
+                "count": c.count,
+                "revenue": c.revenue,
+            }
+            for c in daily_counts(applied)
+        )
+        recent.extend(
+            {
+                "app_id": app_id,
+                "event_id": e.event_id,
+                "user_key": user_key,
+                "name": e.name,
+                "ts": e.ts,
+                "props": e.props,
+            }
+            for e in applied
+            if e.ts >= horizon
+        )
+    if not events:
+        return
+    conn = await session.connection()
+    if counts:
+        await conn.execute(_ADD_COUNTS, counts)
+    if recent:
+        await conn.execute(_ADD_RECENT, recent)
+    await conn.execute(
+        _PRUNE_RECENT, {"app_id": app_id, "keys": sorted(events), "horizon": horizon}
+    )
+
+
+async def memberships_of(
+    session: AsyncSession, *, app_id: str, user_keys: Iterable[str]
+) -> dict[str, set[str]]:
+    """Each of ``user_keys``' segments (an empty set for a user in none), one statement."""
+    keys = sorted(set(user_keys))
+    found: dict[str, set[str]] = {k: set() for k in keys}
+    if keys:
+        conn = await session.connection()
+        for user_key, segment_id in await conn.execute(
+            _MEMBERSHIPS_OF, {"app_id": app_id, "keys": keys}
+        ):
+            found[user_key].add(segment_id)
+    return found
+
+
+async def load_views(
+    session: AsyncSession,
+    *,
+    app_id: str,
+    states: Mapping[str, ProfileState],
+    counters: bool,
+    recent: bool,
+    segments: Mapping[str, set[str]],
+) -> dict[str, ProfileView]:
+    """``load_view`` for several users at once (user key → state), in at most two
+    statements."""
+    keys = sorted(states)
+    rows: dict[str, list[DailyCount]] = {k: [] for k in keys}
+    events: dict[str, list[RecentEvent]] = {k: [] for k in keys}
+    if keys and (counters or recent):
+        conn = await session.connection()
+        params = {"app_id": app_id, "keys": keys}
+        if counters:
+            for user_key, name, day, count, revenue in await conn.execute(_COUNTERS_OF, params):
+                rows[user_key].append(DailyCount(name, day, count, revenue))
+        if recent:
+            for user_key, name, ts, props in await conn.execute(_RECENT_OF, params):
+                events[user_key].append(RecentEvent(name, ts, props))
+    return {
+        k: ProfileView(
+            state=states[k],
+            counters=tuple(rows[k]),
+            recent=tuple(events[k]),
+            segments=segments.get(k, set()),
+        )
+        for k in keys
+    }
+
+
+async def write_memberships(
+    session: AsyncSession,
+    *,
+    app_id: str,
+    entered: Sequence[tuple[str, str]],
+    left: Sequence[tuple[str, str]],
+    at: datetime,
+) -> None:
+    """Store memberships ``entered`` (at ``at``) and delete those ``left``, each a
+    ``(user_key, segment_id)`` pair; at most two statements. Idempotent."""
+    if not entered and not left:
+        return
+    conn = await session.connection()
+    if entered:
+        await conn.execute(
+            _ENTER,
+            [
+                {"app_id": app_id, "segment_id": s, "user_key": u, "entered_at": at}
+                for u, s in entered
+            ],
+        )
+    if left:
+        await conn.execute(_LEAVE, [{"a": app_id, "s": s, "u": u} for u, s in left])
