@@ -14,7 +14,10 @@ Per batch, in one transaction:
    the user's (``identity.merge_profiles``; counters and recent events moved), delete it
    and announce its exits; store the aliases;
 4. fold each profile's records not seen before, re-evaluate the app's segments and
-   store membership changes;
+   store membership changes — set-wise: the profiles, counters, recent events and
+   memberships of all the batch's users are read and written in a few statements
+   (``= ANY(:keys)`` reads, multi-row upserts), the fold and the evaluation done per
+   user in memory, in sorted key order, exactly as the records one batch at a time;
 5. erase the users named by ``ConfigChanged(entity="user", action="deleted")`` records
    (profile, aliases, counters, recent events, memberships with their exits) — last,
    so that events of the same batch do not outlive the erasure.
@@ -126,12 +129,20 @@ class ProfileUpdater:
             for app_id, routed in apps.items():
                 rules = await self._rules(session, app_id, now)
                 merged: set[str] = set()
-                for link in routed.routing.links:
-                    if link.merges:
-                        changes = await self._merge(session, app_id, link, now)
-                        if changes is not None:
-                            merged.add(link.user_key)
-                            out.extend(changes)
+                merging = [link for link in routed.routing.links if link.merges]
+                # A device links from no user at most once per batch: one read finds the
+                # anonymous profiles to merge (most first logins have none).
+                anonymous = await store.load_profiles(
+                    session, app_id=app_id, user_keys=[link.anonymous_key for link in merging]
+                )
+                for link in merging:
+                    if link.anonymous_key in anonymous:
+                        out.extend(
+                            await self._merge(
+                                session, app_id, link, anonymous[link.anonymous_key], now
+                            )
+                        )
+                        merged.add(link.user_key)
                 await store.save_aliases(session, app_id=app_id, aliases=routed.routing.aliases)
                 out.extend(await self._update_users(session, app_id, routed, rules, now, merged))
                 for erasure in routed.erasures:
@@ -174,15 +185,18 @@ class ProfileUpdater:
         return AppBatch(dict(by_user), fresh, routing, erasures)
 
     async def _merge(
-        self, session: AsyncSession, app_id: str, link: identity.Link, now: datetime
-    ) -> list[SegmentChanged] | None:
-        """Fold the device's anonymous profile into its user's (both locked by the
-        caller) and delete it, with its memberships (announced as exits). None when
-        there is no anonymous profile (never was, or already merged: a replay)."""
+        self,
+        session: AsyncSession,
+        app_id: str,
+        link: identity.Link,
+        anonymous: logic.ProfileState,
+        now: datetime,
+    ) -> list[SegmentChanged]:
+        """Fold the device's ``anonymous`` profile, as stored, into its user's (both
+        locked by the caller) and delete it, with its memberships (announced as exits).
+        Called only when the anonymous profile exists (a replayed login finds it gone:
+        merged once)."""
         source = link.anonymous_key
-        anonymous = await store.load_profile(session, app_id=app_id, user_key=source, locked=True)
-        if anonymous is None:
-            return None
         user = await store.load_profile(session, app_id=app_id, user_key=link.user_key, locked=True)
         merged = identity.merge_profiles(user or logic.ProfileState(), anonymous)
         await store.save_profile(session, app_id=app_id, user_key=link.user_key, state=merged)

@@ -115,6 +115,21 @@ _SAVE_PROFILE = _profile_insert.on_conflict_do_update(
 _ALIASES_OF = select(_ALIASES.c.device_id, _ALIASES.c.user_key, _ALIASES.c.linked_at).where(
     _ALIASES.c.app_id == bindparam("app_id"), _ALIASES.c.device_id == any_(_KEYS)
 )
+_alias_insert = insert(_ALIASES)
+_SAVE_ALIAS = _alias_insert.on_conflict_do_update(
+    index_elements=[_ALIASES.c.app_id, _ALIASES.c.device_id],
+    set_={
+        "user_key": _alias_insert.excluded.user_key,
+        "linked_at": _alias_insert.excluded.linked_at,
+        "updated_at": _alias_insert.excluded.updated_at,
+    },
+    # An anonymous alias is only ever a first one: it never replaces a link (which a
+    # replica handling the device's events may have just stored).
+    where=or_(
+        not_(_alias_insert.excluded.user_key.startswith(ANONYMOUS_PREFIX)),
+        _ALIASES.c.user_key.startswith(ANONYMOUS_PREFIX),
+    ),
+)
 _counter_insert = insert(_COUNTERS)
 _ADD_COUNTS = _counter_insert.on_conflict_do_update(
     index_elements=[_COUNTERS.c.app_id, _COUNTERS.c.user_key, _COUNTERS.c.name, _COUNTERS.c.day],
@@ -285,7 +300,9 @@ async def save_aliases(session: AsyncSession, *, app_id: str, aliases: Mapping[s
     if not aliases:
         return
     now = datetime.now(UTC)
-    stmt = insert(DeviceAlias).values(
+    conn = await session.connection()
+    await conn.execute(
+        _SAVE_ALIAS,
         [
             {
                 "app_id": app_id,
@@ -295,23 +312,7 @@ async def save_aliases(session: AsyncSession, *, app_id: str, aliases: Mapping[s
                 "updated_at": now,
             }
             for device, alias in sorted(aliases.items())
-        ]
-    )
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[DeviceAlias.app_id, DeviceAlias.device_id],
-            set_={
-                "user_key": stmt.excluded.user_key,
-                "linked_at": stmt.excluded.linked_at,
-                "updated_at": now,
-            },
-            # An anonymous alias is only ever a first one: it never replaces a link
-            # (which a replica handling the device's events may have just stored).
-            where=or_(
-                not_(stmt.excluded.user_key.startswith(ANONYMOUS_PREFIX)),
-                DeviceAlias.user_key.startswith(ANONYMOUS_PREFIX),
-            ),
-        )
+        ],
     )
 
 
