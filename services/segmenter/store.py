@@ -15,9 +15,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import String, any_, bindparam, delete, literal, not_, or_, select, text, update
+from sqlalchemy import (
+    String,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    literal,
+    not_,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -82,12 +94,11 @@ class RuleSync(Base):
 # The real-time path's statements, built once: SQLAlchemy caches their compiled form and
 # asyncpg their prepared statements, so a batch pays neither per user nor per batch.
 # Core tables (not ORM entities), so that executing them skips the ORM's statement layer.
-_SEEN = SeenEvent.__table__
-_PROFILES = Profile.__table__
-_ALIASES = DeviceAlias.__table__
-_COUNTERS = DailyCounter.__table__
-_RECENT = RecentEventRow.__table__
-_MEMBERS = Membership.__table__
+_PROFILES = cast(Table, Profile.__table__)
+_ALIASES = cast(Table, DeviceAlias.__table__)
+_COUNTERS = cast(Table, DailyCounter.__table__)
+_RECENT = cast(Table, RecentEventRow.__table__)
+_MEMBERS = cast(Table, Membership.__table__)
 _KEYS = bindparam("keys", type_=ARRAY(String))
 _PROFILE_FIELDS = tuple(f.name for f in fields(ProfileState))
 
@@ -152,6 +163,10 @@ _COUNTERS_OF = select(
 ).where(_COUNTERS.c.app_id == bindparam("app_id"), _COUNTERS.c.user_key == any_(_KEYS))
 _RECENT_OF = select(_RECENT.c.user_key, _RECENT.c.name, _RECENT.c.ts, _RECENT.c.props).where(
     _RECENT.c.app_id == bindparam("app_id"), _RECENT.c.user_key == any_(_KEYS)
+)
+_SEGMENTS = cast(Table, Segment.__table__)
+_ACTIVE_SEGMENTS = select(_SEGMENTS.c.id, _SEGMENTS.c.rule, _SEGMENTS.c.updated_at).where(
+    _SEGMENTS.c.app_id == bindparam("app_id"), _SEGMENTS.c.status == "active"
 )
 _ENTER = insert(_MEMBERS).on_conflict_do_nothing()
 _LEAVE = delete(_MEMBERS).where(
@@ -395,11 +410,17 @@ async def claim_erasure(
     return claimed is not None
 
 
-async def active_segments(session: AsyncSession, *, app_id: str) -> list[Segment]:
-    rows = await session.scalars(
-        select(Segment).where(Segment.app_id == app_id, Segment.status == "active")
-    )
-    return list(rows)
+class ActiveSegment(NamedTuple):
+    id: str
+    rule: Any
+    updated_at: datetime
+
+
+async def active_segments(session: AsyncSession, *, app_id: str) -> list[ActiveSegment]:
+    """The app's active segments: id, stored rule and last write (read per batch)."""
+    conn = await session.connection()
+    rows = await conn.execute(_ACTIVE_SEGMENTS, {"app_id": app_id})
+    return [ActiveSegment(*row) for row in rows]
 
 
 async def memberships(session: AsyncSession, *, app_id: str, user_key: str) -> set[str]:
