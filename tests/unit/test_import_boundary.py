@@ -31,6 +31,7 @@ SERVICE_LOGIC = sorted(
 PURE_EXTRAS = [
     "services.attribution.outcomes",
     "services.attribution.fraud",
+    "services.attribution.ledger",
     "libs.runtime.signing",
     "services.admin.segments",
 ]
