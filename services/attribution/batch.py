@@ -2,7 +2,7 @@
 statements for the whole batch (``prefetch``), each install is then decided in order by
 the pure rules (``logic.match``, ``outcomes.classify``, ``fraud.check_install``) over an
 in-memory view of the ledger (``BatchLedger``) that shows it the installs decided before
-it, and the ledger is written with one upsert.
+it; the ledger is then written with one upsert (``save``).
 
 The decisions are those of deciding the installs one at a time, each reading the ledger
 as the ones before it left it: the reads that depend on the batch's own installs
@@ -13,7 +13,7 @@ are not changed by deciding installs.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -72,49 +72,72 @@ class _Shared:
     installs_per_ip: dict[prefetch.IpHour, int] = field(default_factory=dict)
 
 
-async def attribute(
+@dataclass(slots=True)
+class Decisions:
+    """What deciding a batch step's installs gave: the records to publish, in order, and
+    the ledger rows to write (one per install)."""
+
+    published: list[UserAttributed] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def decide(
     session: AsyncSession,
     jobs: Sequence[Job],
     *,
     configs: dict[str, fraud.FraudConfig],
     datacenter: fraud.NetworkSet,
-) -> list[UserAttributed]:
-    """Decide and record ``jobs`` in order: each sees the ledger as the jobs before it
-    left it (two installs of one advertising id: the second is a reinstall). Returns the
-    UserAttributed records to publish, in order. ``configs`` is the caller's per-batch
-    cache of the apps' fraud thresholds.
+    links: Mapping[Key, str] | None = None,
+) -> Decisions:
+    """Decide ``jobs`` in order, each seeing the ledger as the jobs before it left it (two
+    installs of one advertising id: the second is a reinstall), as if each had been
+    written before the next was read; the caller writes the rows (``save``) before
+    anything else reads the ledger. ``configs`` is the caller's per-batch cache of the
+    apps' fraud thresholds; ``links`` the device links of the jobs' anonymous devices
+    when the caller has them current (None: read here).
 
     Fraud (``fraud.check_install`` with the app's thresholds) turns a decision into
     ``rejected``: stored with its reasons, counted against the matched tracker, never
     attributed. A copy of an install from a request whose signature failed never
     overrides what a valid request of the same install reported. A settled status
     (verified, unverified) of the same attribution is kept; a statement is never stamped
-    older than the one it replaces. Writes with one upsert; never commits."""
+    older than the one it replaces. Reads only; never commits."""
     if not jobs:
-        return []
+        return Decisions()
     await session.flush()  # the reads below see what the batch's earlier steps changed
-    reads, shared = await _read(session, jobs, configs)
+    reads, shared = await _read(session, jobs, configs, links)
     ledger = BatchLedger(shared.recorded)
-    out = []
+    decided = Decisions()
     for job, read in zip(jobs, reads, strict=True):
-        decided = _decide(job, read, shared, ledger, configs[job.app_id], datacenter)
-        if decided is not None:
-            out.append(decided)
-    await store.save_installs(session, rows=ledger.written())
+        attributed = _decide(job, read, shared, ledger, configs[job.app_id], datacenter)
+        if attributed is not None:
+            decided.published.append(attributed)
+    decided.rows = ledger.written()
+    return decided
+
+
+async def save(session: AsyncSession, decisions: Decisions) -> None:
+    """Write the decided ledger rows with one upsert. Never commits."""
+    await store.save_installs(session, rows=decisions.rows)
     # Install objects an earlier step loaded no longer hold what the ledger holds: the
     # next ORM read of them reloads them.
     session.expire_all()
-    return out
 
 
 async def _read(
-    session: AsyncSession, jobs: Sequence[Job], configs: dict[str, fraud.FraudConfig]
+    session: AsyncSession,
+    jobs: Sequence[Job],
+    configs: dict[str, fraud.FraudConfig],
+    links: Mapping[Key, str] | None,
 ) -> tuple[list[_Read], _Shared]:
     keys = {(j.app_id, j.event_id) for j in jobs}
-    links = await prefetch.linked_users(
-        session,
-        devices=[(j.app_id, j.device_id) for j in jobs if j.user_key.startswith(ANONYMOUS_PREFIX)],
-    )
+    if links is None:
+        links = await prefetch.linked_users(
+            session,
+            devices=[
+                (j.app_id, j.device_id) for j in jobs if j.user_key.startswith(ANONYMOUS_PREFIX)
+            ],
+        )
     users, adids, prints = [], [], []
     for job in jobs:
         f = job.facts
@@ -136,10 +159,12 @@ async def _read(
     named = await prefetch.clicks(
         session, keys={(j.app_id, j.ref_click_id) for j in jobs if j.ref_click_id}
     )
-    by_adid, by_print = await prefetch.recent_clicks(
-        session,
-        adids={_window(j, a) for j, a in zip(jobs, adids, strict=True) if a},
-        fingerprints={_window(j, p) for j, p in zip(jobs, prints, strict=True) if p},
+    searches = [
+        (j.app_id, a, p, j.facts.ts) if a or p else None
+        for j, a, p in zip(jobs, adids, prints, strict=True)
+    ]
+    recent = await prefetch.recent_clicks(
+        session, searches={s for s in searches if s}, lookback=MAX_LOOKBACK
     )
     shared = _Shared(
         recorded=await prefetch.installs(session, keys=keys),
@@ -160,13 +185,8 @@ async def _read(
         trackers={},
     )
     touches = [
-        _candidates(
-            job,
-            named,
-            by_adid.get(_window(job, adid)) if adid else None,
-            by_print.get(_window(job, fp)) if fp else None,
-        )
-        for job, adid, fp in zip(jobs, adids, prints, strict=True)
+        _candidates(job, named, recent.get(search, ()) if search else ())
+        for job, search in zip(jobs, searches, strict=True)
     ]
     # Every tracker an outcome can name: a candidate's, or a user's original one (an
     # earlier install of the rest of the ledger, or of the batch — recorded or decided).
@@ -243,10 +263,7 @@ async def _read_fraud_counts(
 
 
 def _candidates(
-    job: Job,
-    named: dict[Key, prefetch.Touch],
-    by_adid: Sequence[prefetch.Touch] | None,
-    by_print: Sequence[prefetch.Touch] | None,
+    job: Job, named: dict[Key, prefetch.Touch], recent: Sequence[prefetch.Touch]
 ) -> tuple[list[logic.ClickFacts], list[logic.ClickFacts]]:
     """The clicks and impressions ``logic.match`` chooses from for a job: the click its
     referrer names (whatever its kind), then the recent ones with its advertising id or
@@ -256,15 +273,10 @@ def _candidates(
     touch = named.get((job.app_id, job.ref_click_id)) if job.ref_click_id else None
     if touch is not None:
         clicks.append(touch.click)
-    for t in [*(by_adid or ()), *(by_print or ())]:
+    for t in recent:
         if t.click.click_id != job.ref_click_id:
             (clicks if t.kind == "click" else impressions).append(t.click)
     return clicks, impressions
-
-
-def _window(job: Job, value: str) -> prefetch.Window:
-    """The candidate search of a job's advertising id or fingerprint key."""
-    return (job.app_id, value, job.facts.ts - MAX_LOOKBACK, job.facts.ts)
 
 
 def _decide(

@@ -11,6 +11,7 @@ same decisions and ids, so a duplicate publish is harmless downstream.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
@@ -24,7 +25,7 @@ from libs.runtime.postgres import lock_all
 from libs.schemas import ClickRecorded, Event, InstallReported, UserAttributed, UserVerified
 from libs.schemas.base import ANONYMOUS_PREFIX, user_key_of
 from services.attribution import fraud, identity, logic, outcomes, prefetch, store
-from services.attribution.batch import Job, attribute
+from services.attribution.batch import Job, decide, save
 from services.attribution.identity import restate
 from services.attribution.metrics import ATTRIBUTIONS
 
@@ -53,6 +54,7 @@ class Matcher:
         out: list[UserAttributed] = []
         # Re-read once per batch: admin changes apply at the next one.
         configs: dict[str, fraud.FraudConfig] = {}
+        dc = self._datacenter
         clicks = [
             (r.value, r.time) for r in batch.of("clicks") if isinstance(r.value, ClickRecorded)
         ]
@@ -67,19 +69,41 @@ class Matcher:
             key=lambda v: (v[0].app_id, v[0].user_id, v[0].ts),
         )
         async with self._sessions() as session, session.begin():
-            await _lock(
+            links = await _lock(
                 session, [c for c, _ in clicks], installs, [v for v, _ in verifications], logins
             )
             await store.record_clicks(session, rows=[_click_row(c) for c, _ in clicks])
-            upgrades = await _upgrades(session, clicks)
-            out += await attribute(session, upgrades, configs=configs, datacenter=self._datacenter)
+            upgraded = await decide(
+                session, await _upgrades(session, clicks), configs=configs, datacenter=dc
+            )
+            await save(session, upgraded)
+            out += upgraded.published
             for verified, at in verifications:
                 out += await self._verify(session, verified, at)
-            out += await attribute(session, installs, configs=configs, datacenter=self._datacenter)
+            # Only a verification naming a device links it: else the links read when
+            # locking are current.
+            relinked = any(v.device_id for v, _ in verifications)
+            decided = await decide(
+                session,
+                installs,
+                configs=configs,
+                datacenter=dc,
+                links=None if relinked else links,
+            )
+            out += decided.published
+            # Everything decided so far is published while its ledger rows are written:
+            # records go out before the commit either way. Both finish before a failure
+            # of either is raised (the session is not rolled back under a statement).
+            for outcome in await asyncio.gather(
+                save(session, decided), self._producer.publish_all(out), return_exceptions=True
+            ):
+                if isinstance(outcome, BaseException):
+                    raise outcome
             # Logins after the installs of the batch, so an install and the login that
             # follows it in one batch are joined.
+            joined: list[UserAttributed] = []
             for app_id, user_id, device_id, ts, _, at in logins:
-                out += await identity.join_user(
+                joined += await identity.join_user(
                     session,
                     app_id=app_id,
                     device_id=device_id,
@@ -88,7 +112,9 @@ class Matcher:
                     at=at,
                 )
             await session.flush()
-            await self._producer.publish_all(out)
+            if joined:
+                await self._producer.publish_all(joined)
+            out += joined
         for method, n in Counter(a.method for a in out).items():
             ATTRIBUTIONS.labels(method).inc(n)
 
@@ -138,12 +164,13 @@ async def _lock(
     installs: Sequence[Job],
     verifications: Sequence[UserVerified],
     logins: Sequence[Login],
-) -> None:
+) -> dict[tuple[str, str], str]:
     """Lock, up front and in one global order, what the batch touches: every click id —
     its clicks and the clicks its installs name — then the users and devices it joins or
     installs on. Two replicas never hold them crosswise; an install and a login of one
     device on two replicas are serialised, and so are two devices of one user (each
-    reads the other's install as history)."""
+    reads the other's install as history). Returns the links of the installs' anonymous
+    devices, read to know their users."""
     named = {(c.app_id, c.click_id) for c in clicks}
     named |= {(j.app_id, j.ref_click_id) for j in installs if j.ref_click_id}
     users = {(login[0], login[1]) for login in logins}
@@ -168,6 +195,7 @@ async def _lock(
             *(store.device_lock(*k) for k in sorted(devices)),
         ],
     )
+    return links
 
 
 async def _upgrades(

@@ -51,11 +51,7 @@ class TrackerRow(NamedTuple):
 
 def _columns(keys: Collection[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Column arrays of ``keys`` (for ``unnest``): ``width`` lists, one per tuple position."""
-    columns: list[list[Any]] = [[] for _ in range(width)]
-    for key in keys:
-        for column, value in zip(columns, key, strict=True):
-            column.append(value)
-    return columns
+    return [list(column) for column in zip(*keys, strict=True)] if keys else [[]] * width
 
 
 # The batch's own installs, for NOT EXISTS (… skip …) filters.
@@ -106,56 +102,52 @@ async def clicks(session: AsyncSession, *, keys: Collection[Key]) -> dict[Key, T
     return {(r.app_id, r.click_id): _touch(r) for r in rows}
 
 
-def _recent(column: str, kind: str) -> str:
+def _recent(column: str, part: int) -> str:
     return (
-        f"SELECT '{kind}' AS source, k.n, {_CLICK_COLUMNS} FROM unnest("
-        f"CAST(:{kind}_apps AS text[]), CAST(:{kind}_values AS text[]), "
-        f"CAST(:{kind}_since AS timestamptz[]), CAST(:{kind}_until AS timestamptz[])) "
-        "WITH ORDINALITY AS k(app_id, value, since, until, n) "
+        f"SELECT k.n, {part} AS part, {_CLICK_COLUMNS} FROM unnest("
+        "CAST(:apps AS text[]), CAST(:adids AS text[]), CAST(:prints AS text[]), "
+        "CAST(:until AS timestamptz[])) WITH ORDINALITY AS k(app_id, adid, fingerprint, until, n) "
         "CROSS JOIN LATERAL (SELECT * FROM attribution_clicks c "
-        f"WHERE c.app_id = k.app_id AND c.{column} = k.value "
-        "AND c.ts >= k.since AND c.ts <= k.until "
-        "ORDER BY c.ts DESC LIMIT :limit) AS c"
+        f"WHERE c.app_id = k.app_id AND c.{column} = k.{column} "
+        "AND c.ts >= k.until - CAST(:lookback_s AS bigint) * interval '1 second' "
+        "AND c.ts <= k.until ORDER BY c.ts DESC LIMIT :limit) AS c"
     )
 
 
 _RECENT = text(
-    f"{_recent('adid', 'adid')} UNION ALL {_recent('fingerprint', 'fingerprint')} "
-    "ORDER BY source, n, ts DESC"
+    f"{_recent('adid', 0)} UNION ALL {_recent('fingerprint', 1)} ORDER BY n, part, ts DESC"
 )
 
-Window = tuple[str, str, datetime, datetime]  # (app id, value, since, until)
+# (app id, advertising id, fingerprint key, until): a recent-clicks search.
+Search = tuple[str, str | None, str | None, datetime]
 
 
 async def recent_clicks(
     session: AsyncSession,
     *,
-    adids: Collection[Window],
-    fingerprints: Collection[Window],
+    searches: Collection[Search],
+    lookback: timedelta,
     limit: int = MAX_CANDIDATES,
-) -> tuple[dict[Window, list[Touch]], dict[Window, list[Touch]]]:
-    """Per (app id, advertising id or fingerprint key, since, until): the newest
-    ``limit`` clicks and impressions with that advertising id (first dict) or fingerprint
-    (second) in [since, until], newest first — the candidates ``logic.match`` chooses
-    from. Keys without any are absent."""
-    if not adids and not fingerprints:
-        return {}, {}
-    adid_keys, print_keys = list(adids), list(fingerprints)
-    params: dict[str, Any] = {"limit": limit}
-    for kind, keys in (("adid", adid_keys), ("fingerprint", print_keys)):
-        apps, values, since, until = _columns(keys, 4)
-        params |= {
-            f"{kind}_apps": apps,
-            f"{kind}_values": values,
-            f"{kind}_since": since,
-            f"{kind}_until": until,
-        }
-    found: tuple[dict[Window, list[Touch]], dict[Window, list[Touch]]] = ({}, {})
+) -> dict[Search, list[Touch]]:
+    """Per (app id, advertising id, fingerprint key, until): the newest ``limit`` clicks
+    and impressions with the advertising id in [until - lookback, until], newest first,
+    then the newest ``limit`` with the fingerprint (None skips a key) — the candidates
+    ``logic.match`` chooses from. Searches finding none are absent."""
+    if not searches:
+        return {}
+    ordered = list(searches)
+    apps, adids, prints, until = _columns(ordered, 4)
+    params = {
+        "apps": apps,
+        "adids": adids,
+        "prints": prints,
+        "until": until,
+        "lookback_s": int(lookback.total_seconds()),
+        "limit": limit,
+    }
+    found: dict[Search, list[Touch]] = {}
     for row in await session.execute(_RECENT, params):
-        if row.source == "adid":
-            found[0].setdefault(adid_keys[row.n - 1], []).append(_touch(row))
-        else:
-            found[1].setdefault(print_keys[row.n - 1], []).append(_touch(row))
+        found.setdefault(ordered[row.n - 1], []).append(_touch(row))
     return found
 
 
@@ -300,15 +292,15 @@ def _hour_count(column: str) -> str:
     return (
         "(SELECT count(*) FROM attribution_clicks c WHERE c.app_id = k.app_id "
         f"AND c.tracker_token = k.token AND c.{column} = k.{column} AND c.kind = 'click' "
-        "AND c.ts > k.since AND c.ts <= k.until)"
+        "AND c.ts > k.until - interval '1 hour' AND c.ts <= k.until)"
     )
 
 
 _CLICKS_PER_HOUR = text(
     f"SELECT k.n, greatest({_hour_count('ip')}, {_hour_count('adid')}) AS most FROM unnest("
     "CAST(:apps AS text[]), CAST(:tokens AS text[]), CAST(:ips AS text[]), "
-    "CAST(:adids AS text[]), CAST(:since AS timestamptz[]), CAST(:until AS timestamptz[])) "
-    "WITH ORDINALITY AS k(app_id, token, ip, adid, since, until, n)"
+    "CAST(:adids AS text[]), CAST(:until AS timestamptz[])) "
+    "WITH ORDINALITY AS k(app_id, token, ip, adid, until, n)"
 )
 
 # (app id, tracker token, ip or None, advertising id or None, until)
@@ -325,17 +317,9 @@ async def clicks_per_hour(
         return {}
     ordered = list(keys)
     apps, tokens, ips, adids, until = _columns(ordered, 5)
-    since = [u - timedelta(hours=1) for u in until]
     rows = await session.execute(
         _CLICKS_PER_HOUR,
-        {
-            "apps": apps,
-            "tokens": tokens,
-            "ips": ips,
-            "adids": adids,
-            "since": since,
-            "until": until,
-        },
+        {"apps": apps, "tokens": tokens, "ips": ips, "adids": adids, "until": until},
     )
     return {ordered[r.n - 1]: r.most for r in rows}
 
@@ -343,10 +327,9 @@ async def clicks_per_hour(
 _INSTALLS_PER_IP = text(
     "SELECT k.n, (SELECT count(*) FROM attribution_installs i "
     "WHERE i.app_id = k.app_id AND i.ip = k.ip AND i.status <> 'rejected' "
-    f"AND i.install_ts > k.since AND i.install_ts <= k.until AND {_SKIP}) AS installs "
-    "FROM unnest(CAST(:apps AS text[]), CAST(:ips AS text[]), "
-    "CAST(:since AS timestamptz[]), CAST(:until AS timestamptz[])) "
-    "WITH ORDINALITY AS k(app_id, ip, since, until, n)"
+    "AND i.install_ts > k.until - interval '1 hour' AND i.install_ts <= k.until "
+    f"AND {_SKIP}) AS installs FROM unnest(CAST(:apps AS text[]), CAST(:ips AS text[]), "
+    "CAST(:until AS timestamptz[])) WITH ORDINALITY AS k(app_id, ip, until, n)"
 )
 
 IpHour = tuple[str, str, datetime]  # (app id, ip, until)
@@ -362,8 +345,7 @@ async def installs_per_ip(
         return {}
     ordered = list(keys)
     apps, ips, until = _columns(ordered, 3)
-    since = [u - timedelta(hours=1) for u in until]
-    params = {"apps": apps, "ips": ips, "since": since, "until": until, **_skip(excluding)}
+    params = {"apps": apps, "ips": ips, "until": until, **_skip(excluding)}
     return {ordered[r.n - 1]: r.installs for r in await session.execute(_INSTALLS_PER_IP, params)}
 
 
