@@ -172,7 +172,8 @@ _WAITING = text(
     "SELECT i.* FROM attribution_installs i "
     "JOIN unnest(CAST(:apps AS text[]), CAST(:ids AS text[])) AS k(app_id, click_id) "
     "ON i.app_id = k.app_id AND i.ref_click_id = k.click_id "
-    "WHERE i.method <> 'click_id' ORDER BY i.app_id, i.ref_click_id, i.install_event_id"
+    "WHERE i.method <> 'click_id' AND i.ref_click_id IS NOT NULL "
+    "ORDER BY i.app_id, i.ref_click_id, i.install_event_id"
 ).columns(fraud_reasons=JSONB)
 
 

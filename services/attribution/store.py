@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     String,
     func,
+    literal_column,
     or_,
     select,
     text,
@@ -56,12 +57,25 @@ class Install(Base):
 
     __tablename__ = "attribution_installs"
     __table_args__ = (
-        Index("ix_attribution_installs_ref_click", "app_id", "ref_click_id"),
         Index("ix_attribution_installs_device", "app_id", "device_id"),
         Index("ix_attribution_installs_adid", "app_id", "adid"),
         Index("ix_attribution_installs_user", "app_id", "user_key"),
-        Index("ix_attribution_installs_status", "app_id", "status"),
         Index("ix_attribution_installs_ip", "app_id", "ip", "install_ts"),
+        # Partial: the few installs pending verification, and those whose referrer named
+        # a click they did not get (the late-click upgrade's). Queries spell the
+        # predicates out literally so every plan can use them.
+        Index(
+            "ix_attribution_installs_pending",
+            "app_id",
+            "install_ts",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_attribution_installs_waiting",
+            "app_id",
+            "ref_click_id",
+            postgresql_where=text("method <> 'click_id' AND ref_click_id IS NOT NULL"),
+        ),
     )
 
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -181,6 +195,10 @@ async def verified_at(
     )
 
 
+# Inline, not a parameter: the partial index on pending installs serves generic plans too.
+_PENDING = literal_column("'pending'")
+
+
 async def pending_installs(
     session: AsyncSession,
     *,
@@ -191,7 +209,7 @@ async def pending_installs(
 ) -> list[Install]:
     """Installs waiting for a verification: of this user or device, or (sweep) all those
     installed before ``older_than``. Locked, newest decisions win."""
-    query = select(Install).where(Install.app_id == app_id, Install.status == "pending")
+    query = select(Install).where(Install.app_id == app_id, Install.status == _PENDING)
     if older_than is not None:
         query = query.where(Install.install_ts < older_than)
     else:
@@ -203,7 +221,7 @@ async def pending_installs(
 async def apps_with_pending(session: AsyncSession) -> list[str]:
     """Apps that have installs waiting for verification (the sweep's tenant list)."""
     return list(
-        await session.scalars(select(Install.app_id).where(Install.status == "pending").distinct())
+        await session.scalars(select(Install.app_id).where(Install.status == _PENDING).distinct())
     )
 
 
