@@ -27,7 +27,6 @@ from services.attribution.ledger import BatchLedger, Key, UserInstall
 
 # The longest click-through window a tracker may set (admin caps it at 30 days).
 MAX_LOOKBACK = timedelta(days=30)
-DEVICE_FARM_WINDOW = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +309,7 @@ def _decide(
                 app_id=app_id,
                 ip=facts.ip,
                 install_event_id=event_id,
-                since=facts.ts - DEVICE_FARM_WINDOW,
+                since=facts.ts - prefetch.COUNT_WINDOW,
                 until=facts.ts,
             )
         )

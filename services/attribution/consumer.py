@@ -2,11 +2,12 @@
 
 A batch is one transaction, in steps: lock what it touches, index its clicks, upgrade
 the installs that named one of those clicks before it arrived, record its
-verifications, decide its installs (``batch.attribute``: set-wise reads, one decision
-per install in order, one ledger upsert), join the devices its logins name. An install
-whose referrer names a click not yet indexed is recorded organic and upgraded when that
-click arrives. Records are published before the Postgres commit; a retry recomputes the
-same decisions and ids, so a duplicate publish is harmless downstream.
+verifications, decide its installs (``batch.decide``: a handful of set-wise reads, then
+one decision per install in order; ``batch.save``: one ledger upsert), join the devices
+its logins name. An install whose referrer names a click not yet indexed is recorded
+organic and upgraded when that click arrives. Records are published before the Postgres
+commit; a retry recomputes the same decisions and ids, so a duplicate publish is
+harmless downstream.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from services.attribution.ledger import Key, UserInstall
 
 # Newest clicks per advertising id or fingerprint handed to ``logic.match``.
 MAX_CANDIDATES = 20
+# The fraud counts' window: clicks per hour (click spamming), installs per hour (farms).
+COUNT_WINDOW = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +295,7 @@ def _hour_count(column: str) -> str:
     return (
         "(SELECT count(*) FROM attribution_clicks c WHERE c.app_id = k.app_id "
         f"AND c.tracker_token = k.token AND c.{column} = k.{column} AND c.kind = 'click' "
-        "AND c.ts > k.until - interval '1 hour' AND c.ts <= k.until)"
+        "AND c.ts > k.until - CAST(:window_s AS bigint) * interval '1 second' AND c.ts <= k.until)"
     )
 
 
@@ -312,15 +314,22 @@ async def clicks_per_hour(
     session: AsyncSession, *, keys: Collection[ClickCount]
 ) -> dict[ClickCount, int]:
     """Per (app id, tracker, ip, advertising id, until): the most clicks on the tracker
-    from this IP, or from this advertising id, in the hour up to and including ``until``
-    (None skips a key) — the click-spamming count."""
+    from this IP, or from this advertising id, in the hour (``COUNT_WINDOW``) up to and
+    including ``until`` (None skips a key) — the click-spamming count."""
     if not keys:
         return {}
     ordered = list(keys)
     apps, tokens, ips, adids, until = _columns(ordered, 5)
     rows = await session.execute(
         _CLICKS_PER_HOUR,
-        {"apps": apps, "tokens": tokens, "ips": ips, "adids": adids, "until": until},
+        {
+            "apps": apps,
+            "tokens": tokens,
+            "ips": ips,
+            "adids": adids,
+            "until": until,
+            "window_s": int(COUNT_WINDOW.total_seconds()),
+        },
     )
     return {ordered[r.n - 1]: r.most for r in rows}
 
@@ -328,7 +337,8 @@ async def clicks_per_hour(
 _INSTALLS_PER_IP = text(
     "SELECT k.n, (SELECT count(*) FROM attribution_installs i "
     "WHERE i.app_id = k.app_id AND i.ip = k.ip AND i.status <> 'rejected' "
-    "AND i.install_ts > k.until - interval '1 hour' AND i.install_ts <= k.until "
+    "AND i.install_ts > k.until - CAST(:window_s AS bigint) * interval '1 second' "
+    "AND i.install_ts <= k.until "
     f"AND {_SKIP}) AS installs FROM unnest(CAST(:apps AS text[]), CAST(:ips AS text[]), "
     "CAST(:until AS timestamptz[])) WITH ORDINALITY AS k(app_id, ip, until, n)"
 )
@@ -346,7 +356,13 @@ async def installs_per_ip(
         return {}
     ordered = list(keys)
     apps, ips, until = _columns(ordered, 3)
-    params = {"apps": apps, "ips": ips, "until": until, **_skip(excluding)}
+    params = {
+        "apps": apps,
+        "ips": ips,
+        "until": until,
+        "window_s": int(COUNT_WINDOW.total_seconds()),
+        **_skip(excluding),
+    }
     return {ordered[r.n - 1]: r.installs for r in await session.execute(_INSTALLS_PER_IP, params)}
 
 
