@@ -198,7 +198,8 @@ _ADID_FIRST = text(
     "SELECT k.app_id, k.adid, min(i.install_ts) AS first FROM "
     "unnest(CAST(:apps AS text[]), CAST(:adids AS text[])) AS k(app_id, adid) "
     "JOIN attribution_installs i ON i.app_id = k.app_id AND i.adid = k.adid "
-    f"WHERE i.status <> 'rejected' AND {_SKIP} GROUP BY k.app_id, k.adid"
+    f"WHERE i.adid IS NOT NULL AND i.status <> 'rejected' AND {_SKIP} "
+    "GROUP BY k.app_id, k.adid"
 )
 
 

@@ -58,12 +58,17 @@ class Install(Base):
     __tablename__ = "attribution_installs"
     __table_args__ = (
         Index("ix_attribution_installs_device", "app_id", "device_id"),
-        Index("ix_attribution_installs_adid", "app_id", "adid"),
         Index("ix_attribution_installs_user", "app_id", "user_key"),
         Index("ix_attribution_installs_ip", "app_id", "ip", "install_ts"),
-        # Partial: the few installs pending verification, and those whose referrer named
-        # a click they did not get (the late-click upgrade's). Queries spell the
-        # predicates out literally so every plan can use them.
+        # Partial: installs with an advertising id, the few pending verification, and
+        # those whose referrer named a click they did not get (the late-click upgrade's).
+        # Queries spell the predicates out literally so every plan can use them.
+        Index(
+            "ix_attribution_installs_with_adid",
+            "app_id",
+            "adid",
+            postgresql_where=text("adid IS NOT NULL"),
+        ),
         Index(
             "ix_attribution_installs_pending",
             "app_id",
