@@ -56,11 +56,12 @@ def _columns(keys: Collection[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(column) for column in zip(*keys, strict=True)] if keys else [[]] * width
 
 
-# The batch's own installs, for NOT EXISTS (… skip …) filters.
+# Leaves out the batch's own installs. NOT IN over a parameter-free subquery is hashed
+# once per statement (NOT EXISTS against ``unnest`` was a nested loop: batch × batch); no
+# NULL on either side (keys and primary key columns), so NOT IN means what it says.
 _SKIP = (
-    "NOT EXISTS (SELECT 1 FROM unnest(CAST(:skip_apps AS text[]), CAST(:skip_ids AS text[])) "
-    "AS s(app_id, install_event_id) "
-    "WHERE s.app_id = i.app_id AND s.install_event_id = i.install_event_id)"
+    "(i.app_id, i.install_event_id) NOT IN (SELECT s.app_id, s.install_event_id FROM "
+    "unnest(CAST(:skip_apps AS text[]), CAST(:skip_ids AS text[])) AS s(app_id, install_event_id))"
 )
 
 
@@ -194,12 +195,13 @@ async def installs_waiting_for(
     return found
 
 
+# Per key, a subquery (LATERAL below): index probes for each key, whatever the planner
+# estimates of the keys and the ledger (a join may be planned as a scan of the ledger).
 _ADID_FIRST = text(
-    "SELECT k.app_id, k.adid, min(i.install_ts) AS first FROM "
-    "unnest(CAST(:apps AS text[]), CAST(:adids AS text[])) AS k(app_id, adid) "
-    "JOIN attribution_installs i ON i.app_id = k.app_id AND i.adid = k.adid "
-    f"WHERE i.adid IS NOT NULL AND i.status <> 'rejected' AND {_SKIP} "
-    "GROUP BY k.app_id, k.adid"
+    "SELECT k.app_id, k.adid, (SELECT min(i.install_ts) FROM attribution_installs i "
+    "WHERE i.app_id = k.app_id AND i.adid = k.adid AND i.adid IS NOT NULL "
+    f"AND i.status <> 'rejected' AND {_SKIP}) AS first "
+    "FROM unnest(CAST(:apps AS text[]), CAST(:adids AS text[])) AS k(app_id, adid)"
 )
 
 
@@ -212,14 +214,15 @@ async def adids_first_seen(
         return {}
     apps, values = _columns(adids, 2)
     rows = await session.execute(_ADID_FIRST, {"apps": apps, "adids": values, **_skip(excluding)})
-    return {(r.app_id, r.adid): r.first for r in rows}
+    return {(r.app_id, r.adid): r.first for r in rows if r.first is not None}
 
 
 _USER_INSTALLS = text(
-    "SELECT i.app_id, i.user_key, i.install_event_id, i.install_ts, i.adid, i.tracker_token "
+    "SELECT k.app_id, k.user_key, i.install_event_id, i.install_ts, i.adid, i.tracker_token "
     "FROM unnest(CAST(:apps AS text[]), CAST(:users AS text[])) AS k(app_id, user_key) "
-    "JOIN attribution_installs i ON i.app_id = k.app_id AND i.user_key = k.user_key "
-    f"WHERE i.status <> 'rejected' AND {_SKIP} ORDER BY i.install_ts, i.install_event_id"
+    "CROSS JOIN LATERAL (SELECT * FROM attribution_installs i "
+    "WHERE i.app_id = k.app_id AND i.user_key = k.user_key AND i.status <> 'rejected' "
+    f"AND {_SKIP}) AS i ORDER BY i.install_ts, i.install_event_id"
 )
 
 
