@@ -29,6 +29,7 @@ from libs.schemas import (
     Event,
     InstallReported,
     UserAttributed,
+    UserVerified,
     encode,
 )
 from services.admin import store as admin_store
@@ -382,6 +383,33 @@ async def test_an_install_and_the_login_of_its_device_in_one_batch(
     rows, said = await together_and_one_by_one(settings, sessions, producer, scenario)
     assert rows["i-1"][1] == "u-1"
     assert kinds(rows, "i-1") == [("click_id", "new_user", "attributed", 1, [])]
+    assert said["i-1"]["user_key"] == "u-1"
+
+
+async def test_a_verification_naming_a_device_and_its_install_in_one_batch(
+    settings: PlatformSettings,
+    sessions: async_sessionmaker[AsyncSession],
+    producer: RecordingProducer,
+) -> None:
+    """The verification links the device before the install is decided: the install is
+    the user's from the start."""
+
+    def scenario(app_id: str, tokens: list[str]) -> list[Contract]:
+        return [
+            UserVerified(
+                app_id=app_id,
+                verification_id="v-1",
+                user_id="u-1",
+                device_id="phone",
+                ts=T - timedelta(minutes=1),
+            ),
+            click(app_id, tokens[0], "c-1", minutes=-30),
+            install(app_id, "i-1", "phone", minutes=0, adid="ad-1", referrer="click_id=c-1"),
+        ]
+
+    rows, said = await together_and_one_by_one(settings, sessions, producer, scenario)
+    assert rows["i-1"][1] == "u-1"
+    assert kinds(rows, "i-1") == [("click_id", "new_user", "attributed", 0, [])]
     assert said["i-1"]["user_key"] == "u-1"
 
 
