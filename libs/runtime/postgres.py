@@ -8,7 +8,7 @@ them all. Repository functions take an ``AsyncSession`` and never commit: the ca
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -116,6 +116,22 @@ async def lock(session: AsyncSession, *parts: str) -> None:
         text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
         {"key": "\x1f".join(parts)},
     )
+
+
+# A set-returning function scan yields the array in order: the locks are taken in it.
+_LOCK_ALL = text(
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) "
+    "FROM unnest(CAST(:keys AS text[])) AS k"
+)
+
+
+async def lock_all(session: AsyncSession, keys: Sequence[Sequence[str]]) -> None:
+    """``lock`` on every key, one after another in the order given, in one statement (the
+    same locks ``lock`` takes for the same parts). Callers pass a global order — sorted
+    keys — so two transactions locking overlapping sets queue instead of deadlocking.
+    Blocks until all are held; re-entrant within a transaction."""
+    if keys:
+        await session.execute(_LOCK_ALL, {"keys": ["\x1f".join(parts) for parts in keys]})
 
 
 @asynccontextmanager

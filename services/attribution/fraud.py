@@ -10,6 +10,7 @@ judged; every threshold is "more than N".
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -83,6 +84,8 @@ class NetworkSet:
     __hash__ = None  # type: ignore[assignment]  # mutable-looking: equal sets, no hashing
 
     def __contains__(self, ip: object) -> bool:
+        if not (self._ranges[4][0] or self._ranges[6][0]):
+            return False  # empty (the usual case): nothing to parse
         address = _address(ip) if isinstance(ip, str) else None
         if address is None:
             return False
@@ -91,6 +94,7 @@ class NetworkSet:
         return i >= 0 and int(address) <= ends[i]
 
 
+@functools.lru_cache(maxsize=2048)  # memoised: asked several times per install
 def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not ip or len(ip) > 64:
         return None
@@ -181,13 +185,25 @@ def config_from(settings: Mapping[str, Any], *, require_signature: bool = False)
     return FraudConfig(**values)
 
 
+@functools.lru_cache(maxsize=2048)  # memoised: asked several times per install
 def countable_ip(ip: str | None) -> bool:
     """Whether per-IP counts (device farms, click spamming by IP) may use ``ip``: only a
     public address names a client. Private, loopback and shared ranges are what a
     deployment behind a proxy sees for everyone (without ``trust_forwarded_for``); counting
     them would reject every install."""
     address = _address(ip) if ip else None
-    return address is not None and address.is_global
+    if address is None:
+        return False
+    if address.version == 4 and address.packed[0] not in _SPECIAL_FIRST_OCTETS:
+        return True  # the stdlib's answer for these, without its walk over ~15 networks
+    return address.is_global
+
+
+# The first octets of every IPv4 block that is not globally reachable (the IANA
+# special-purpose registry ``ipaddress.is_global`` follows: 0/8, 10/8, 100.64/10, 127/8,
+# 169.254/16, 172.16/12, 192.0.0/24, 192.0.2/24, 192.88.99/24, 192.168/16, 198.18/15,
+# 198.51.100/24, 203.0.113/24, 224/4, 240/4): any other address is global.
+_SPECIAL_FIRST_OCTETS = frozenset({0, 10, 100, 127, 169, 172, 192, 198, 203, *range(224, 256)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +229,7 @@ class InstallSignals:
     signature: Verdict | None = None
 
 
+@functools.lru_cache(maxsize=2048)  # memoised: asked several times per install
 def is_bot(user_agent: str | None) -> bool:
     """True for scripted clients and crawlers. An absent user agent is *not* a bot here:
     SDKs may omit it. Looks at the first 2,048 characters only."""

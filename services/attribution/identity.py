@@ -66,11 +66,16 @@ async def restate(
     )
 
 
+def user_lock(app_id: str, user_id: str) -> tuple[str, str, str]:
+    """The advisory-lock key holding the user's installs (``lock_user``)."""
+    return (app_id, "attribution-user", user_id)
+
+
 async def lock_user(session: AsyncSession, *, app_id: str, user_id: str) -> None:
     """Hold the user's installs until the transaction ends. Two devices of one user may be
     joined by two replicas at once (events are keyed by device); a caller joining several
     users locks them all first, in sorted order. Re-entrant within a transaction."""
-    await lock(session, app_id, "attribution-user", user_id)
+    await lock(session, *user_lock(app_id, user_id))
 
 
 async def _record(session: AsyncSession, row: store.Install) -> outcomes.InstallRecord:

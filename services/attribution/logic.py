@@ -11,6 +11,7 @@ at the install instant too; one microsecond more on either side does not.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -19,6 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from urllib.parse import parse_qs, unquote
+
+# Memoised parsers (``functools.lru_cache``, bounded): the matcher asks the same question
+# of one install or click several times (its batch's reads, matching, fraud review).
+_PARSED = 2048
 
 CLICK_WINDOW = timedelta(days=7)
 FINGERPRINT_WINDOW = timedelta(hours=24)
@@ -33,6 +38,7 @@ ATTRIBUTION_NS = uuid.UUID("6f1c1c49-0d0a-4d3e-9a59-8f3f1f5b7d01")
 ZERO_ADID = "00000000-0000-0000-0000-000000000000"
 
 
+@functools.lru_cache(maxsize=_PARSED)
 def referrer_click_id(referrer: str | None) -> str | None:
     """The ``click_id`` inside a store referrer string, or None.
 
@@ -185,6 +191,7 @@ def device_signature(user_agent: str | None) -> tuple[str, str, str] | None:
     return None
 
 
+@functools.lru_cache(maxsize=_PARSED)
 def normalize_ip(ip: str | None) -> str | None:
     """Canonical text of an IP, or None when it does not parse. IPv4-mapped IPv6 becomes
     IPv4; other IPv6 addresses reduce to their /64, the prefix a carrier assigns to one
@@ -215,6 +222,7 @@ class Fingerprint:
     device: tuple[str, ...]
 
 
+@functools.lru_cache(maxsize=_PARSED)
 def fingerprint(
     ip: str | None,
     user_agent: str | None,

@@ -3,20 +3,27 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, String, func, or_, select, text
+import orjson
+from sqlalchemy import (
+    Index,
+    String,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from libs.runtime.postgres import Base, lock
+from libs.runtime.postgres import Base
 from libs.runtime.tables import Tracker
-from libs.runtime.tenancy import App
 from libs.schemas.base import ANONYMOUS_PREFIX
-from services.attribution.logic import Windows
-from services.attribution.outcomes import History
 
 
 class Click(Base):
@@ -47,12 +54,30 @@ class Install(Base):
 
     __tablename__ = "attribution_installs"
     __table_args__ = (
-        Index("ix_attribution_installs_ref_click", "app_id", "ref_click_id"),
         Index("ix_attribution_installs_device", "app_id", "device_id"),
-        Index("ix_attribution_installs_adid", "app_id", "adid"),
         Index("ix_attribution_installs_user", "app_id", "user_key"),
-        Index("ix_attribution_installs_status", "app_id", "status"),
         Index("ix_attribution_installs_ip", "app_id", "ip", "install_ts"),
+        # Partial: installs with an advertising id, the few pending verification, and
+        # those whose referrer named a click they did not get (the late-click upgrade's).
+        # Queries spell the predicates out literally so every plan can use them.
+        Index(
+            "ix_attribution_installs_with_adid",
+            "app_id",
+            "adid",
+            postgresql_where=text("adid IS NOT NULL"),
+        ),
+        Index(
+            "ix_attribution_installs_pending",
+            "app_id",
+            "install_ts",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_attribution_installs_waiting",
+            "app_id",
+            "ref_click_id",
+            postgresql_where=text("method <> 'click_id' AND ref_click_id IS NOT NULL"),
+        ),
     )
 
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -133,6 +158,10 @@ async def verified_at(
     )
 
 
+# Inline, not a parameter: the partial index on pending installs serves generic plans too.
+_PENDING = literal_column("'pending'")
+
+
 async def pending_installs(
     session: AsyncSession,
     *,
@@ -143,7 +172,7 @@ async def pending_installs(
 ) -> list[Install]:
     """Installs waiting for a verification: of this user or device, or (sweep) all those
     installed before ``older_than``. Locked, newest decisions win."""
-    query = select(Install).where(Install.app_id == app_id, Install.status == "pending")
+    query = select(Install).where(Install.app_id == app_id, Install.status == _PENDING)
     if older_than is not None:
         query = query.where(Install.install_ts < older_than)
     else:
@@ -155,25 +184,8 @@ async def pending_installs(
 async def apps_with_pending(session: AsyncSession) -> list[str]:
     """Apps that have installs waiting for verification (the sweep's tenant list)."""
     return list(
-        await session.scalars(select(Install.app_id).where(Install.status == "pending").distinct())
+        await session.scalars(select(Install.app_id).where(Install.status == _PENDING).distinct())
     )
-
-
-async def record_clicks(session: AsyncSession, *, rows: list[dict[str, Any]]) -> None:
-    """Insert clicks; a replayed click id changes nothing."""
-    if rows:
-        await session.execute(insert(Click).values(rows).on_conflict_do_nothing())
-
-
-async def lock_device(session: AsyncSession, *, app_id: str, device_id: str) -> None:
-    """Hold the device's installs and link until the transaction ends (re-entrant)."""
-    await lock(session, app_id, "attribution-device", device_id)
-
-
-async def lock_click(session: AsyncSession, *, app_id: str, click_id: str) -> None:
-    """Serialise the two paths that meet on one click id — an install naming it and the
-    click itself arriving — across replicas, so neither misses the other."""
-    await lock(session, "click", app_id, click_id)
 
 
 async def find_click(session: AsyncSession, *, app_id: str, click_id: str) -> Click | None:
@@ -193,195 +205,10 @@ async def find_install(
     )
 
 
-MAX_CANDIDATES = 20
-
-
-async def clicks_by(
-    session: AsyncSession,
-    *,
-    app_id: str,
-    adid: str | None,
-    fingerprint: str | None,
-    since: datetime,
-    until: datetime,
-) -> list[Click]:
-    """Recent clicks (newest first, at most MAX_CANDIDATES per key) with the install's
-    advertising id or fingerprint, in [since, until] — the candidates ``logic.match``
-    chooses from."""
-    found: list[Click] = []
-    for column, value in ((Click.adid, adid), (Click.fingerprint, fingerprint)):
-        if value is None:
-            continue
-        found.extend(
-            await session.scalars(
-                select(Click)
-                .where(
-                    Click.app_id == app_id, column == value, Click.ts >= since, Click.ts <= until
-                )
-                .order_by(Click.ts.desc())
-                .limit(MAX_CANDIDATES)
-            )
-        )
-    return found
-
-
-async def history(
-    session: AsyncSession,
-    *,
-    app_id: str,
-    install_event_id: str,
-    adid: str | None,
-    user_key: str,
-    before: datetime,
-) -> History:
-    """What earlier installs of the app say about this device and user. Rejected (fraud)
-    installs say nothing: they were never counted, so they do not make a later honest
-    install of the device a reinstall."""
-    adid_seen = False
-    if adid is not None:
-        adid_seen = bool(
-            await session.scalar(
-                select(Install.install_event_id)
-                .where(
-                    Install.app_id == app_id,
-                    Install.adid == adid,
-                    Install.install_event_id != install_event_id,
-                    Install.install_ts <= before,
-                    Install.status != "rejected",
-                )
-                .limit(1)
-            )
-        )
-    earlier: list[Install] = []
-    if not user_key.startswith("d:"):
-        earlier = list(
-            await session.scalars(
-                select(Install)
-                .where(
-                    Install.app_id == app_id,
-                    Install.user_key == user_key,
-                    Install.install_event_id != install_event_id,
-                    Install.install_ts <= before,
-                    Install.status != "rejected",
-                )
-                .order_by(Install.install_ts)
-            )
-        )
-    original = next((i.tracker_token for i in earlier if i.status != "rejected"), None)
-    return History(
-        adid_seen=adid_seen,
-        user_seen=bool(earlier),
-        user_adids=frozenset(i.adid for i in earlier if i.adid),
-        last_active=max((i.install_ts for i in earlier), default=None),
-        original_tracker=original,
-    )
-
-
-async def installs_waiting_for(
-    session: AsyncSession, *, app_id: str, click_id: str
-) -> list[Install]:
-    """Installs whose referrer named ``click_id`` but that were attributed otherwise
-    (organic, or a weaker method) because the click arrived after them."""
-    rows = await session.scalars(
-        select(Install).where(
-            Install.app_id == app_id, Install.ref_click_id == click_id, Install.method != "click_id"
-        )
-    )
-    return list(rows)
-
-
-async def save_install(session: AsyncSession, *, values: dict[str, Any]) -> None:
-    """Upsert the ledger row of one install event (keyed by app and install event id)."""
-    stmt = insert(Install).values(**values)
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[Install.app_id, Install.install_event_id],
-            set_={k: stmt.excluded[k] for k in values if k not in ("app_id", "install_event_id")},
-        )
-    )
-
-
-async def tracker_windows(
-    session: AsyncSession, *, app_id: str, tokens: set[str]
-) -> dict[str, Windows]:
-    """Each tracker's attribution windows, as its admin configured them."""
-    if not tokens:
-        return {}
-    rows = await session.scalars(
-        select(Tracker).where(Tracker.app_id == app_id, Tracker.token.in_(tokens))
-    )
-    return {
-        t.token: Windows(
-            click=timedelta(hours=t.click_window_hours),
-            fingerprint=timedelta(hours=t.fingerprint_window_hours),
-            view=timedelta(hours=t.view_window_hours),
-        )
-        for t in rows
-    }
-
-
 async def tracker(session: AsyncSession, *, app_id: str, token: str) -> Tracker | None:
     return await session.scalar(
         select(Tracker).where(Tracker.app_id == app_id, Tracker.token == token)
     )
-
-
-async def app_fraud_settings(session: AsyncSession, *, app_id: str) -> tuple[dict[str, Any], bool]:
-    """The app's stored fraud settings (admin's ``apps.fraud``) and whether it requires
-    signed SDK requests; ``({}, False)`` for an unknown app."""
-    row = (
-        await session.execute(select(App.fraud, App.require_signature).where(App.id == app_id))
-    ).first()
-    return (dict(row.fraud or {}), bool(row.require_signature)) if row else ({}, False)
-
-
-async def clicks_in_hour(
-    session: AsyncSession,
-    *,
-    app_id: str,
-    tracker_token: str,
-    ip: str | None,
-    adid: str | None,
-    until: datetime,
-) -> int:
-    """The most clicks on ``tracker_token`` from this IP, or from this advertising id, in
-    the hour up to and including ``until`` (None skips a key) — the click-spamming count."""
-    most = 0
-    for column, value in ((Click.ip, ip), (Click.adid, adid)):
-        if value is None:
-            continue
-        n = await session.scalar(
-            select(func.count()).where(
-                Click.app_id == app_id,
-                Click.tracker_token == tracker_token,
-                column == value,
-                Click.kind == "click",
-                Click.ts > until - timedelta(hours=1),
-                Click.ts <= until,
-            )
-        )
-        most = max(most, n or 0)
-    return most
-
-
-async def installs_from_ip(
-    session: AsyncSession, *, app_id: str, ip: str, install_event_id: str, until: datetime
-) -> int:
-    """Counted (not rejected) installs from ``ip`` in the hour up to and including
-    ``until``, plus the one judged (``install_event_id``), recorded or not."""
-    others = await session.scalar(
-        select(func.count()).where(
-            Install.app_id == app_id,
-            Install.ip == ip,
-            Install.install_event_id != install_event_id,
-            # Rejected ones do not count: forged copies anyone can send with the public SDK
-            # key must not push honest installs from a shared address over the limit.
-            Install.status != "rejected",
-            Install.install_ts > until - timedelta(hours=1),
-            Install.install_ts <= until,
-        )
-    )
-    return (others or 0) + 1
 
 
 async def link_device(
@@ -397,14 +224,6 @@ async def link_device(
             index_elements=[DeviceLink.app_id, DeviceLink.device_id],
             set_={"user_id": stmt.excluded.user_id, "linked_at": stmt.excluded.linked_at},
             where=DeviceLink.linked_at <= stmt.excluded.linked_at,
-        )
-    )
-
-
-async def linked_user(session: AsyncSession, *, app_id: str, device_id: str) -> str | None:
-    return await session.scalar(
-        select(DeviceLink.user_id).where(
-            DeviceLink.app_id == app_id, DeviceLink.device_id == device_id
         )
     )
 
@@ -431,3 +250,55 @@ async def user_installs(session: AsyncSession, *, app_id: str, user_key: str) ->
         .order_by(Install.install_ts, Install.install_event_id)
     )
     return list(rows)
+
+
+def click_lock(app_id: str, click_id: str) -> tuple[str, str, str]:
+    """The advisory-lock key (``postgres.lock_all``) serialising the two paths that meet
+    on one click id — an install naming it and the click itself arriving — across
+    replicas, so neither misses the other."""
+    return ("click", app_id, click_id)
+
+
+def device_lock(app_id: str, device_id: str) -> tuple[str, str, str]:
+    """The advisory-lock key holding the device's installs and link."""
+    return (app_id, "attribution-device", device_id)
+
+
+def _insert_json(table: Any, conflict: str) -> Any:
+    """``INSERT INTO table (every column) SELECT … FROM jsonb_populate_recordset(…)``: one
+    statement with one parameter — a JSON array of row objects, typed by the table — for
+    any number of rows (cheaper to send than one array per column)."""
+    names = ", ".join(c.name for c in table.columns)
+    return text(
+        f"INSERT INTO {table.name} ({names}) SELECT {names} FROM "
+        f"jsonb_populate_recordset(CAST(NULL AS {table.name}), CAST(:rows AS jsonb)) {conflict}"
+    )
+
+
+def _rows(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    return {"rows": orjson.dumps(rows).decode()}
+
+
+_INSERT_CLICKS = _insert_json(Click.__table__, "ON CONFLICT DO NOTHING")
+_UPSERT_INSTALLS = _insert_json(
+    Install.__table__,
+    "ON CONFLICT (app_id, install_event_id) DO UPDATE SET "
+    + ", ".join(
+        f"{c.name} = EXCLUDED.{c.name}" for c in Install.__table__.columns if not c.primary_key
+    ),
+)
+
+
+async def record_clicks(session: AsyncSession, *, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert clicks (dicts with every column) in one statement; a replayed click id
+    changes nothing."""
+    if rows:
+        await session.execute(_INSERT_CLICKS, _rows(rows))
+
+
+async def save_installs(session: AsyncSession, *, rows: Sequence[dict[str, Any]]) -> None:
+    """Upsert the ledger rows of install events (dicts with every column, keyed by app
+    and install event id) in one statement. At most one row per key: the caller keeps
+    the last decision of an install decided twice."""
+    if rows:
+        await session.execute(_UPSERT_INSTALLS, _rows(rows))

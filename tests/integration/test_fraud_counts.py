@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.attribution import store
+from services.attribution import prefetch, store
 from tests.conftest import Platform
 
 pytestmark = pytest.mark.integration
@@ -80,41 +80,29 @@ async def test_click_and_install_counts(platform: Platform) -> None:
     sessions = platform.app.state.resources.sessions
     async with sessions() as session, session.begin():
         await store.record_clicks(session, rows=rows)
-        for minutes in (0, 10, 59, 60, 61):
-            await store.save_install(
-                session, values=install_row(app, T - timedelta(minutes=minutes), "5.1.1.1")
-            )
-        await store.save_install(session, values=install_row(other_app, T, "5.1.1.1"))
+        installs = [
+            install_row(app, T - timedelta(minutes=minutes), "5.1.1.1")
+            for minutes in (0, 10, 59, 60, 61)
+        ]
+        await store.save_installs(session, rows=[*installs, install_row(other_app, T, "5.1.1.1")])
     async with sessions() as session:
-        count = store.clicks_in_hour
-        assert (
-            await count(session, app_id=app, tracker_token="tok", ip="5.1.1.1", adid=None, until=T)
-            == 3
-        )
-        assert (
-            await count(session, app_id=app, tracker_token="tok", ip=None, adid="ad-1", until=T)
-            == 3
-        )
-        assert (
-            await count(
-                session, app_id=app, tracker_token="tok", ip="5.1.1.1", adid="ad-1", until=T
-            )
-            == 3
-        )
-        assert (
-            await count(session, app_id=app, tracker_token="tok", ip=None, adid=None, until=T) == 0
-        )
-        # the install judged counts once, recorded or not
-        judged = uuid.uuid4().hex
-        assert (
-            await store.installs_from_ip(
-                session, app_id=app, ip="5.1.1.1", install_event_id=judged, until=T
-            )
-            == 4
-        )
-        assert (
-            await store.installs_from_ip(
-                session, app_id=app, ip="5.2.2.2", install_event_id=judged, until=T
-            )
-            == 1
-        )
+        keys = [
+            (app, "tok", "5.1.1.1", None, T),
+            (app, "tok", None, "ad-1", T),
+            (app, "tok", "5.1.1.1", "ad-1", T),
+            (app, "tok", None, None, T),
+        ]
+        counts = await prefetch.clicks_per_hour(session, keys=keys)
+        assert [counts[k] for k in keys] == [3, 3, 3, 0]
+        # The batch's own installs, recorded or not, are left out: it counts them itself.
+        ips = [(app, "5.1.1.1", T), (app, "5.2.2.2", T)]
+        unrecorded = [(app, uuid.uuid4().hex)]
+        assert await prefetch.installs_per_ip(session, keys=ips, excluding=unrecorded) == {
+            ips[0]: 3,
+            ips[1]: 0,
+        }
+        recorded = [(app, installs[1]["install_event_id"]), (other_app, "x")]
+        assert await prefetch.installs_per_ip(session, keys=ips, excluding=recorded) == {
+            ips[0]: 2,
+            ips[1]: 0,
+        }

@@ -406,3 +406,32 @@ def test_settings_change_the_verdict() -> None:
 )
 def test_only_public_addresses_are_counted_per_ip(ip: str | None, countable: bool) -> None:
     assert fraud.countable_ip(ip) is countable
+
+
+def test_counting_an_ip_agrees_with_the_stdlib_on_every_first_octet() -> None:
+    """The fast path for IPv4 addresses outside the special-purpose blocks answers what
+    ``ipaddress``'s ``is_global`` answers, at both ends and inside every /8 and around the
+    small special blocks."""
+    samples = [f"{o}.{b}" for o in range(256) for b in ("0.0.0", "1.2.3", "255.255.255")]
+    samples += [
+        "100.63.255.255",
+        "100.128.0.0",
+        "172.15.255.255",
+        "172.32.0.0",
+        "192.0.0.9",
+        "192.0.1.1",
+        "192.88.99.1",
+        "198.17.255.255",
+        "198.20.0.0",
+        "198.51.100.7",
+        "203.0.113.7",
+        "203.0.114.1",
+    ]
+    for ip in samples:
+        assert fraud.countable_ip(ip) is ipaddress.ip_address(ip).is_global, ip
+
+
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_counting_any_ipv4_agrees_with_the_stdlib(n: int) -> None:
+    ip = str(ipaddress.IPv4Address(n))
+    assert fraud.countable_ip(ip) is ipaddress.ip_address(ip).is_global

@@ -32,6 +32,7 @@ PURE_EXTRAS = [
     "services.attribution.outcomes",
     "services.attribution.fraud",
     "services.attribution.postback_rules",
+    "services.attribution.ledger",
     "libs.runtime.signing",
     "libs.runtime.fraudrules",
     "services.admin.segments",

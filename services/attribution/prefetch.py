@@ -1,0 +1,413 @@
+"""Set-wise reads of the clicks index, the install ledger and the configuration the
+matcher decides a batch by: one statement per kind of fact for the whole batch, each
+answering exactly what the per-install query it replaces answered for every key.
+
+Keyword-only, never commit. Keys are tuples led by the app id (every read is
+tenant-scoped by it); answers are dicts keyed the same way. Reads that must not see
+the batch's own installs take ``excluding``: their (app id, install event id) — the
+caller overlays those rows as the batch itself decides them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.attribution import logic
+from services.attribution.ledger import Key, UserInstall
+
+# Newest clicks per advertising id or fingerprint handed to ``logic.match``.
+MAX_CANDIDATES = 20
+# The fraud counts' window: clicks per hour (click spamming), installs per hour (farms).
+COUNT_WINDOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """An indexed click or impression (``kind``) as matching sees it."""
+
+    click: logic.ClickFacts
+    kind: str
+
+
+class TrackerRow(NamedTuple):
+    """What deciding an install needs of a tracker: its windows, how it counts and the
+    hierarchy an attribution reports."""
+
+    token: str
+    windows: logic.Windows
+    counting: str
+    channel: str
+    network: str | None
+    campaign: str | None
+    adgroup: str | None
+    creative: str | None
+
+
+def _columns(keys: Collection[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Column arrays of ``keys`` (for ``unnest``): ``width`` lists, one per tuple position."""
+    return [list(column) for column in zip(*keys, strict=True)] if keys else [[]] * width
+
+
+# Leaves out the batch's own installs. NOT IN over a parameter-free subquery is hashed
+# once per statement (NOT EXISTS against ``unnest`` was a nested loop: batch × batch); no
+# NULL on either side (keys and primary key columns), so NOT IN means what it says.
+_SKIP = (
+    "(i.app_id, i.install_event_id) NOT IN (SELECT s.app_id, s.install_event_id FROM "
+    "unnest(CAST(:skip_apps AS text[]), CAST(:skip_ids AS text[])) AS s(app_id, install_event_id))"
+)
+
+
+def _skip(excluding: Collection[Key]) -> dict[str, list[str]]:
+    apps, ids = _columns(excluding, 2)
+    return {"skip_apps": apps, "skip_ids": ids}
+
+
+_CLICK_COLUMNS = "c.click_id, c.tracker_token, c.ts, c.adid, c.ip, c.user_agent, c.is_bot, c.kind"
+
+
+def _touch(row: Any) -> Touch:
+    return Touch(
+        logic.ClickFacts(
+            click_id=row.click_id,
+            tracker_token=row.tracker_token,
+            ts=row.ts,
+            adid=row.adid,
+            ip=row.ip,
+            user_agent=row.user_agent,
+            is_bot=row.is_bot,
+        ),
+        row.kind,
+    )
+
+
+_NAMED = text(
+    f"SELECT c.app_id, {_CLICK_COLUMNS} FROM attribution_clicks c "
+    "JOIN unnest(CAST(:apps AS text[]), CAST(:ids AS text[])) AS k(app_id, click_id) "
+    "ON c.app_id = k.app_id AND c.click_id = k.click_id"
+)
+
+
+async def clicks(session: AsyncSession, *, keys: Collection[Key]) -> dict[Key, Touch]:
+    """The indexed clicks (or impressions) of these (app id, click id) keys; absent keys
+    are not indexed (not seen yet, or another app's)."""
+    if not keys:
+        return {}
+    apps, ids = _columns(keys, 2)
+    rows = await session.execute(_NAMED, {"apps": apps, "ids": ids})
+    return {(r.app_id, r.click_id): _touch(r) for r in rows}
+
+
+def _recent(column: str, part: int) -> str:
+    return (
+        f"SELECT k.n, {part} AS part, {_CLICK_COLUMNS} FROM unnest("
+        "CAST(:apps AS text[]), CAST(:adids AS text[]), CAST(:prints AS text[]), "
+        "CAST(:until AS timestamptz[])) WITH ORDINALITY AS k(app_id, adid, fingerprint, until, n) "
+        "CROSS JOIN LATERAL (SELECT * FROM attribution_clicks c "
+        f"WHERE c.app_id = k.app_id AND c.{column} = k.{column} "
+        "AND c.ts >= k.until - CAST(:lookback_s AS bigint) * interval '1 second' "
+        "AND c.ts <= k.until ORDER BY c.ts DESC LIMIT :limit) AS c"
+    )
+
+
+_RECENT = text(
+    f"{_recent('adid', 0)} UNION ALL {_recent('fingerprint', 1)} ORDER BY n, part, ts DESC"
+)
+
+# (app id, advertising id, fingerprint key, until): a recent-clicks search.
+Search = tuple[str, str | None, str | None, datetime]
+
+
+async def recent_clicks(
+    session: AsyncSession,
+    *,
+    searches: Collection[Search],
+    lookback: timedelta,
+    limit: int = MAX_CANDIDATES,
+) -> dict[Search, list[Touch]]:
+    """Per (app id, advertising id, fingerprint key, until): the newest ``limit`` clicks
+    and impressions with the advertising id in [until - lookback, until], newest first,
+    then the newest ``limit`` with the fingerprint (None skips a key) — the candidates
+    ``logic.match`` chooses from. Searches finding none are absent."""
+    if not searches:
+        return {}
+    ordered = list(searches)
+    apps, adids, prints, until = _columns(ordered, 4)
+    params = {
+        "apps": apps,
+        "adids": adids,
+        "prints": prints,
+        "until": until,
+        "lookback_s": int(lookback.total_seconds()),
+        "limit": limit,
+    }
+    found: dict[Search, list[Touch]] = {}
+    for row in await session.execute(_RECENT, params):
+        found.setdefault(ordered[row.n - 1], []).append(_touch(row))
+    return found
+
+
+_INSTALLS = text(
+    "SELECT i.* FROM attribution_installs i "
+    "JOIN unnest(CAST(:apps AS text[]), CAST(:ids AS text[])) AS k(app_id, install_event_id) "
+    "ON i.app_id = k.app_id AND i.install_event_id = k.install_event_id"
+).columns(fraud_reasons=JSONB)
+
+
+async def installs(session: AsyncSession, *, keys: Collection[Key]) -> dict[Key, dict[str, Any]]:
+    """The ledger rows (every column, as a dict) of these (app id, install event id)
+    keys; absent keys have none."""
+    if not keys:
+        return {}
+    apps, ids = _columns(keys, 2)
+    rows = await session.execute(_INSTALLS, {"apps": apps, "ids": ids})
+    return {(r.app_id, r.install_event_id): dict(r) for r in rows.mappings()}
+
+
+_WAITING = text(
+    "SELECT i.* FROM attribution_installs i "
+    "JOIN unnest(CAST(:apps AS text[]), CAST(:ids AS text[])) AS k(app_id, click_id) "
+    "ON i.app_id = k.app_id AND i.ref_click_id = k.click_id "
+    "WHERE i.method <> 'click_id' AND i.ref_click_id IS NOT NULL "
+    "ORDER BY i.app_id, i.ref_click_id, i.install_event_id"
+).columns(fraud_reasons=JSONB)
+
+
+async def installs_waiting_for(
+    session: AsyncSession, *, clicks: Collection[Key]
+) -> dict[Key, list[dict[str, Any]]]:
+    """Per (app id, click id): the ledger rows (dicts) of installs whose referrer named
+    that click but that were attributed otherwise (organic, or a weaker method) because
+    the click arrived after them."""
+    if not clicks:
+        return {}
+    apps, ids = _columns(clicks, 2)
+    found: dict[Key, list[dict[str, Any]]] = {}
+    for row in (await session.execute(_WAITING, {"apps": apps, "ids": ids})).mappings():
+        found.setdefault((row["app_id"], row["ref_click_id"]), []).append(dict(row))
+    return found
+
+
+# Per key, a subquery (LATERAL below): index probes for each key, whatever the planner
+# estimates of the keys and the ledger (a join may be planned as a scan of the ledger).
+_ADID_FIRST = text(
+    "SELECT k.app_id, k.adid, (SELECT min(i.install_ts) FROM attribution_installs i "
+    "WHERE i.app_id = k.app_id AND i.adid = k.adid AND i.adid IS NOT NULL "
+    f"AND i.status <> 'rejected' AND {_SKIP}) AS first "
+    "FROM unnest(CAST(:apps AS text[]), CAST(:adids AS text[])) AS k(app_id, adid)"
+)
+
+
+async def adids_first_seen(
+    session: AsyncSession, *, adids: Collection[Key], excluding: Collection[Key]
+) -> dict[Key, datetime]:
+    """Per (app id, advertising id): the earliest counted (not rejected) install with
+    it, leaving out the ``excluding`` installs. Absent: none."""
+    if not adids:
+        return {}
+    apps, values = _columns(adids, 2)
+    rows = await session.execute(_ADID_FIRST, {"apps": apps, "adids": values, **_skip(excluding)})
+    return {(r.app_id, r.adid): r.first for r in rows if r.first is not None}
+
+
+_USER_INSTALLS = text(
+    "SELECT k.app_id, k.user_key, i.install_event_id, i.install_ts, i.adid, i.tracker_token "
+    "FROM unnest(CAST(:apps AS text[]), CAST(:users AS text[])) AS k(app_id, user_key) "
+    "CROSS JOIN LATERAL (SELECT * FROM attribution_installs i "
+    "WHERE i.app_id = k.app_id AND i.user_key = k.user_key AND i.status <> 'rejected' "
+    f"AND {_SKIP}) AS i ORDER BY i.install_ts, i.install_event_id"
+)
+
+
+async def user_installs(
+    session: AsyncSession, *, users: Collection[Key], excluding: Collection[Key]
+) -> dict[Key, list[UserInstall]]:
+    """Per (app id, user key): the user's counted (not rejected) installs, oldest first
+    (ties by install event id), leaving out the ``excluding`` installs."""
+    if not users:
+        return {}
+    apps, keys = _columns(users, 2)
+    found: dict[Key, list[UserInstall]] = defaultdict(list)
+    for r in await session.execute(
+        _USER_INSTALLS, {"apps": apps, "users": keys, **_skip(excluding)}
+    ):
+        found[(r.app_id, r.user_key)].append(
+            UserInstall(r.install_event_id, r.install_ts, r.adid, r.tracker_token)
+        )
+    return dict(found)
+
+
+_TRACKERS = text(
+    "SELECT t.app_id, t.token, t.click_window_hours, t.fingerprint_window_hours, "
+    "t.view_window_hours, t.counting, t.channel, t.network, t.campaign, t.adgroup, "
+    "t.creative FROM trackers t "
+    "JOIN unnest(CAST(:apps AS text[]), CAST(:tokens AS text[])) AS k(app_id, token) "
+    "ON t.app_id = k.app_id AND t.token = k.token"
+)
+
+
+async def trackers(session: AsyncSession, *, keys: Collection[Key]) -> dict[Key, TrackerRow]:
+    """The trackers of these (app id, token) keys, with the windows their admin
+    configured; absent keys are no tracker of the app."""
+    if not keys:
+        return {}
+    apps, tokens = _columns(keys, 2)
+    return {
+        (r.app_id, r.token): TrackerRow(
+            r.token,
+            logic.Windows(
+                click=timedelta(hours=r.click_window_hours),
+                fingerprint=timedelta(hours=r.fingerprint_window_hours),
+                view=timedelta(hours=r.view_window_hours),
+            ),
+            r.counting,
+            r.channel,
+            r.network,
+            r.campaign,
+            r.adgroup,
+            r.creative,
+        )
+        for r in await session.execute(_TRACKERS, {"apps": apps, "tokens": tokens})
+    }
+
+
+_FRAUD_SETTINGS = text(
+    "SELECT id, fraud, require_signature FROM apps WHERE id = ANY(CAST(:ids AS text[]))"
+).columns(fraud=JSONB)
+
+
+async def fraud_settings(
+    session: AsyncSession, *, app_ids: Collection[str]
+) -> dict[str, tuple[dict[str, Any], bool]]:
+    """Per app: its stored fraud settings (admin's ``apps.fraud``) and whether it
+    requires signed SDK requests; ``({}, False)`` for an unknown app."""
+    found: dict[str, tuple[dict[str, Any], bool]] = dict.fromkeys(app_ids, ({}, False))
+    if app_ids:
+        for r in await session.execute(_FRAUD_SETTINGS, {"ids": list(app_ids)}):
+            found[r.id] = (dict(r.fraud or {}), bool(r.require_signature))
+    return found
+
+
+def _hour_count(column: str) -> str:
+    return (
+        "(SELECT count(*) FROM attribution_clicks c WHERE c.app_id = k.app_id "
+        f"AND c.tracker_token = k.token AND c.{column} = k.{column} AND c.kind = 'click' "
+        "AND c.ts > k.until - CAST(:window_s AS bigint) * interval '1 second' AND c.ts <= k.until)"
+    )
+
+
+_CLICKS_PER_HOUR = text(
+    f"SELECT k.n, greatest({_hour_count('ip')}, {_hour_count('adid')}) AS most FROM unnest("
+    "CAST(:apps AS text[]), CAST(:tokens AS text[]), CAST(:ips AS text[]), "
+    "CAST(:adids AS text[]), CAST(:until AS timestamptz[])) "
+    "WITH ORDINALITY AS k(app_id, token, ip, adid, until, n)"
+)
+
+# (app id, tracker token, ip or None, advertising id or None, until)
+ClickCount = tuple[str, str, str | None, str | None, datetime]
+
+
+async def clicks_per_hour(
+    session: AsyncSession, *, keys: Collection[ClickCount]
+) -> dict[ClickCount, int]:
+    """Per (app id, tracker, ip, advertising id, until): the most clicks on the tracker
+    from this IP, or from this advertising id, in the hour (``COUNT_WINDOW``) up to and
+    including ``until`` (None skips a key) — the click-spamming count."""
+    if not keys:
+        return {}
+    ordered = list(keys)
+    apps, tokens, ips, adids, until = _columns(ordered, 5)
+    rows = await session.execute(
+        _CLICKS_PER_HOUR,
+        {
+            "apps": apps,
+            "tokens": tokens,
+            "ips": ips,
+            "adids": adids,
+            "until": until,
+            "window_s": int(COUNT_WINDOW.total_seconds()),
+        },
+    )
+    return {ordered[r.n - 1]: r.most for r in rows}
+
+
+_INSTALLS_PER_IP = text(
+    "SELECT k.n, (SELECT count(*) FROM attribution_installs i "
+    "WHERE i.app_id = k.app_id AND i.ip = k.ip AND i.status <> 'rejected' "
+    "AND i.install_ts > k.until - CAST(:window_s AS bigint) * interval '1 second' "
+    "AND i.install_ts <= k.until "
+    f"AND {_SKIP}) AS installs FROM unnest(CAST(:apps AS text[]), CAST(:ips AS text[]), "
+    "CAST(:until AS timestamptz[])) WITH ORDINALITY AS k(app_id, ip, until, n)"
+)
+
+IpHour = tuple[str, str, datetime]  # (app id, ip, until)
+
+
+async def installs_per_ip(
+    session: AsyncSession, *, keys: Collection[IpHour], excluding: Collection[Key]
+) -> dict[IpHour, int]:
+    """Per (app id, ip, until): counted (not rejected) installs from the IP in the hour
+    up to and including ``until``, leaving out the ``excluding`` installs (the device-farm
+    count, without the install judged)."""
+    if not keys:
+        return {}
+    ordered = list(keys)
+    apps, ips, until = _columns(ordered, 3)
+    params = {
+        "apps": apps,
+        "ips": ips,
+        "until": until,
+        "window_s": int(COUNT_WINDOW.total_seconds()),
+        **_skip(excluding),
+    }
+    return {ordered[r.n - 1]: r.installs for r in await session.execute(_INSTALLS_PER_IP, params)}
+
+
+_FIRST_VERIFIED = text(
+    "SELECT k.n, (SELECT min(v.verified_at) FROM attribution_verifications v "
+    "WHERE v.app_id = k.app_id AND (v.user_id = k.user_key OR v.device_id = k.device_id)) "
+    "AS verified_at FROM unnest(CAST(:apps AS text[]), CAST(:users AS text[]), "
+    "CAST(:devices AS text[])) WITH ORDINALITY AS k(app_id, user_key, device_id, n)"
+)
+
+UserDevice = tuple[str, str, str]  # (app id, user key, device id)
+
+
+async def first_verified(
+    session: AsyncSession, *, keys: Collection[UserDevice]
+) -> dict[UserDevice, datetime]:
+    """Per (app id, user key, device id): when the user (by user id, or by the device a
+    verification named) was first verified; absent when never."""
+    if not keys:
+        return {}
+    ordered = list(keys)
+    apps, users, devices = _columns(ordered, 3)
+    rows = await session.execute(
+        _FIRST_VERIFIED, {"apps": apps, "users": users, "devices": devices}
+    )
+    return {ordered[r.n - 1]: r.verified_at for r in rows if r.verified_at is not None}
+
+
+_LINKS = text(
+    "SELECT l.app_id, l.device_id, l.user_id FROM attribution_device_links l "
+    "JOIN unnest(CAST(:apps AS text[]), CAST(:devices AS text[])) AS k(app_id, device_id) "
+    "ON l.app_id = k.app_id AND l.device_id = k.device_id"
+)
+
+
+async def linked_users(session: AsyncSession, *, devices: Iterable[Key]) -> dict[Key, str]:
+    """Per (app id, device id): the user the device belongs to (its latest link);
+    absent when none is known."""
+    keys = set(devices)
+    if not keys:
+        return {}
+    apps, ids = _columns(keys, 2)
+    rows = await session.execute(_LINKS, {"apps": apps, "devices": ids})
+    return {(r.app_id, r.device_id): r.user_id for r in rows}
