@@ -292,7 +292,7 @@ def _click_row(click: ClickRecorded) -> dict[str, Any]:
         "tracker_token": click.tracker_token,
         "ts": click.ts,
         "ip": click.ip,
-        "adid": click.adid,
+        "adid": logic.clean_adid(click.adid),  # installs are matched lower-cased
         "is_bot": click.is_bot,
         "expires_at": click.ts + logic.CLICK_WINDOW,
         "user_agent": click.user_agent,

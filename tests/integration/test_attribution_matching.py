@@ -107,3 +107,22 @@ async def test_view_through_impression(http: httpx.AsyncClient, app_keys: dict[s
     await install(http, sdk, device, adid=adid)
     attribution = await attribution_of(http, admin, device)
     assert (attribution["method"], attribution["tracker_token"]) == ("view_through", token)
+
+
+async def test_adid_matches_whatever_its_case(
+    http: httpx.AsyncClient, app_keys: dict[str, str]
+) -> None:
+    """A network that passes the IDFA upper-case on the click and an SDK that reports it
+    lower-case describe one device."""
+    admin = {"Authorization": f"Bearer {app_keys['admin_token']}"}
+    sdk = {"X-Hodhod-Key": app_keys["sdk_key"]}
+    token = await tracker(http, admin, "idfa campaign")
+    adid = str(uuid.uuid4())
+    click = await http.get(
+        f"/c/{token}", params={"adid": adid.upper()}, headers={"User-Agent": PHONE_UA}
+    )
+    assert click.status_code == 302
+    device = f"dev-{uuid.uuid4().hex[:6]}"
+    await install(http, sdk, device, adid=adid.lower())
+    attribution = await attribution_of(http, admin, device)
+    assert (attribution["method"], attribution["tracker_token"]) == ("adid", token)
