@@ -47,10 +47,9 @@ def latest_attributions(db: str, where: str = "", having: str = "") -> str:
     on the latest values with ``having`` (the output names).
 
     ``click_ts`` comes from any statement that carries it, at microsecond precision like
-    ``install_us``, so that a click-to-install time is exact. A restatement does not
-    carry it (before the attribution service's restatements did), and a same-day
-    restatement replaces the first statement when ClickHouse merges, so readers fall back
-    to the click's own row (``clicks``, by ``click_id``).
+    ``install_us``, so that a click-to-install time is exact. Restatements made before
+    they carried it lack it, so readers fall back to the click's own row (``clicks``, by
+    ``click_id``).
     """
     # Columns are qualified (s.): the output names shadow them otherwise.
     version = "(s.attributed_at, s._inserted_at)"

@@ -18,7 +18,7 @@ CREATE TABLE hodhod.attributions
 )
 ENGINE = ReplacingMergeTree(_inserted_at)
 PARTITION BY toYYYYMM(attributed_at)
-ORDER BY (app_id, toDate(attributed_at), attribution_id)
+ORDER BY (app_id, toDate(attributed_at), attribution_id, attributed_at)
 SETTINGS index_granularity = 8192;
 
 CREATE TABLE hodhod.clicks
