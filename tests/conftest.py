@@ -14,6 +14,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,25 @@ async def eventually(probe: Any, *, within: float = 30.0, interval: float = 0.1)
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {within}s; last value: {last!r}")
+
+
+@asynccontextmanager
+async def local_http_server(app: Any) -> AsyncIterator[str]:
+    """Serve the ASGI ``app`` on a free local port for the block (a stand-in for an
+    external provider speaking plain HTTP); yields its base URL."""
+    import uvicorn
+
+    port = localinfra.free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110 — uvicorn exposes a flag, not an event
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)

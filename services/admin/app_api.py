@@ -11,7 +11,7 @@ from libs.runtime.deps import ProducerDep, SessionDep
 from libs.runtime.errors import Conflict, InvalidInput, NotFound
 from libs.runtime.tenancy import AdminAppDep, App
 from services.admin import logic, store
-from services.admin.api import _changed
+from services.admin.changes import announce
 from services.admin.schemas import AppRead, AppUpdate, SdkSecretCreated, SdkSecretRead
 
 router = APIRouter(prefix="/admin/v1/app", tags=["app"])
@@ -75,7 +75,7 @@ async def update_app(
         app.require_signature = changes["require_signature"]
     if changes.get("fraud") is not None:
         app.fraud = logic.merge_settings(app.fraud or {}, changes["fraud"])
-    _changed(request, producer, app_id, "app", app_id, "updated")
+    announce(request, producer, app_id, "app", app_id, "updated")
     return await _read(session, app)
 
 
@@ -86,7 +86,7 @@ async def create_sdk_secret(
     """A new SDK signing secret, shown in this answer only. Several may be active at once:
     create the new one, ship it in the app, then revoke the old one."""
     row, secret = await store.create_sdk_secret(session, app_id=app_id)
-    _changed(request, producer, app_id, "key", row.id, "created")
+    announce(request, producer, app_id, "key", row.id, "created")
     return SdkSecretCreated(
         id=row.id, created_at=row.created_at, revoked_at=row.revoked_at, secret=secret
     )
@@ -115,5 +115,5 @@ async def revoke_sdk_secret(
                 field="secret_id",
             )
         await store.revoke_sdk_secret(session, secret=row)
-        _changed(request, producer, app_id, "key", row.id, "deleted")
+        announce(request, producer, app_id, "key", row.id, "deleted")
     return SdkSecretRead(id=row.id, created_at=row.created_at, revoked_at=row.revoked_at)

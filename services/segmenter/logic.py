@@ -267,12 +267,6 @@ def _location(state: ProfileState, event: Event) -> dict[str, Any]:
     return {"last_lat": lat, "last_lon": lon, "last_location_at": event.ts}
 
 
-def apply_attributes(current: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
-    """``$attributes`` props applied to attributes with no write history (in order:
-    ``set``, ``set_once``, ``increment`` of numbers, ``unset`` of names)."""
-    return fold_attributes(current, {}, props, datetime.max.replace(tzinfo=UTC))[0]
-
-
 WriteOp = str  # "set" | "once" | "inc" | "unset"
 
 

@@ -6,7 +6,6 @@ network are spaced by its rate limit."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -18,18 +17,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from libs.runtime import localinfra
 from libs.runtime.pipeline import Batch, Record
 from libs.schemas import Event
 from services.attribution.postbacks import Postbacks
-from tests.conftest import Platform, eventually
+from tests.conftest import Platform, eventually, local_http_server
 
 pytestmark = pytest.mark.integration
 
@@ -67,26 +64,11 @@ class Network:
 
 @asynccontextmanager
 async def serving(network: Network) -> AsyncIterator[Network]:
-    port = localinfra.free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            Starlette(routes=[Route("/{path:path}", network.endpoint)]),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # noqa: ASYNC110 — uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.02)
-        network.base = f"http://127.0.0.1:{port}"
+    async with local_http_server(
+        Starlette(routes=[Route("/{path:path}", network.endpoint)])
+    ) as base:
+        network.base = base
         yield network
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 async def click_and_install(

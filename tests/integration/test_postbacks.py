@@ -10,17 +10,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from libs.runtime import localinfra
 from libs.schemas import UserAttributed
 from services.attribution.postbacks import Postbacks
-from tests.conftest import Platform, eventually
+from tests.conftest import Platform, eventually, local_http_server
 
 pytestmark = pytest.mark.integration
 
@@ -43,21 +41,7 @@ async def test_postbacks_are_retried_recorded_and_not_repeated(
     http: httpx.AsyncClient, app_keys: dict[str, str], platform: Platform
 ) -> None:
     network = Network()
-    port = localinfra.free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            Starlette(routes=[Route("/pb", network.postback)]),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-    )
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # noqa: ASYNC110 — uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.02)
+    async with local_http_server(Starlette(routes=[Route("/pb", network.postback)])) as base:
         admin = {"Authorization": f"Bearer {app_keys['admin_token']}"}
         created = await http.post(
             "/admin/v1/trackers",
@@ -69,7 +53,7 @@ async def test_postbacks_are_retried_recorded_and_not_repeated(
                 "campaign": "پاییز",
                 "store_url": "https://example.com/app",
                 "postback_urls": [
-                    f"http://127.0.0.1:{port}/pb?click={{click_id}}&t={{tracker}}"
+                    f"{base}/pb?click={{click_id}}&t={{tracker}}"
                     "&c={campaign}&u={user_key}&at={install_ts}"
                 ],
             },
@@ -148,6 +132,3 @@ async def test_postbacks_are_retried_recorded_and_not_repeated(
             Batch(records=[Record("attributions", 0, 0, None, replay, 0)])
         )
         assert len(network.calls) == 2
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)

@@ -20,16 +20,21 @@ from services.segmenter.logic import (
     ProfileState,
     RfmCache,
     RfmThresholds,
-    apply_attributes,
     apply_attribution,
     apply_event,
     evaluate,
+    fold_attributes,
     membership_changes,
     rule_fingerprint,
 )
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 counter = iter(range(10**9))
+
+
+def apply_attributes(current: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
+    """``$attributes`` props applied to attributes with no write history."""
+    return fold_attributes(current, {}, props, datetime.max.replace(tzinfo=UTC))[0]
 
 
 def event(name: str = "x", ts: datetime = NOW, **kw: Any) -> Event:
@@ -739,7 +744,7 @@ def test_counters_saturate_instead_of_overflowing() -> None:
     import math
     import sys
 
-    from services.segmenter.logic import INT64_MAX, apply_attributes
+    from services.segmenter.logic import INT64_MAX
 
     attrs = apply_attributes({"score": 1e308}, {"increment": {"score": 1e308}})
     assert attrs["score"] == sys.float_info.max and math.isfinite(attrs["score"])
