@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from libs.runtime import postgres
@@ -24,6 +25,8 @@ class Resources:
     sessions: async_sessionmaker[AsyncSession]
     producer: Producer
     clickhouse: AsyncClickHouse | None
+    # Outbound HTTP (postbacks, providers): one pool per process, closed on shutdown.
+    http: httpx.AsyncClient
 
     def require_clickhouse(self) -> AsyncClickHouse:
         if self.clickhouse is None:
@@ -44,6 +47,7 @@ async def open_resources(
         settings.kafka_bootstrap, linger_ms=settings.kafka_linger_ms, client_id=client_id
     )
     ch = None
+    http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
     try:
         await producer.start()
         if with_clickhouse:
@@ -51,8 +55,9 @@ async def open_resources(
             ch = AsyncClickHouse(
                 get_client(url), settings.clickhouse_database, lambda: get_client(url)
             )
-        yield Resources(settings, engine, postgres.session_factory(engine), producer, ch)
+        yield Resources(settings, engine, postgres.session_factory(engine), producer, ch, http)
     finally:
+        await http.aclose()
         await producer.stop()
         await engine.dispose()
         if ch is not None:

@@ -44,6 +44,7 @@ postbacks = one_consumer(
     POSTBACK_TOPICS,
     lambda r: Postbacks(
         r.sessions,
+        client=r.http,
         rate_per_s=r.settings.postback_rate_per_s,
         burst=r.settings.postback_burst,
     ),

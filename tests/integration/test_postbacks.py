@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from libs.runtime.settings import PlatformSettings
 from libs.schemas import UserAttributed
 from services.attribution.postbacks import Postbacks
 from tests.conftest import Platform, eventually, local_http_server
@@ -132,3 +133,19 @@ async def test_postbacks_are_retried_recorded_and_not_repeated(
             Batch(records=[Record("attributions", 0, 0, None, replay, 0)])
         )
         assert len(network.calls) == 2
+
+
+async def test_the_process_http_pool_is_shared_and_closed_with_the_resources(
+    settings: PlatformSettings,
+) -> None:
+    """Postbacks call out through the process's one pool (``Resources.http``), which
+    ``open_resources`` closes on shutdown: no client outlives the process's lifespan."""
+    from libs.runtime.resources import open_resources
+    from services.attribution.service import postbacks
+
+    async with open_resources(settings, with_clickhouse=False) as resources:
+        client = resources.http
+        (runner,) = postbacks(resources)
+        assert runner._handler._client is client  # type: ignore[attr-defined]
+        assert not client.is_closed
+    assert client.is_closed
