@@ -6,8 +6,9 @@ changes are applied in order.
 
 `entity="user"` with `action="deleted"` asks for the erasure of the user whose profile
 key is `entity_id` (`DELETE /admin/v1/users/{user_key}`; `change_id` is the erasure id):
-the segmenter deletes the profile, its devices' aliases, counters and memberships, and
-ingest's warehouse writer deletes the user's raw rows in ClickHouse.
+the segmenter deletes the profile, its devices' aliases, counters and memberships,
+attribution its installs, their clicks, device links, verification and postback records,
+and ingest's warehouse writer deletes the user's raw rows in ClickHouse.
 """
 
 from __future__ import annotations

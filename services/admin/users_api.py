@@ -120,7 +120,8 @@ async def update_user(
 @router.delete("/users/{user_key}", status_code=202, operation_id="erase_user")
 async def erase_user(user_key: str, app_id: AdminAppDep, producer: ProducerDep) -> ErasureRead:
     """Erase a user: the segmenter deletes the profile, the aliases of its devices, its
-    counters, recent events and memberships (announcing the exits); ingest's
+    counters, recent events and memberships (announcing the exits); attribution deletes
+    its installs, their clicks, links, verification and postback records; ingest's
     warehouse writer deletes its raw rows in ClickHouse. 202 once the request is on
     ``config-changes``; ``GET`` answers 404 when the segmenter is done. Idempotent:
     erasing an unknown or already erased user is accepted and erases nothing."""

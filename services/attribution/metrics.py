@@ -11,3 +11,7 @@ POSTBACK_ATTEMPTS = Counter(
     "refused: a 4xx or a bad URL, failed: retried or given up)",
     ["kind", "outcome"],
 )
+ERASURES = Counter(
+    "hodhod_attribution_erasures_total",
+    "Users' attribution data erased (admin's erasure), redeliveries not counted",
+)

@@ -1,5 +1,5 @@
-"""Wiring of the attribution service: the matcher, the postback caller and the
-verification sweep."""
+"""Wiring of the attribution service: the matcher, the postback caller, the eraser and
+the verification sweep."""
 
 import logging
 from collections.abc import Sequence
@@ -9,6 +9,8 @@ from libs.runtime.pipeline import ConsumerRunner
 from libs.runtime.resources import Resources
 from libs.runtime.service import ServiceSpec, one_consumer
 from services.attribution.consumer import TOPICS, Matcher
+from services.attribution.erasure import TOPICS as ERASURE_TOPICS
+from services.attribution.erasure import Eraser
 from services.attribution.fraud import EMPTY, NetworkSet, parse_networks
 from services.attribution.postbacks import TOPICS as POSTBACK_TOPICS
 from services.attribution.postbacks import Postbacks
@@ -50,9 +52,11 @@ postbacks = one_consumer(
     ),
 )
 
+eraser = one_consumer("attribution.erasure", ERASURE_TOPICS, lambda r: Eraser(r.sessions))
+
 
 def consumers(resources: Resources) -> Sequence[ConsumerRunner]:
-    return [*matcher(resources), *postbacks(resources)]
+    return [*matcher(resources), *postbacks(resources), *eraser(resources)]
 
 
 SERVICE = ServiceSpec(

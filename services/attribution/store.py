@@ -114,11 +114,23 @@ class Verification(Base):
     verified_at: Mapped[datetime]
 
 
+class Erasure(Base):
+    """Erasures carried out by attribution (``erasure.erase``): a redelivered erasure
+    record does nothing, so it cannot erase what the user did after it. Keeps no user key."""
+
+    __tablename__ = "attribution_erasures"
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erasure_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    erased_at: Mapped[datetime]
+
+
 class DeviceLink(Base):
     """The user a device belongs to, as the latest ``$identify`` or verification naming
     both said (a shared phone moves to its newest user)."""
 
     __tablename__ = "attribution_device_links"
+    __table_args__ = (Index("ix_attribution_device_links_user", "app_id", "user_id"),)
 
     app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(128), primary_key=True)

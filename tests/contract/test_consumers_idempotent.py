@@ -31,6 +31,7 @@ from libs.schemas import CONTRACTS, Contract, DeliveryReceipt, Event, validate
 from services.attribution import store as attribution_store
 from services.attribution.consumer import TOPICS as ATTRIBUTION_TOPICS
 from services.attribution.consumer import Matcher
+from services.attribution.erasure import Eraser
 from services.attribution.postback_store import PostbackAttempt, PostbackHold
 from services.attribution.postbacks import Postbacks
 from services.dispatcher import store as dispatcher_store
@@ -200,6 +201,11 @@ SEGMENTER_TABLES: tuple[type[Base], ...] = (
     Membership,
 )
 POSTBACK_TABLES: tuple[type[Base], ...] = (PostbackHold, PostbackAttempt)
+ERASER_TABLES: tuple[type[Base], ...] = (
+    attribution_store.Erasure,
+    attribution_store.Install,
+    attribution_store.DeviceLink,
+)
 JOURNEY_TABLES: tuple[type[Base], ...] = (journey_store.JourneyRun,)
 DISPATCHER_TABLES: tuple[type[Base], ...] = (
     dispatcher_store.SendLedger,
@@ -311,6 +317,7 @@ CASES = [
         )
     ),
     Case("postbacks", ("events",), ("attribution_postback_holds",)),
+    Case("eraser", ("config-changes",), ("attribution_erasures",)),
     *(Case("journey", (topic,), ("journey_runs",)) for topic in JOURNEY_TOPICS),
     *(
         Case("dispatcher", (topic,), ("dispatcher_send_ledger", "dispatcher_outbox"))
@@ -351,6 +358,8 @@ def _consumer(
                 pg(SEGMENTER_TABLES),
                 lambda: setup_segmenter(sessions, app_id),
             )
+        case "eraser":
+            return Eraser(sessions), pg(ERASER_TABLES), nothing
         case "journey":
             return (
                 TriggerHandler(sessions, producer),
