@@ -131,6 +131,9 @@ class SeenCond:
 
 @dataclass(frozen=True, slots=True)
 class InstallCond:
+    """The source of the install the profile keeps (its first counted one). An install
+    rejected as fraud was never attributed: it matches no source."""
+
     field: str
     value: str
 

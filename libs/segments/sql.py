@@ -207,7 +207,9 @@ class _Compiler:
 
     def install(self, node: InstallCond) -> Bool:
         key = "tracker_token" if node.field == "tracker" else node.field
-        return Profile.attribution[key] == _json(node.value)
+        # An install rejected as fraud was never attributed: it names no source.
+        status = func.coalesce(Profile.attribution["status"].astext, "")
+        return and_(Profile.attribution[key] == _json(node.value), status != "rejected")
 
     def _days(self, window: Window) -> list[Bool]:
         low, high = day_range(window, self.now)

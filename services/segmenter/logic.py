@@ -489,6 +489,8 @@ def _seen(node: SeenCond, view: ProfileView, now: datetime, ctx: Context) -> boo
 
 def _install(node: InstallCond, view: ProfileView, now: datetime, ctx: Context) -> bool:
     attribution = view.state.attribution or {}
+    if attribution.get("status") == "rejected":  # never attributed: it names no source
+        return False
     key = "tracker_token" if node.field == "tracker" else node.field
     return _same(attribution.get(key), node.value)
 

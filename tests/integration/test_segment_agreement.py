@@ -242,8 +242,11 @@ def users(draw: st.DrawFn, now: datetime) -> logic.ProfileView:
     attribution = st.none() | st.fixed_dictionaries(
         {},
         optional={
-            k: st.sampled_from(["t1", "t2", "5", 5, None])
-            for k in ("tracker_token", "network", "campaign", "channel")
+            **{
+                k: st.sampled_from(["t1", "t2", "5", 5, None])
+                for k in ("tracker_token", "network", "campaign", "channel")
+            },
+            "status": st.sampled_from(["verified", "pending", "rejected", None]),
         },
     )
     state = logic.ProfileState(

@@ -460,6 +460,19 @@ def test_no_recent_location_matches_neither() -> None:
 # --- segments, rfm, attributes ------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [("verified", True), ("pending", True), (None, True), ("rejected", False)],
+)
+def test_install_source_skips_an_install_rejected_as_fraud(
+    status: str | None, expected: bool
+) -> None:
+    attribution = {"tracker_token": "t1", "network": "n", "channel": "web", "status": status}
+    state = ProfileState(attribution=attribution)
+    for field, value in (("tracker", "t1"), ("network", "n"), ("channel", "web")):
+        assert ev({"install": {field: value}}, state) is expected
+
+
 def test_segment_membership() -> None:
     view = ProfileView(ProfileState(), segments={"s1"})
     assert ev({"segment": "s1"}, view) and not ev({"segment": "s2"}, view)
