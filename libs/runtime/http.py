@@ -96,9 +96,8 @@ class FastRoute:
     handler: Callable[[Scope, str], Awaitable[Answer]]
 
     def __post_init__(self) -> None:
-        if not (self.prefix.startswith("/") and self.prefix.endswith("/")) or (
-            self.prefix.count("/") != 2
-        ):
+        prefix = self.prefix
+        if len(prefix) < 3 or prefix[0] != "/" or prefix[-1] != "/" or prefix.count("/") != 2:
             raise ValueError(f"a fast route prefix is one segment, like '/c/': {self.prefix!r}")
 
 
@@ -131,7 +130,7 @@ class App(FastAPI):
             path: str = scope["path"]
             cut = path.find("/", 1) + 1
             route = self.fast_routes.get(path[:cut]) if cut else None
-            if route is not None and not scope.get("root_path"):
+            if route is not None and not (scope.get("root_path") or self.root_path):
                 segment = path[cut:]
                 if segment and "/" not in segment and "\x00" not in segment:
                     incoming = None

@@ -123,6 +123,6 @@ async def test_an_unexpected_failure_answers_as_a_routed_one(
 
 
 def test_a_prefix_is_one_segment() -> None:
-    for prefix in ("/c", "c/", "/c/d/", "/"):
+    for prefix in ("/c", "c/", "/c/d/", "/", "//"):
         with pytest.raises(ValueError):
             FastRoute(prefix, "/x", fast)
