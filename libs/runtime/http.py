@@ -4,15 +4,21 @@
 (the service's own dependencies answer), ``/metrics``, request ids, a request body
 limit, access metrics, and one error handler that answers every failure with
 ``{"error": {"code", "message", "field"}}`` — 4xx for bad input, never a 5xx for it.
+
+A service may also declare ``FastRoute``s: ``GET`` routes answered ahead of FastAPI's
+routing and the middleware chain (the tracker's redirects, where that chain cost more
+than the handler). The app keeps their request ids and access metrics.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+# A whole answer: status, raw headers (lower-case names) and body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -48,13 +56,170 @@ def client_ip(request: Request, *, trust_forwarded_for: bool, hops: int = 1) -> 
     ``X-Forwarded-For`` from the right — each proxy appends what it saw, and anything to
     the left of that the client itself may have written. Otherwise (or when the header
     is missing, short or garbled there), the peer."""
+    return forwarded_client_ip(
+        request.headers.get("x-forwarded-for"),
+        request.client.host if request.client else None,
+        trust_forwarded_for=trust_forwarded_for,
+        hops=hops,
+    )
+
+
+def forwarded_client_ip(
+    forwarded_for: str | None, peer: str | None, *, trust_forwarded_for: bool, hops: int = 1
+) -> str | None:
+    """``client_ip`` from its parts: the first ``X-Forwarded-For`` header (or None) and
+    the peer's address (or None); for paths that read the ASGI scope themselves."""
     if trust_forwarded_for:
-        entries = request.headers.get("x-forwarded-for", "").split(",")
+        entries = (forwarded_for or "").split(",")
         if len(entries) >= hops:
             chosen = entries[-hops].strip()
             if chosen and len(chosen) <= 64 and chosen.isprintable():
                 return chosen
-    return request.client.host if request.client else None
+    return peer
+
+
+@dataclass(frozen=True)
+class FastRoute:
+    """``GET <prefix><segment>`` (one non-empty path segment) answered ahead of FastAPI's
+    routing and the middleware chain, by ``handler(scope, segment)`` returning the whole
+    answer. For a hot path whose handler is cheaper than that chain; keep a FastAPI
+    route at ``template`` too (the same handler) so OpenAPI lists it and a request the
+    fast path does not take (another method, a body, a root path) gets what it got.
+
+    The app adds what the middleware chain adds: the ``X-Request-Id`` header (and the
+    log context), access metrics labelled ``template``, and the error envelope of an
+    unexpected failure. Not applied: FastAPI's own telemetry middleware.
+    """
+
+    prefix: str  # "/c/": a single leading path segment, slashes on both sides
+    template: str  # "/c/{token}": the route label of the access metrics
+    handler: Callable[[Scope, str], Awaitable[Answer]]
+
+    def __post_init__(self) -> None:
+        prefix = self.prefix
+        if len(prefix) < 3 or prefix[0] != "/" or prefix[-1] != "/" or prefix.count("/") != 2:
+            raise ValueError(f"a fast route prefix is one segment, like '/c/': {self.prefix!r}")
+
+
+def answer_response(answer: Answer) -> Response:
+    """A Starlette response sending ``answer`` as it is (for the FastAPI twin of a
+    ``FastRoute``)."""
+    status, headers, body = answer
+    response = Response(body, status_code=status)
+    response.raw_headers = list(headers)
+    return response
+
+
+class App(FastAPI):
+    """FastAPI, plus ``FastRoute``s dispatched before anything else (see ``FastRoute``).
+
+    A request takes the fast path only when it is a plain ``GET`` whose path is a fast
+    route's prefix and one segment, with no NUL, no declared body and no root path;
+    everything else — other methods (405), deeper paths (404), bodies (413) — goes
+    through FastAPI and the middleware chain exactly as before.
+    """
+
+    def __init__(self, *, fast_routes: Sequence[FastRoute] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fast_routes = {route.prefix: route for route in fast_routes}
+        if len(self.fast_routes) != len(fast_routes):
+            raise ValueError("two fast routes share a prefix")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_routes and scope["type"] == "http" and scope["method"] == "GET":
+            path: str = scope["path"]
+            cut = path.find("/", 1) + 1
+            route = self.fast_routes.get(path[:cut]) if cut else None
+            if route is not None and not (scope.get("root_path") or self.root_path):
+                segment = path[cut:]
+                if segment and "/" not in segment and "\x00" not in segment:
+                    incoming = None
+                    for name, value in scope["headers"]:
+                        if name == b"x-request-id":
+                            incoming = value  # the last one, as RequestIdMiddleware
+                        elif name == b"content-length":
+                            break  # a body: the body limit decides
+                    else:
+                        scope["app"] = self
+                        await self._answer_fast(route, segment, incoming, scope, receive, send)
+                        return
+        await super().__call__(scope, receive, send)
+
+    async def _answer_fast(
+        self,
+        route: FastRoute,
+        segment: str,
+        incoming: bytes | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        started = time.perf_counter()
+        request_id = request_id_of(incoming)
+        context = request_id_var.set(request_id)
+        context_live = True
+        status = 500
+        responded = False
+        try:
+            status, headers, body = await route.handler(scope, segment)
+            responded = True
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [*headers, (b"x-request-id", request_id.encode("latin-1"))],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        except Exception as exc:
+            request_id_var.reset(context)
+            context_live = False
+            _observe_access(route.template, status, time.perf_counter() - started)
+            # What the chain did: the app's error handler answers unless the answer had
+            # started (no request id header: that middleware has unwound by then), and
+            # the server sees the exception.
+            if not responded:
+                await self._answer_unexpected(exc, scope, receive, send)
+            raise
+        finally:
+            if context_live:
+                request_id_var.reset(context)
+        _observe_access(route.template, status, time.perf_counter() - started)
+
+    async def _answer_unexpected(
+        self, exc: Exception, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        handler = self.exception_handlers.get(Exception) or self.exception_handlers.get(500)
+        response: Any
+        if handler is None:
+            response = Response("Internal Server Error", 500, media_type="text/plain")
+        else:
+            response = handler(Request(scope, receive), exc)
+            if inspect.isawaitable(response):
+                response = await response
+        await response(scope, receive, send)
+
+
+# Access-metric children by (route template, status) for the fast routes: resolving
+# labels takes a lock and a dict lookup per request otherwise.
+_ACCESS: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+
+def _observe_access(template: str, status: int, seconds: float) -> None:
+    children = _ACCESS.get((template, status))
+    if children is None:
+        children = _ACCESS[(template, status)] = (
+            metrics.HTTP_REQUESTS.labels(template, "GET", f"{status // 100}xx"),
+            metrics.HTTP_SECONDS.labels(template, "GET"),
+        )
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+def request_id_of(incoming: bytes | None) -> str:
+    """The caller's ``X-Request-Id`` when printable (cut to 64 characters), else a new one."""
+    given = (incoming or b"").decode("latin-1")
+    return given[:64] if given.isprintable() and given else uuid.uuid4().hex
 
 
 def create_app(
@@ -64,13 +229,19 @@ def create_app(
     lifespan: Lifespan | None = None,
     readiness: dict[str, ReadinessCheck] | None = None,
     max_body_bytes: int = 1_048_576,
+    fast_routes: Sequence[FastRoute] = (),
 ) -> FastAPI:
     """Build the app. Nothing is connected here: ``lifespan`` creates engines and clients.
 
     ``readiness`` may be filled in by ``lifespan`` (``app.state.readiness``) once the
     dependencies exist; ``/readyz`` answers 503 naming the checks that failed.
     """
-    app = FastAPI(title=title, lifespan=lifespan, default_response_class=JSONResponse)
+    app = App(
+        title=title,
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+        fast_routes=fast_routes,
+    )
     app.state.readiness = dict(readiness or {})
     for router in routers:
         app.include_router(router)
@@ -153,8 +324,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
+        request_id = request_id_of(dict(scope["headers"]).get(b"x-request-id"))
         token = request_id_var.set(request_id)
 
         async def send_with_id(message: Message) -> None:

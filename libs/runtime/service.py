@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from libs.runtime import postgres
-from libs.runtime.http import create_app
+from libs.runtime.http import FastRoute, create_app
 from libs.runtime.pipeline import BatchPolicy, ConsumerRunner, Handler
 from libs.runtime.resources import Resources, open_resources
 from libs.runtime.settings import PlatformSettings
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 class ServiceSpec:
     name: str
     routers: Callable[[], Sequence[APIRouter]] = lambda: ()
+    # GET routes answered ahead of routing and middleware (libs.runtime.http.FastRoute).
+    fast_routes: Callable[[], Sequence[FastRoute]] = lambda: ()
     consumers: Callable[[Resources], Sequence[ConsumerRunner]] = lambda _: ()
     # Long-running loops that are not consumers (schedulers, flushers).
     tasks: Callable[[Resources], Sequence[Coroutine[Any, Any, None]]] = lambda _: ()
@@ -132,6 +134,7 @@ def compose(
         routers=routers,
         lifespan=lifespan,
         max_body_bytes=settings.max_body_bytes,
+        fast_routes=[r for spec in specs for r in spec.fast_routes()],
     )
 
 

@@ -1,6 +1,7 @@
-"""Wiring of the tracker service: one router, no consumers."""
+"""Wiring of the tracker service: one router (its hot routes also as fast routes), no
+consumers."""
 
 from libs.runtime.service import ServiceSpec
-from services.tracker.api import router
+from services.tracker.api import FAST_ROUTES, router
 
-SERVICE = ServiceSpec(name="tracker", routers=lambda: [router])
+SERVICE = ServiceSpec(name="tracker", routers=lambda: [router], fast_routes=lambda: FAST_ROUTES)
