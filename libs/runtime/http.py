@@ -156,6 +156,7 @@ class App(FastAPI):
     ) -> None:
         started = time.perf_counter()
         request_id = request_id_of(incoming)
+        scope[REQUEST_ID_SCOPE_KEY] = request_id
         context = request_id_var.set(request_id)
         context_live = True
         status = 500
@@ -175,9 +176,8 @@ class App(FastAPI):
             request_id_var.reset(context)
             context_live = False
             _observe_access(route.template, status, time.perf_counter() - started)
-            # What the chain did: the app's error handler answers unless the answer had
-            # started (no request id header: that middleware has unwound by then), and
-            # the server sees the exception.
+            # What the chain does: the app's error handler answers unless the answer had
+            # started, and the server sees the exception.
             if not responded:
                 await self._answer_unexpected(exc, scope, receive, send)
             raise
@@ -214,6 +214,11 @@ def _observe_access(template: str, status: int, seconds: float) -> None:
         )
     children[0].inc()
     children[1].observe(seconds)
+
+
+# Where the request's id is kept in the ASGI scope, for the error handler that runs
+# after the request-id middleware has unwound.
+REQUEST_ID_SCOPE_KEY = "hodhod.request_id"
 
 
 def request_id_of(incoming: bytes | None) -> str:
@@ -294,19 +299,28 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid", f"{field}: {message}" if field else message, field)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Reached only by failures that are not the caller's: a store or the broker down
-        # (503, retry later) or a bug (500). The envelope carries the request id to quote.
+        # (503, retry later) or a bug (500). The envelope and the X-Request-Id header carry
+        # the request id to quote. Starlette runs this handler outermost, after the
+        # request-id middleware has unwound: the id comes from the scope it left.
         from libs.runtime.pipeline import is_transient
 
-        request_id = request_id_var.get()
+        request_id = request.scope.get(REQUEST_ID_SCOPE_KEY) or request_id_var.get()
         if is_transient(exc):
-            log.warning("dependency unavailable", extra={"error": repr(exc)[:500]})
-            return error_response(
+            log.warning(
+                "dependency unavailable",
+                extra={"error": repr(exc)[:500], "request_id": request_id},
+            )
+            answer = error_response(
                 503, "unavailable", f"a dependency is unavailable; retry (request {request_id})"
             )
-        log.error("unhandled error", exc_info=exc)
-        return error_response(500, "internal", f"internal error (request {request_id})")
+        else:
+            log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+            answer = error_response(500, "internal", f"internal error (request {request_id})")
+        if request_id is not None:
+            answer.headers["x-request-id"] = request_id
+        return answer
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -325,6 +339,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = request_id_of(dict(scope["headers"]).get(b"x-request-id"))
+        scope[REQUEST_ID_SCOPE_KEY] = request_id
         token = request_id_var.set(request_id)
 
         async def send_with_id(message: Message) -> None:

@@ -112,11 +112,18 @@ async def test_an_unexpected_failure_answers_as_a_routed_one(
     failure: str, status: int, code: str
 ) -> None:
     before = _requests("/fail/{x}", "5xx")
+    given = {"X-Request-Id": "req-7"}
     async with client() as http:
-        fast_answer = await http.get(f"/fail/{failure}")
-        routed = await http.get(f"/routed-failing/{failure}")
+        fast_answer = await http.get(f"/fail/{failure}", headers=given)
+        routed = await http.get(f"/routed-failing/{failure}", headers=given)
+        made = await http.get(f"/routed-failing/{failure}")
     for answer in (fast_answer, routed):
         assert (answer.status_code, answer.json()["error"]["code"]) == (status, code)
+        # The id to quote, in the envelope and the header alike.
+        assert answer.headers["x-request-id"] == "req-7"
+        assert "(request req-7)" in answer.json()["error"]["message"]
+    made_id = made.headers["x-request-id"]
+    assert len(made_id) == 32 and f"(request {made_id})" in made.json()["error"]["message"]
     assert fast_answer.json() == routed.json()
     assert sorted(fast_answer.headers) == sorted(routed.headers)
     assert _requests("/fail/{x}", "5xx") == before + 1
