@@ -140,39 +140,49 @@ async def preview(
 ) -> tuple[int, dict[str, int], list[dict[str, Any]]]:
     """Evaluate ``node`` now over the app's profiles (``libs.segments.sql``, the compiler
     the segmenter's scheduler runs): how many match, how many of those each channel
-    reaches (the ``reachable`` condition's SQL, counted in the same scan), and up to
-    ``sample`` of them, most recently seen first. Reads only."""
+    reaches (the ``reachable`` condition's SQL), and up to ``sample`` of them, most
+    recently seen first. One scan evaluates the rule once per profile: the counts are
+    window aggregates over all the matching rows, computed before the sample's limit.
+    Reads only."""
     await without_jit(session)
     context = await context_for(session, app_id=app_id, node=node, now=now)
     rule = compile_rule(node, app_id=app_id, now=now, context=context)
     reach = [compile_rule(ReachableCond(ch), app_id=app_id, now=now) for ch in CHANNELS]
-    counts = (
+    if not sample:
+        counts = (
+            await session.execute(
+                select(func.count(), *(func.count().filter(r) for r in reach)).where(
+                    Profile.app_id == app_id, rule
+                )
+            )
+        ).one()
+        return counts[0], dict(zip(CHANNELS, counts[1:], strict=True)), []
+    totals = [func.count().over(), *(func.count().filter(r).over() for r in reach)]
+    columns = (
+        Profile.user_key,
+        Profile.user_id,
+        Profile.first_seen,
+        Profile.last_seen,
+        Profile.platform,
+        Profile.attribution["tracker_token"].astext.label("tracker_token"),
+        Profile.sessions,
+        Profile.purchases,
+        Profile.revenue,
+    )
+    rows = (
         await session.execute(
-            select(func.count(), *(func.count().filter(r) for r in reach)).where(
-                Profile.app_id == app_id, rule
-            )
-        )
-    ).one()
-    users: list[dict[str, Any]] = []
-    if sample:
-        rows = await session.execute(
-            select(
-                Profile.user_key,
-                Profile.user_id,
-                Profile.first_seen,
-                Profile.last_seen,
-                Profile.platform,
-                Profile.attribution["tracker_token"].astext.label("tracker_token"),
-                Profile.sessions,
-                Profile.purchases,
-                Profile.revenue,
-            )
+            select(*columns, *totals)
             .where(Profile.app_id == app_id, rule)
             .order_by(Profile.last_seen.desc().nulls_last(), Profile.user_key)
             .limit(sample)
         )
-        users = [dict(row._mapping) for row in rows]
-    return counts[0], dict(zip(CHANNELS, counts[1:], strict=True)), users
+    ).all()
+    if not rows:
+        return 0, dict.fromkeys(CHANNELS, 0), []
+    keys = [c.key for c in columns]
+    matched, *by_channel = tuple(rows[0])[len(keys) :]
+    users = [dict(zip(keys, row[: len(keys)], strict=True)) for row in rows]
+    return matched, dict(zip(CHANNELS, by_channel, strict=True)), users
 
 
 async def tracker_goal(
