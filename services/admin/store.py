@@ -9,7 +9,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.runtime.tables import DeviceAlias, Journey, Membership, Profile, Segment, Tracker
@@ -191,19 +191,24 @@ async def tracker_goal(
     """The users matching ``node`` now, and per install tracker (tracker token,
     attributed users, of them matching). A profile is one user, so each user counts
     once, under the tracker of the install its profile keeps (the first); attributions
-    rejected as fraud credit no tracker. Reads only."""
+    rejected as fraud credit no tracker. One scan evaluates the rule once per profile:
+    profiles crediting no tracker form the group NULL, which counts toward the total
+    only. Reads only."""
     await without_jit(session)
     context = await context_for(session, app_id=app_id, node=node, now=now)
     rule = compile_rule(node, app_id=app_id, now=now, context=context)
-    total = await session.scalar(select(func.count()).where(Profile.app_id == app_id, rule))
     token = Profile.attribution["tracker_token"].astext
     status = func.coalesce(Profile.attribution["status"].astext, "")
-    rows = await session.execute(
-        select(token, func.count(), func.count().filter(rule))
-        .where(Profile.app_id == app_id, token.is_not(None), status != "rejected")
-        .group_by(token)
-    )
-    return int(total or 0), [(t, a, m) for t, a, m in rows]
+    tracker = case((status != "rejected", token), else_=None)
+    rows = (
+        await session.execute(
+            select(tracker, func.count(), func.count().filter(rule))
+            .where(Profile.app_id == app_id)
+            .group_by(tracker)
+        )
+    ).all()
+    total = sum(m for _, _, m in rows)
+    return total, [(t, a, m) for t, a, m in rows if t is not None]
 
 
 async def members_page(
