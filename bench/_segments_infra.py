@@ -456,7 +456,9 @@ class Database:
     embedded: localinfra.EmbeddedPostgres | None
 
     @classmethod
-    async def create(cls, tmp: Path) -> Database:
+    async def create(cls, tmp: Path, *, name: str | None = None) -> Database:
+        """A fresh database, or, with ``name``, that database (created and migrated if
+        missing, its data kept: for iterating on a filled database)."""
         base = DEFAULT_DATABASE
         embedded = None
         server = "machine Postgres 127.0.0.1:5432"
@@ -465,9 +467,8 @@ class Database:
             base = embedded.url("postgres")
             server = "embedded Postgres"
         head, _, tail = base.partition("?")
-        url = f"{head.rsplit('/', 1)[0]}/hodhod_bench_{secrets.token_hex(4)}" + (
-            f"?{tail}" if tail else ""
-        )
+        name = name or f"hodhod_bench_{secrets.token_hex(4)}"
+        url = f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{tail}" if tail else "")
         await postgres.ensure_database(url)
         await postgres.migrate_async(url)
         return cls(url, server, embedded)

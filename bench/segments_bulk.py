@@ -21,7 +21,10 @@ within 14 days, last_seen within 7 days, reachable by push — compiled by
 The first ``count`` after loading is reported as "cold" (Postgres' buffers do not hold
 the tables; the OS page cache is not dropped — the machine is shared); the rest are the
 median of REPEATS. ``EXPLAIN (ANALYZE, BUFFERS)`` of the count is stored with the result.
-Tune with BENCH_SEG_BULK_USERS / BENCH_SEG_BULK_REPEATS.
+Tune with BENCH_SEG_BULK_USERS / BENCH_SEG_BULK_REPEATS. To iterate without reloading,
+BENCH_SEG_BULK_DATABASE=<name> uses (and keeps) that database on the machine's Postgres,
+loading it only when it does not hold the N users yet; "cold" then is only the first
+count of the run (the figures to report come from a fresh database).
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, func, select
+import asyncpg
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench._segments_infra import RULES, Database, load_users, seed_memberships
 from libs.runtime import postgres
-from libs.runtime.tables import Profile
+from libs.runtime.tables import Membership, Profile
 from libs.schemas.rules import parse_rule
 from libs.segments.semantics import NO_CONTEXT
 from libs.segments.sql import compile_rule, matching_users, rfm_thresholds, without_jit
@@ -50,6 +54,7 @@ from services.segmenter import store
 
 USERS = int(os.environ.get("BENCH_SEG_BULK_USERS", "1000000"))
 REPEATS = int(os.environ.get("BENCH_SEG_BULK_REPEATS", "5"))
+KEEP = os.environ.get("BENCH_SEG_BULK_DATABASE") or None
 TARGET_SECONDS = 3.0
 APP = "bench"
 SEGMENT = "s_buyers_tehran"
@@ -87,6 +92,9 @@ async def measure(url: str) -> dict[str, Any]:
     try:
         # The segment's stored members: the rule's answer an hour before NOW.
         async with sessions() as session, session.begin():
+            await session.execute(
+                delete(Membership).where(Membership.app_id == APP, Membership.segment_id == SEGMENT)
+            )
             members = await seed_memberships(
                 session,
                 app_id=APP,
@@ -141,15 +149,31 @@ async def measure(url: str) -> dict[str, Any]:
     }
 
 
+async def holds_users(url: str) -> bool:
+    """Whether the database holds exactly the benchmark's users (else it is emptied)."""
+    conn = await asyncpg.connect(url)
+    try:
+        if await conn.fetchval("SELECT count(*) FROM profiles WHERE app_id = $1", APP) == USERS:
+            return True
+        await conn.execute("DELETE FROM segmenter_daily_counters WHERE app_id = $1", APP)
+        await conn.execute("DELETE FROM profiles WHERE app_id = $1", APP)
+        return False
+    finally:
+        await conn.close()
+
+
 async def run() -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="hodhod-bench-segbulk-"))
-    db = await Database.create(tmp)
+    db = await Database.create(tmp, name=KEEP)
     try:
-        loaded = await load_users(db.url, APP, USERS, NOW)
+        loaded: dict[str, Any] = {"reused_database": KEEP}
+        if KEEP is None or not await holds_users(db.url):
+            loaded = await load_users(db.url, APP, USERS, NOW)
         print(f"  loaded: {loaded}", flush=True)
         outcome = await measure(db.url)
     finally:
-        await db.drop()
+        if KEEP is None or db.embedded is not None:
+            await db.drop()
         shutil.rmtree(tmp, ignore_errors=True)
     medians = {k: round(statistics.median(v), 3) for k, v in outcome["samples"].items()}
     print("\n".join(f"  | {line}" for line in outcome["plan"].splitlines()[:40]), flush=True)

@@ -172,6 +172,28 @@ def json_condition(column: Any, cond: AttributeCond, now: datetime) -> Bool:
     return and_(kind == "string", _compare(cond.op, _iso(value.astext), expected_date))
 
 
+def _counter_leaf(node: Node) -> bool:
+    """A condition answered from the daily counters."""
+    return isinstance(node, RevenueCond) or (isinstance(node, EventCond) and not node.exact)
+
+
+def _on_counters(node: Node) -> bool:
+    """Whether every condition of ``node`` is answered from the daily counters."""
+    return all(_counter_leaf(n) for n in walk(node) if not isinstance(n, All | AnyOf | Not))
+
+
+def _cost(node: Node) -> int:
+    """A rank of what evaluating ``node`` per profile costs: 0 for the profile's own
+    columns, 1 for a membership probe, 2 for a subquery over recent events, 3 for one
+    over the daily counters (the most rows)."""
+    ranks = [
+        3 if _counter_leaf(n) else 2 if isinstance(n, EventCond) else 1
+        for n in walk(node)
+        if isinstance(n, EventCond | RevenueCond | SegmentCond)
+    ]
+    return max(ranks, default=0)
+
+
 class _Compiler:
     def __init__(self, app_id: str, now: datetime, context: Context) -> None:
         self.app_id = app_id
@@ -190,13 +212,75 @@ class _Compiler:
         }
 
     def node(self, node: Node) -> Bool:
-        if isinstance(node, All):
-            return and_(*(self.node(n) for n in node.nodes))
-        if isinstance(node, AnyOf):
-            return or_(*(self.node(n) for n in node.nodes))
+        if isinstance(node, All | AnyOf):
+            # Cheapest first: Postgres evaluates AND and OR left to right, stopping at
+            # the first false (true); it reorders by cost only a WHERE's top-level ANDs,
+            # not those under OR, NOT, CASE or an aggregate's FILTER. Every part is
+            # two-valued and free of side effects, so the order changes no answer.
+            children = sorted(node.nodes, key=_cost)
+            combine = and_ if isinstance(node, All) else or_
+            folded = tuple(n for n in children if _on_counters(n))
+            if sum(1 for n in folded for leaf in walk(n) if _counter_leaf(leaf)) < 2:
+                folded = ()
+            parts = [self.node(n) for n in children if not (folded and _on_counters(n))]
+            if folded:
+                parts.append(self.counters_at_once(type(node)(folded)))
+            return combine(*parts)
         if isinstance(node, Not):
             return not_(self.node(node.node))
         return _two_valued(self._leaves[type(node)](node))
+
+    def counters_at_once(self, node: All | AnyOf) -> Bool:
+        """``node``'s daily-counter conditions in one subquery: one range scan of the
+        user's counter rows over the union of their windows, each condition's sum
+        ``FILTER``ed to its own window (and event name), instead of one correlated
+        subquery — one index probe — per condition. Each sum is what the condition's own
+        subquery computes (the same rows, in the same order) and the subquery always
+        returns a row, so the answer is the same."""
+        leaves = [n for n in walk(node) if isinstance(n, EventCond | RevenueCond)]
+        ranges = [day_range(n.window, self.now) for n in leaves]
+        lows, highs = [r[0] for r in ranges], [r[1] for r in ranges]
+        low = None if None in lows else min(d for d in lows if d is not None)
+        high = None if None in highs else max(d for d in highs if d is not None)
+        names = {n.name if isinstance(n, EventCond) else None for n in leaves}
+        name = next(iter(names)) if len(names) == 1 else None
+        where = [*self._counters()]
+        if name is not None:
+            where.append(DailyCounter.name == name)
+        if low is not None:
+            where.append(DailyCounter.day >= low)
+        if high is not None:
+            where.append(DailyCounter.day <= high)
+
+        def total(leaf: EventCond | RevenueCond) -> Expr:
+            own_low, own_high = day_range(leaf.window, self.now)
+            only = []
+            if isinstance(leaf, EventCond) and name is None:
+                only.append(DailyCounter.name == leaf.name)
+            if own_low is not None and own_low != low:
+                only.append(DailyCounter.day >= own_low)
+            if own_high is not None and own_high != high:
+                only.append(DailyCounter.day <= own_high)
+            summed: Expr
+            if isinstance(leaf, EventCond):
+                summed, zero = func.sum(DailyCounter.count), literal(0)
+            else:
+                summed, zero = func.sum(DailyCounter.revenue), literal(0.0)
+            return func.coalesce(summed.filter(and_(*only)) if only else summed, zero)
+
+        def compiled(n: Node) -> Bool:
+            if isinstance(n, All):
+                return and_(*(compiled(c) for c in n.nodes))
+            if isinstance(n, AnyOf):
+                return or_(*(compiled(c) for c in n.nodes))
+            if isinstance(n, Not):
+                return not_(compiled(n.node))
+            if isinstance(n, EventCond):
+                return _compare(n.count_op, total(n), literal(n.count, Integer))
+            assert isinstance(n, RevenueCond)
+            return _compare(n.op, total(n), literal(n.value, Float))
+
+        return _two_valued(select(compiled(node)).where(*where).scalar_subquery())
 
     def seen(self, node: SeenCond) -> Bool:
         column = Profile.first_seen if node.which == "first_seen" else Profile.last_seen

@@ -9,7 +9,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.runtime.tables import DeviceAlias, Journey, Membership, Profile, Segment, Tracker
@@ -140,39 +140,49 @@ async def preview(
 ) -> tuple[int, dict[str, int], list[dict[str, Any]]]:
     """Evaluate ``node`` now over the app's profiles (``libs.segments.sql``, the compiler
     the segmenter's scheduler runs): how many match, how many of those each channel
-    reaches (the ``reachable`` condition's SQL, counted in the same scan), and up to
-    ``sample`` of them, most recently seen first. Reads only."""
+    reaches (the ``reachable`` condition's SQL), and up to ``sample`` of them, most
+    recently seen first. One scan evaluates the rule once per profile: the counts are
+    window aggregates over all the matching rows, computed before the sample's limit.
+    Reads only."""
     await without_jit(session)
     context = await context_for(session, app_id=app_id, node=node, now=now)
     rule = compile_rule(node, app_id=app_id, now=now, context=context)
     reach = [compile_rule(ReachableCond(ch), app_id=app_id, now=now) for ch in CHANNELS]
-    counts = (
+    if not sample:
+        counts = (
+            await session.execute(
+                select(func.count(), *(func.count().filter(r) for r in reach)).where(
+                    Profile.app_id == app_id, rule
+                )
+            )
+        ).one()
+        return counts[0], dict(zip(CHANNELS, counts[1:], strict=True)), []
+    totals = [func.count().over(), *(func.count().filter(r).over() for r in reach)]
+    columns = (
+        Profile.user_key,
+        Profile.user_id,
+        Profile.first_seen,
+        Profile.last_seen,
+        Profile.platform,
+        Profile.attribution["tracker_token"].astext.label("tracker_token"),
+        Profile.sessions,
+        Profile.purchases,
+        Profile.revenue,
+    )
+    rows = (
         await session.execute(
-            select(func.count(), *(func.count().filter(r) for r in reach)).where(
-                Profile.app_id == app_id, rule
-            )
-        )
-    ).one()
-    users: list[dict[str, Any]] = []
-    if sample:
-        rows = await session.execute(
-            select(
-                Profile.user_key,
-                Profile.user_id,
-                Profile.first_seen,
-                Profile.last_seen,
-                Profile.platform,
-                Profile.attribution["tracker_token"].astext.label("tracker_token"),
-                Profile.sessions,
-                Profile.purchases,
-                Profile.revenue,
-            )
+            select(*columns, *totals)
             .where(Profile.app_id == app_id, rule)
             .order_by(Profile.last_seen.desc().nulls_last(), Profile.user_key)
             .limit(sample)
         )
-        users = [dict(row._mapping) for row in rows]
-    return counts[0], dict(zip(CHANNELS, counts[1:], strict=True)), users
+    ).all()
+    if not rows:
+        return 0, dict.fromkeys(CHANNELS, 0), []
+    keys = [c.key for c in columns]
+    matched, *by_channel = tuple(rows[0])[len(keys) :]
+    users = [dict(zip(keys, row[: len(keys)], strict=True)) for row in rows]
+    return matched, dict(zip(CHANNELS, by_channel, strict=True)), users
 
 
 async def tracker_goal(
@@ -181,19 +191,24 @@ async def tracker_goal(
     """The users matching ``node`` now, and per install tracker (tracker token,
     attributed users, of them matching). A profile is one user, so each user counts
     once, under the tracker of the install its profile keeps (the first); attributions
-    rejected as fraud credit no tracker. Reads only."""
+    rejected as fraud credit no tracker. One scan evaluates the rule once per profile:
+    profiles crediting no tracker form the group NULL, which counts toward the total
+    only. Reads only."""
     await without_jit(session)
     context = await context_for(session, app_id=app_id, node=node, now=now)
     rule = compile_rule(node, app_id=app_id, now=now, context=context)
-    total = await session.scalar(select(func.count()).where(Profile.app_id == app_id, rule))
     token = Profile.attribution["tracker_token"].astext
     status = func.coalesce(Profile.attribution["status"].astext, "")
-    rows = await session.execute(
-        select(token, func.count(), func.count().filter(rule))
-        .where(Profile.app_id == app_id, token.is_not(None), status != "rejected")
-        .group_by(token)
-    )
-    return int(total or 0), [(t, a, m) for t, a, m in rows]
+    tracker = case((status != "rejected", token), else_=None)
+    rows = (
+        await session.execute(
+            select(tracker, func.count(), func.count().filter(rule))
+            .where(Profile.app_id == app_id)
+            .group_by(tracker)
+        )
+    ).all()
+    total = sum(m for _, _, m in rows)
+    return total, [(t, a, m) for t, a, m in rows if t is not None]
 
 
 async def members_page(

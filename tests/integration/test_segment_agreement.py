@@ -216,14 +216,31 @@ def leaves(draw: st.DrawFn) -> dict[str, Any]:
     return {"rfm": ranges}
 
 
-RULES = st.recursive(
-    leaves(),
-    lambda c: (
+@st.composite
+def counter_leaves(draw: st.DrawFn) -> dict[str, Any]:
+    """A condition answered from the daily counters (whole-day window, no props)."""
+    if draw(st.booleans()):
+        raw: dict[str, Any] = {"event": draw(st.sampled_from(["$open", "buy"]))}
+        if draw(st.booleans()):
+            raw["count"] = {"op": draw(COMPARE), "value": draw(st.integers(0, 4))}
+        return raw | window(draw, exact=False)
+    value = draw(st.sampled_from([0, 10, 12.5, 25]))
+    return {"revenue": {"op": draw(COMPARE), "value": value}} | window(draw, exact=False)
+
+
+def _groups(c: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    return (
         st.lists(c, min_size=1, max_size=3).map(lambda n: {"all": n})
         | st.lists(c, min_size=1, max_size=3).map(lambda n: {"any": n})
         | c.map(lambda n: {"not": n})
-    ),
-    max_leaves=6,
+    )
+
+
+RULES = st.recursive(leaves(), _groups, max_leaves=6)
+# Mostly daily-counter conditions, nested: the compiler answers those of one group in
+# one subquery (windows, names and negations combined).
+COUNTER_RULES = st.recursive(
+    counter_leaves() | counter_leaves() | counter_leaves() | leaves(), _groups, max_leaves=6
 )
 
 
@@ -303,8 +320,10 @@ def users(draw: st.DrawFn, now: datetime) -> logic.ProfileView:
 
 
 @st.composite
-def cases(draw: st.DrawFn) -> tuple[Any, datetime, dict[str, logic.ProfileView], bool]:
-    raw = draw(RULES)
+def cases(
+    draw: st.DrawFn, rules: st.SearchStrategy[Any] = RULES
+) -> tuple[Any, datetime, dict[str, logic.ProfileView], bool]:
+    raw = draw(rules)
     now = draw(NOWS)
     count = draw(st.integers(1, 6))
     population = {f"u{i}": draw(users(now)) for i in range(count)}
@@ -416,6 +435,26 @@ async def _insert(
 )
 @given(cases())
 def test_sql_and_memory_agree(
+    db: tuple[asyncio.Runner, AsyncEngine],
+    case: tuple[Any, datetime, dict[str, logic.ProfileView], bool],
+) -> None:
+    _check(db, case)
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(cases(COUNTER_RULES))
+def test_sql_and_memory_agree_on_counter_conditions(
+    db: tuple[asyncio.Runner, AsyncEngine],
+    case: tuple[Any, datetime, dict[str, logic.ProfileView], bool],
+) -> None:
+    _check(db, case)
+
+
+def _check(
     db: tuple[asyncio.Runner, AsyncEngine],
     case: tuple[Any, datetime, dict[str, logic.ProfileView], bool],
 ) -> None:

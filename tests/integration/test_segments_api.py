@@ -185,6 +185,13 @@ async def test_preview_counts_samples_and_reach_per_channel(
         f"/admin/v1/segments/{segment_id}/preview", headers=admin(app_keys), params={"sample": 0}
     )
     assert (none.json()["count"], none.json()["sample"]) == (len(tehran), [])
+    assert none.json()["by_channel"] == preview["by_channel"]
+    nobody = await http.post(
+        "/admin/v1/segments/preview",
+        headers=admin(app_keys),
+        json={"rule": {"attribute": "city", "op": "eq", "value": "Atlantis"}, "sample": 3},
+    )
+    assert nobody.json() == {"count": 0, "sample": [], "by_channel": dict.fromkeys(CHANNELS, 0)}
 
     # A rule over reachability itself: the same definition as by_channel.
     pushable = await http.post(
