@@ -15,8 +15,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import TopicPartition
 
 from libs.runtime.metrics import PRODUCER_FAILURES
 from libs.schemas import ALL_TOPICS, CONTRACTS, Contract, TopicContract, dlq_topic, encode
@@ -24,6 +26,8 @@ from libs.schemas import ALL_TOPICS, CONTRACTS, Contract, TopicContract, dlq_top
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
+# aiokafka's default: no record (and so no request of one record) larger than this.
+MAX_REQUEST_BYTES = 1_048_576
 
 
 def platform_topics() -> list[str]:
@@ -116,7 +120,15 @@ class Producer:
     (click redirects); failures are counted and logged by the delivery callback.
     """
 
-    def __init__(self, bootstrap: str, *, linger_ms: int = 5, client_id: str = "hodhod") -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        linger_ms: int = 5,
+        client_id: str = "hodhod",
+        request_timeout_ms: int = 30_000,
+    ) -> None:
+        self._partitioner = CachedPartitioner()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",
@@ -125,10 +137,14 @@ class Producer:
             max_batch_size=256 * 1024,
             compression_type=None,
             client_id=client_id,
-            request_timeout_ms=30_000,
-            partitioner=CachedPartitioner(),
+            # Also how long a record may wait unsent (a broker gone) before it fails.
+            request_timeout_ms=request_timeout_ms,
+            max_request_size=MAX_REQUEST_BYTES,
+            partitioner=self._partitioner,
         )
         self._started = False
+        # The batch each partition's records join next (see ``publish_all``).
+        self._open: dict[TopicPartition, _OpenBatch] = {}
 
     async def start(self) -> None:
         if not self._started:
@@ -167,24 +183,94 @@ class Producer:
     async def publish_all(
         self, messages: Sequence[Contract], encoded: Sequence[bytes | None] = ()
     ) -> None:
-        """Send every message and wait for all acknowledgements. ``encoded`` may carry
-        the messages' bytes already made (by position), so they are not encoded twice."""
-        futures = []
-        topics = []
+        """Send every message and wait until the broker acknowledged all of them; raises
+        the first failure. ``encoded`` may carry the messages' bytes already made (by
+        position), so they are not encoded twice.
+
+        Records go into per-partition batches shared by concurrent callers (one ack
+        future per batch, not per record), on the partitions aiokafka's ``send`` would
+        pick (the producer's partitioner, same arguments), in call order, so a key's
+        records keep their order. A caller returns only once every batch holding one of
+        its records is acknowledged; a record is never half-sent: all are checked
+        against ``max_request_size`` before any is queued."""
+        records = []
         for index, message in enumerate(messages):
             given = encoded[index] if index < len(encoded) else None
-            topic, key, value = self.serialise(message, given)
-            futures.append(await self._producer.send(topic, value=value, key=key))
-            topics.append(topic)
-        if futures:
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            failures = [
-                (t, r) for t, r in zip(topics, results, strict=True) if isinstance(r, BaseException)
-            ]
-            for topic, _ in failures:
-                PRODUCER_FAILURES.labels(topic).inc()
-            if failures:
-                raise failures[0][1]
+            records.append(self.serialise(message, given))
+        for topic, key, value in records:
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+            if size > MAX_REQUEST_BYTES:
+                raise MessageSizeTooLargeError(
+                    f"a {topic} record is {size} bytes, over the {MAX_REQUEST_BYTES} limit"
+                )
+        partitions: dict[str, tuple[list[int], list[int]]] = {}
+        for topic in {topic for topic, _, _ in records}:
+            await self._producer.partitions_for(topic)  # waits for the topic's metadata
+            cluster = self._producer.client.cluster
+            # Built as aiokafka's send builds them, so the partitioner sees the same lists.
+            partitions[topic] = (
+                list(cluster.partitions_for_topic(topic)),
+                list(cluster.available_partitions_for_topic(topic)),
+            )
+        # No await from here to the end of the loop: the partition lists stay current.
+        pending: dict[_OpenBatch, int] = {}
+        for topic, key, value in records:
+            all_partitions, available = partitions[topic]
+            tp = TopicPartition(topic, self._partitioner(key, all_partitions, available))
+            batch = self._append(tp, key, value)
+            pending[batch] = pending.get(batch, 0) + 1
+        if not pending:
+            return
+        results = await asyncio.gather(*(b.acked() for b in pending), return_exceptions=True)
+        failure: BaseException | None = None
+        for (batch, count), result in zip(pending.items(), results, strict=True):
+            if isinstance(result, BaseException):
+                PRODUCER_FAILURES.labels(batch.topic).inc(count)
+                failure = failure or result
+        if failure is not None:
+            raise failure
+
+    def _append(self, tp: TopicPartition, key: bytes, value: bytes) -> _OpenBatch:
+        """The open batch of ``tp`` that took the record: the current one while it has
+        room and is not yet built for sending, else a new one submitted after it."""
+        current = self._open.get(tp)
+        if (
+            current is not None
+            and current.builder.append(timestamp=None, key=key, value=value) is not None
+        ):
+            return current
+        builder = self._producer.create_batch()
+        builder.append(timestamp=None, key=key, value=value)  # a batch's first always fits
+        batch = _OpenBatch(
+            tp.topic,
+            builder,
+            asyncio.ensure_future(
+                self._submit(builder, tp, current.submitted if current is not None else None)
+            ),
+        )
+        self._open[tp] = batch
+        batch.submitted.add_done_callback(lambda _: self._retire(tp, batch))
+        return batch
+
+    async def _submit(
+        self, builder: Any, tp: TopicPartition, previous: asyncio.Future[Any] | None
+    ) -> asyncio.Future[Any]:
+        """Queue ``builder`` after the partition's previous batch (order), open: records
+        join it until aiokafka builds it to send (``linger_ms`` after it was queued, or
+        when full). Returns the batch's ack future."""
+        if previous is not None:
+            await asyncio.wait([previous])  # queued (or failed): its outcome is its own
+        future: asyncio.Future[Any] = await self._producer.send_batch(
+            builder, tp.topic, partition=tp.partition
+        )
+        return future
+
+    def _retire(self, tp: TopicPartition, batch: _OpenBatch) -> None:
+        """A batch whose queueing failed takes no more records (its callers fail)."""
+        if batch.submitted.cancelled() or batch.submitted.exception() is not None:
+            batch.builder.close()
+            if self._open.get(tp) is batch:
+                del self._open[tp]
 
     async def publish_nowait(self, message: Contract) -> asyncio.Future[Any]:
         """Enqueue without waiting for the acknowledgement; returns its future."""
@@ -207,6 +293,28 @@ class Producer:
         except Exception:
             PRODUCER_FAILURES.labels(topic).inc()
             raise
+
+
+class _OpenBatch:
+    """One aiokafka batch being filled by ``Producer.publish_all`` callers.
+
+    ``submitted`` resolves to the batch's ack future once aiokafka queued it."""
+
+    __slots__ = ("builder", "submitted", "topic")
+
+    def __init__(
+        self, topic: str, builder: Any, submitted: asyncio.Future[asyncio.Future[Any]]
+    ) -> None:
+        self.topic = topic
+        self.builder = builder
+        self.submitted = submitted
+
+    async def acked(self) -> None:
+        """Wait until the broker acknowledged the batch; raises its failure."""
+        # Shielded: a caller cancelled (a client gone) cancels neither the shared
+        # queueing nor the other callers' wait.
+        ack = await asyncio.shield(self.submitted)
+        await asyncio.shield(ack)
 
 
 _CONTRACT_OF: dict[type[Contract], TopicContract[Any]] = {c.model: c for c in CONTRACTS.values()}
