@@ -145,6 +145,7 @@ class Producer:
         self._started = False
         # The batch each partition's records join next (see ``publish_all``).
         self._open: dict[TopicPartition, _OpenBatch] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         if not self._started:
@@ -188,11 +189,12 @@ class Producer:
         position), so they are not encoded twice.
 
         Records go into per-partition batches shared by concurrent callers (one ack
-        future per batch, not per record), on the partitions aiokafka's ``send`` would
-        pick (the producer's partitioner, same arguments), in call order, so a key's
-        records keep their order. A caller returns only once every batch holding one of
-        its records is acknowledged; a record is never half-sent: all are checked
-        against ``max_request_size`` before any is queued."""
+        future per batch, not per record, as aiokafka's ``send_batch``), on the
+        partition aiokafka's ``send`` would pick (the producer's partitioner, same
+        arguments), and in call order, so a key's records keep their order. A caller
+        returns once every batch holding one of its records is acknowledged; no record
+        is half-sent: all are checked against ``max_request_size`` before any is taken.
+        """
         records = []
         for index, message in enumerate(messages):
             given = encoded[index] if index < len(encoded) else None
@@ -212,65 +214,72 @@ class Producer:
                 list(cluster.partitions_for_topic(topic)),
                 list(cluster.available_partitions_for_topic(topic)),
             )
-        # No await from here to the end of the loop: the partition lists stay current.
+        # No await until every record is in a batch: the partition lists stay current
+        # and no other caller's records come between this call's.
+        loop = asyncio.get_running_loop()
         pending: dict[_OpenBatch, int] = {}
+        created: list[_OpenBatch] = []
         for topic, key, value in records:
             all_partitions, available = partitions[topic]
             tp = TopicPartition(topic, self._partitioner(key, all_partitions, available))
-            batch = self._append(tp, key, value)
+            batch = self._open.get(tp)
+            if batch is None or batch.builder.append(timestamp=None, key=key, value=value) is None:
+                # None open, or it is full or already built for sending: a new one,
+                # queued after it. A batch's first record always fits.
+                builder = self._producer.create_batch()
+                builder.append(timestamp=None, key=key, value=value)
+                batch = self._open[tp] = _OpenBatch(tp, builder, batch, loop)
+                created.append(batch)
             pending[batch] = pending.get(batch, 0) + 1
-        if not pending:
-            return
-        results = await asyncio.gather(*(b.acked() for b in pending), return_exceptions=True)
+        await self._queue_in_order(created)
+        unqueued = [b.queued for b in pending if not b.queued.done()]
+        if unqueued:  # batches of other callers, still waiting for their turn
+            await asyncio.wait(unqueued)
+        acks = [b.ack for b in pending if b.ack is not None and not b.ack.done()]
+        if acks:
+            await asyncio.wait(acks)  # shared: a cancelled caller must not cancel them
         failure: BaseException | None = None
-        for (batch, count), result in zip(pending.items(), results, strict=True):
-            if isinstance(result, BaseException):
-                PRODUCER_FAILURES.labels(batch.topic).inc(count)
-                failure = failure or result
+        for batch, count in pending.items():
+            error = batch.outcome()
+            if error is not None:
+                PRODUCER_FAILURES.labels(batch.tp.topic).inc(count)
+                failure = failure or error
         if failure is not None:
             raise failure
 
-    def _append(self, tp: TopicPartition, key: bytes, value: bytes) -> _OpenBatch:
-        """The open batch of ``tp`` that took the record: the current one while it has
-        room and is not yet built for sending, else a new one submitted after it."""
-        current = self._open.get(tp)
-        if (
-            current is not None
-            and current.builder.append(timestamp=None, key=key, value=value) is not None
-        ):
-            return current
-        builder = self._producer.create_batch()
-        builder.append(timestamp=None, key=key, value=value)  # a batch's first always fits
-        batch = _OpenBatch(
-            tp.topic,
-            builder,
-            asyncio.ensure_future(
-                self._submit(builder, tp, current.submitted if current is not None else None)
-            ),
-        )
-        self._open[tp] = batch
-        batch.submitted.add_done_callback(lambda _: self._retire(tp, batch))
-        return batch
+    async def _queue_in_order(self, batches: list[_OpenBatch]) -> None:
+        """Hand ``batches`` to aiokafka one after the other. Other callers may have
+        records in them: when this caller is cancelled, a task finishes the job."""
+        for index, batch in enumerate(batches):
+            try:
+                await self._queue(batch)
+            except asyncio.CancelledError:
+                task = asyncio.ensure_future(self._queue_in_order(batches[index:]))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                raise
 
-    async def _submit(
-        self, builder: Any, tp: TopicPartition, previous: asyncio.Future[Any] | None
-    ) -> asyncio.Future[Any]:
-        """Queue ``builder`` after the partition's previous batch (order), open: records
-        join it until aiokafka builds it to send (``linger_ms`` after it was queued, or
-        when full). Returns the batch's ack future."""
-        if previous is not None:
-            await asyncio.wait([previous])  # queued (or failed): its outcome is its own
-        future: asyncio.Future[Any] = await self._producer.send_batch(
-            builder, tp.topic, partition=tp.partition
-        )
-        return future
-
-    def _retire(self, tp: TopicPartition, batch: _OpenBatch) -> None:
-        """A batch whose queueing failed takes no more records (its callers fail)."""
-        if batch.submitted.cancelled() or batch.submitted.exception() is not None:
+    async def _queue(self, batch: _OpenBatch) -> None:
+        """Queue ``batch`` after its partition's previous one (aiokafka's ``send_batch``,
+        open: records join it until aiokafka builds it to send, ``linger_ms`` after it
+        was queued or when full). A failure to queue fails the batch's callers."""
+        previous = batch.previous
+        if previous is not None and not previous.queued.done():
+            await asyncio.wait([previous.queued])
+        try:
+            ack = await self._producer.send_batch(
+                batch.builder, batch.tp.topic, partition=batch.tp.partition
+            )
+        except Exception as exc:  # the batch's callers raise it (publish_all)
+            batch.error = exc
             batch.builder.close()
-            if self._open.get(tp) is batch:
-                del self._open[tp]
+            if self._open.get(batch.tp) is batch:
+                del self._open[batch.tp]
+        else:
+            batch.ack = ack
+            ack.add_done_callback(_retrieve)
+        batch.previous = None
+        batch.queued.set_result(None)
 
     async def publish_nowait(self, message: Contract) -> asyncio.Future[Any]:
         """Enqueue without waiting for the acknowledgement; returns its future."""
@@ -296,25 +305,41 @@ class Producer:
 
 
 class _OpenBatch:
-    """One aiokafka batch being filled by ``Producer.publish_all`` callers.
+    """One aiokafka batch of one partition being filled by ``Producer.publish_all``.
 
-    ``submitted`` resolves to the batch's ack future once aiokafka queued it."""
+    ``queued`` is done once aiokafka took it (then ``ack`` is its acknowledgement) or
+    could not (then ``error`` says why)."""
 
-    __slots__ = ("builder", "submitted", "topic")
+    __slots__ = ("ack", "builder", "error", "previous", "queued", "tp")
 
     def __init__(
-        self, topic: str, builder: Any, submitted: asyncio.Future[asyncio.Future[Any]]
+        self,
+        tp: TopicPartition,
+        builder: Any,
+        previous: _OpenBatch | None,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.topic = topic
+        self.tp = tp
         self.builder = builder
-        self.submitted = submitted
+        self.previous = previous
+        self.queued: asyncio.Future[None] = loop.create_future()
+        self.ack: asyncio.Future[Any] | None = None
+        self.error: BaseException | None = None
 
-    async def acked(self) -> None:
-        """Wait until the broker acknowledged the batch; raises its failure."""
-        # Shielded: a caller cancelled (a client gone) cancels neither the shared
-        # queueing nor the other callers' wait.
-        ack = await asyncio.shield(self.submitted)
-        await asyncio.shield(ack)
+    def outcome(self) -> BaseException | None:
+        """The failure of a finished batch, None when it was acknowledged."""
+        if self.error is not None:
+            return self.error
+        assert self.ack is not None and self.ack.done()
+        if self.ack.cancelled():
+            return asyncio.CancelledError("the batch's delivery was cancelled")
+        return self.ack.exception()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shared future's failure as seen (its callers may all be gone)."""
+    if not future.cancelled():
+        future.exception()
 
 
 _CONTRACT_OF: dict[type[Contract], TopicContract[Any]] = {c.model: c for c in CONTRACTS.values()}
