@@ -15,8 +15,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import TopicPartition
 
 from libs.runtime.metrics import PRODUCER_FAILURES
 from libs.schemas import ALL_TOPICS, CONTRACTS, Contract, TopicContract, dlq_topic, encode
@@ -24,6 +26,8 @@ from libs.schemas import ALL_TOPICS, CONTRACTS, Contract, TopicContract, dlq_top
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
+# aiokafka's default: no record (and so no request of one record) larger than this.
+MAX_REQUEST_BYTES = 1_048_576
 
 
 def platform_topics() -> list[str]:
@@ -116,7 +120,15 @@ class Producer:
     (click redirects); failures are counted and logged by the delivery callback.
     """
 
-    def __init__(self, bootstrap: str, *, linger_ms: int = 5, client_id: str = "hodhod") -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        linger_ms: int = 5,
+        client_id: str = "hodhod",
+        request_timeout_ms: int = 30_000,
+    ) -> None:
+        self._partitioner = CachedPartitioner()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",
@@ -125,10 +137,15 @@ class Producer:
             max_batch_size=256 * 1024,
             compression_type=None,
             client_id=client_id,
-            request_timeout_ms=30_000,
-            partitioner=CachedPartitioner(),
+            # Also how long a record may wait unsent (a broker gone) before it fails.
+            request_timeout_ms=request_timeout_ms,
+            max_request_size=MAX_REQUEST_BYTES,
+            partitioner=self._partitioner,
         )
         self._started = False
+        # The batch each partition's records join next (see ``publish_all``).
+        self._open: dict[TopicPartition, _OpenBatch] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         if not self._started:
@@ -167,24 +184,102 @@ class Producer:
     async def publish_all(
         self, messages: Sequence[Contract], encoded: Sequence[bytes | None] = ()
     ) -> None:
-        """Send every message and wait for all acknowledgements. ``encoded`` may carry
-        the messages' bytes already made (by position), so they are not encoded twice."""
-        futures = []
-        topics = []
+        """Send every message and wait until the broker acknowledged all of them; raises
+        the first failure. ``encoded`` may carry the messages' bytes already made (by
+        position), so they are not encoded twice.
+
+        Records go into per-partition batches shared by concurrent callers (one ack
+        future per batch, not per record, as aiokafka's ``send_batch``), on the
+        partition aiokafka's ``send`` would pick (the producer's partitioner, same
+        arguments), and in call order, so a key's records keep their order. A caller
+        returns once every batch holding one of its records is acknowledged; no record
+        is half-sent: all are checked against ``max_request_size`` before any is taken.
+        """
+        records = []
         for index, message in enumerate(messages):
             given = encoded[index] if index < len(encoded) else None
-            topic, key, value = self.serialise(message, given)
-            futures.append(await self._producer.send(topic, value=value, key=key))
-            topics.append(topic)
-        if futures:
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            failures = [
-                (t, r) for t, r in zip(topics, results, strict=True) if isinstance(r, BaseException)
-            ]
-            for topic, _ in failures:
-                PRODUCER_FAILURES.labels(topic).inc()
-            if failures:
-                raise failures[0][1]
+            records.append(self.serialise(message, given))
+        for topic, key, value in records:
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+            if size > MAX_REQUEST_BYTES:
+                raise MessageSizeTooLargeError(
+                    f"a {topic} record is {size} bytes, over the {MAX_REQUEST_BYTES} limit"
+                )
+        partitions: dict[str, tuple[list[int], list[int]]] = {}
+        for topic in {topic for topic, _, _ in records}:
+            await self._producer.partitions_for(topic)  # waits for the topic's metadata
+            cluster = self._producer.client.cluster
+            # Built as aiokafka's send builds them, so the partitioner sees the same lists.
+            partitions[topic] = (
+                list(cluster.partitions_for_topic(topic)),
+                list(cluster.available_partitions_for_topic(topic)),
+            )
+        # No await until every record is in a batch: the partition lists stay current
+        # and no other caller's records come between this call's.
+        loop = asyncio.get_running_loop()
+        pending: dict[_OpenBatch, int] = {}
+        created: list[_OpenBatch] = []
+        for topic, key, value in records:
+            all_partitions, available = partitions[topic]
+            tp = TopicPartition(topic, self._partitioner(key, all_partitions, available))
+            batch = self._open.get(tp)
+            if batch is None or batch.builder.append(timestamp=None, key=key, value=value) is None:
+                # None open, or it is full or already built for sending: a new one,
+                # queued after it. A batch's first record always fits.
+                builder = self._producer.create_batch()
+                builder.append(timestamp=None, key=key, value=value)
+                batch = self._open[tp] = _OpenBatch(tp, builder, batch, loop)
+                created.append(batch)
+            pending[batch] = pending.get(batch, 0) + 1
+        await self._queue_in_order(created)
+        unqueued = [b.queued for b in pending if not b.queued.done()]
+        if unqueued:  # batches of other callers, still waiting for their turn
+            await asyncio.wait(unqueued)
+        acks = [b.ack for b in pending if b.ack is not None and not b.ack.done()]
+        if acks:
+            await asyncio.wait(acks)  # shared: a cancelled caller must not cancel them
+        failure: BaseException | None = None
+        for batch, count in pending.items():
+            error = batch.outcome()
+            if error is not None:
+                PRODUCER_FAILURES.labels(batch.tp.topic).inc(count)
+                failure = failure or error
+        if failure is not None:
+            raise failure
+
+    async def _queue_in_order(self, batches: list[_OpenBatch]) -> None:
+        """Hand ``batches`` to aiokafka one after the other. Other callers may have
+        records in them: when this caller is cancelled, a task finishes the job."""
+        for index, batch in enumerate(batches):
+            try:
+                await self._queue(batch)
+            except asyncio.CancelledError:
+                task = asyncio.ensure_future(self._queue_in_order(batches[index:]))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                raise
+
+    async def _queue(self, batch: _OpenBatch) -> None:
+        """Queue ``batch`` after its partition's previous one (aiokafka's ``send_batch``,
+        open: records join it until aiokafka builds it to send, ``linger_ms`` after it
+        was queued or when full). A failure to queue fails the batch's callers."""
+        previous = batch.previous
+        if previous is not None and not previous.queued.done():
+            await asyncio.wait([previous.queued])
+        try:
+            ack = await self._producer.send_batch(
+                batch.builder, batch.tp.topic, partition=batch.tp.partition
+            )
+        except Exception as exc:  # the batch's callers raise it (publish_all)
+            batch.error = exc
+            batch.builder.close()
+            if self._open.get(batch.tp) is batch:
+                del self._open[batch.tp]
+        else:
+            batch.ack = ack
+            ack.add_done_callback(_retrieve)
+        batch.previous = None
+        batch.queued.set_result(None)
 
     async def publish_nowait(self, message: Contract) -> asyncio.Future[Any]:
         """Enqueue without waiting for the acknowledgement; returns its future."""
@@ -207,6 +302,44 @@ class Producer:
         except Exception:
             PRODUCER_FAILURES.labels(topic).inc()
             raise
+
+
+class _OpenBatch:
+    """One aiokafka batch of one partition being filled by ``Producer.publish_all``.
+
+    ``queued`` is done once aiokafka took it (then ``ack`` is its acknowledgement) or
+    could not (then ``error`` says why)."""
+
+    __slots__ = ("ack", "builder", "error", "previous", "queued", "tp")
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        builder: Any,
+        previous: _OpenBatch | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.tp = tp
+        self.builder = builder
+        self.previous = previous
+        self.queued: asyncio.Future[None] = loop.create_future()
+        self.ack: asyncio.Future[Any] | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> BaseException | None:
+        """The failure of a finished batch, None when it was acknowledged."""
+        if self.error is not None:
+            return self.error
+        assert self.ack is not None and self.ack.done()
+        if self.ack.cancelled():
+            return asyncio.CancelledError("the batch's delivery was cancelled")
+        return self.ack.exception()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shared future's failure as seen (its callers may all be gone)."""
+    if not future.cancelled():
+        future.exception()
 
 
 _CONTRACT_OF: dict[type[Contract], TopicContract[Any]] = {c.model: c for c in CONTRACTS.values()}

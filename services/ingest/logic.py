@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from libs.runtime.errors import InvalidInput
-from libs.schemas import ContractError, Event, InstallReported, UserVerified, encode, validate
+from libs.schemas import ContractError, Event, InstallReported, UserVerified, validate
 from libs.schemas.base import ANONYMOUS_PREFIX
 from services.ingest.reserved import check_event, check_user_id
 
@@ -136,7 +138,7 @@ def parse_batch(
         except InvalidInput as exc:
             result.rejected.append(Rejection(index, exc.field, exc.message))
             continue
-        value = encode(event)
+        value = encode_event(event)
         if len(value) > MAX_EVENT_BYTES:
             result.rejected.append(
                 Rejection(index, "props", f"event is larger than {MAX_EVENT_BYTES} bytes encoded")
@@ -158,6 +160,14 @@ def parse_batch(
     return result
 
 
+def encode_event(event: Event) -> bytes:
+    """``encode(event)`` without pydantic's dump, a third of ingest's encoding cost: an
+    ``Event``'s fields hold JSON values and datetimes only (no nested model, no custom
+    serializer), so its field dict, in field order, dumps to the same bytes. A unit
+    test holds the two equal."""
+    return orjson.dumps(event.__dict__, option=orjson.OPT_UTC_Z)
+
+
 def _event(
     raw: Any,
     *,
@@ -168,11 +178,12 @@ def _event(
     source: str,
     max_age: timedelta | None,
 ) -> Event:
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         raise InvalidInput("an event must be a JSON object", field=None)
-    unknown = sorted(set(raw) - EVENT_FIELDS)
-    if unknown:
-        raise InvalidInput("unknown field; custom data goes in props", field=unknown[0])
+    if not EVENT_FIELDS.issuperset(raw):
+        raise InvalidInput(
+            "unknown field; custom data goes in props", field=sorted(set(raw) - EVENT_FIELDS)[0]
+        )
     try:
         ts = parse_time(raw.get("ts"), "ts") + skew
     except OverflowError:
@@ -183,25 +194,19 @@ def _event(
         raise InvalidInput(
             f"is older than {max_age.days} days; load history through /v1/s2s/events", field="ts"
         )
-    data = {k: raw[k] for k in DEVICE_FIELDS if raw.get(k) is not None}
-    props = raw.get("props")
+    # Every key is an EVENT_FIELD (checked above). A null optional field is left out (its
+    # default: None, or {} for props); event_id and name are always given, so a null
+    # one is reported as such rather than as missing.
+    data = {k: v for k, v in raw.items() if v is not None}
+    data["event_id"] = raw.get("event_id")
+    data["name"] = raw.get("name")
+    data["ts"] = ts
+    data["app_id"] = app_id
+    data["received_at"] = received_at
+    data["source"] = source
+    data["ip"] = ip
     try:
-        event = validate(
-            Event,
-            {
-                "app_id": app_id,
-                "event_id": raw.get("event_id"),
-                "name": raw.get("name"),
-                "ts": ts,
-                "received_at": received_at,
-                "source": source,
-                "ip": ip,
-                "props": {} if props is None else props,
-                "revenue": raw.get("revenue"),
-                "currency": raw.get("currency"),
-                **data,
-            },
-        )
+        event = validate(Event, data)
     except ContractError as exc:
         raise InvalidInput(exc.reason, field=exc.field) from None
     check_event(event)

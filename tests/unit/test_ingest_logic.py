@@ -10,13 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from libs.runtime.errors import InvalidInput
-from libs.schemas import Event, InstallReported
+from libs.schemas import Event, InstallReported, encode
+from libs.schemas.events import EXAMPLES
 from services.ingest.logic import (
     MAX_BATCH,
     MAX_EVENT_AGE,
     MAX_FUTURE,
     BatchResult,
     clock_skew,
+    encode_event,
     parse_batch,
     parse_time,
 )
@@ -609,3 +611,63 @@ def test_non_boolean_device_check_rejected(flag: str, value: Any) -> None:
     result = parse([ev(event_id="ok"), ev(event_id="i", name="$install", props={flag: value})])
     assert [e.event_id for e in result.events] == ["ok"] and result.installs == []
     assert only_rejection(result)[:2] == (1, f"props.{flag}")
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(min_size=1, max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_encode_event_is_the_contracts_encoding_of_the_examples(example: dict[str, Any]) -> None:
+    event = Event.model_validate(example)
+    assert encode_event(event) == encode(event)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    props=st.dictionaries(st.text(min_size=1, max_size=8), _JSON, max_size=4),
+    revenue=st.none() | st.integers(-(10**6), 10**6) | st.floats(-1e9, 1e9),
+    optional=st.fixed_dictionaries(
+        {},
+        optional={
+            "user_id": st.sampled_from(["u_1", "کاربر"]),
+            "platform": st.sampled_from(["android", "ios"]),
+            "locale": st.text(max_size=5).filter(lambda t: "\x00" not in t),
+            "currency": st.just("IRR"),
+            "session_id": st.just("s1"),
+        },
+    ),
+)
+def test_encode_event_is_the_contracts_encoding(
+    props: dict[str, Any], revenue: Any, optional: dict[str, Any]
+) -> None:
+    result = parse([ev(props=props, revenue=revenue, **optional)])
+    for event, value in zip(result.events, result.encoded, strict=True):
+        assert value == encode(event) == encode_event(event)
+
+
+def test_null_optional_fields_are_as_if_absent() -> None:
+    """A JSON null for an optional field (props included) is its default."""
+    nulls = {k: None for k in ("user_id", "adid", "platform", "revenue", "currency", "props")}
+    with_nulls, without = parse([ev(**nulls)]), parse([ev()])
+    assert with_nulls.events == without.events
+    assert with_nulls.events[0].props == {}
+
+
+@pytest.mark.parametrize("field", ["event_id", "name"])
+def test_null_id_or_name_is_rejected_as_null_not_as_missing(field: str) -> None:
+    null_reason = only_rejection(parse([ev(**{field: None})]))
+    assert null_reason[:2] == (0, field)
+    assert only_rejection(parse([ev(**{field: ...})])) == null_reason
