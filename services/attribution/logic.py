@@ -12,6 +12,7 @@ at the install instant too; one microsecond more on either side does not.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import json
 import re
@@ -109,8 +110,27 @@ def decide(
 
 
 def attribution_id(app_id: str, install_event_id: str, click_id: str | None) -> str:
-    """Deterministic: the same install and click always give the same id (idempotency)."""
-    return uuid.uuid5(ATTRIBUTION_NS, json.dumps([app_id, install_event_id, click_id])).hex
+    """Deterministic: the same install and click always give the same id (idempotency):
+    ``uuid5(ATTRIBUTION_NS, json.dumps([app_id, install_event_id, click_id])).hex``."""
+    if _plain(app_id) and _plain(install_event_id) and (click_id is None or _plain(click_id)):
+        # json.dumps's text for ids it writes as they are, without its encoder.
+        click = "null" if click_id is None else f'"{click_id}"'
+        name = f'["{app_id}", "{install_event_id}", {click}]'
+    else:
+        name = json.dumps([app_id, install_event_id, click_id])
+    digest = bytearray(hashlib.sha1(_ATTRIBUTION_NS_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5, as uuid.uuid5 sets it
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return digest.hex()
+
+
+_ATTRIBUTION_NS_BYTES = ATTRIBUTION_NS.bytes
+
+
+def _plain(text: str) -> bool:
+    """Whether ``json.dumps`` (ASCII-only) writes ``text`` unescaped: printable ASCII
+    without quotes or backslashes."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 # --- fingerprints ------------------------------------------------------------------------
@@ -191,6 +211,26 @@ def device_signature(user_agent: str | None) -> tuple[str, str, str] | None:
     return None
 
 
+def ipv4_octets(ip: str) -> tuple[int, int, int, int] | None:
+    """The octets of ``ip`` when it is a dotted-quad IPv4 address exactly as
+    ``ipaddress.IPv4Address`` reads one (four parts of 1–3 ASCII digits, no leading zero,
+    each at most 255); None for anything else — IPv6 or text the stdlib is left to judge.
+    A few string operations instead of the stdlib's parse: the matcher asks about every
+    install's and matched click's address, nearly all IPv4."""
+    parts = ip.split(".")
+    if len(parts) != 4:
+        return None
+    for part in parts:
+        if not (0 < len(part) <= 3 and part.isascii() and part.isdigit()):
+            return None
+        if part[0] == "0" and len(part) > 1:
+            return None
+    a, b, c, d = int(parts[0]), int(parts[1]), int(parts[2]), int(parts[3])
+    if a > 255 or b > 255 or c > 255 or d > 255:
+        return None
+    return a, b, c, d
+
+
 @functools.lru_cache(maxsize=_PARSED)
 def normalize_ip(ip: str | None) -> str | None:
     """Canonical text of an IP, or None when it does not parse. IPv4-mapped IPv6 becomes
@@ -200,8 +240,15 @@ def normalize_ip(ip: str | None) -> str | None:
     loopback ones are kept (a local run fingerprints over 127.0.0.1)."""
     if not ip or len(ip) > 64:
         return None
+    text = ip.strip()
+    octets = ipv4_octets(text)
+    if octets is not None:  # what the stdlib says of these, without parsing twice
+        a, b, c, d = octets
+        if (a == 169 and b == 254) or 224 <= a <= 239 or a == b == c == d == 0:
+            return None  # link-local, multicast, unspecified
+        return text  # canonical already: no leading zeros, four parts
     try:
-        address = ipaddress.ip_address(ip.strip())
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -258,6 +258,24 @@ def test_attribution_id_differs_per_input(other: tuple[str, str, str | None]) ->
     assert attribution_id("digikala", "i_1", "c_1") != attribution_id(*other)
 
 
+@given(
+    st.text(max_size=12),
+    st.text(alphabet=st.characters(codec="ascii"), max_size=12),
+    st.none() | st.text(max_size=12),
+)
+def test_attribution_id_is_the_uuid5_of_the_json_list(
+    app_id: str, install_event_id: str, click_id: str | None
+) -> None:
+    """Ids written without the JSON encoder (plain ASCII) and with it (quotes,
+    backslashes, control and non-ASCII characters) are the documented uuid5."""
+    import json
+    import uuid
+
+    ns = uuid.UUID("6f1c1c49-0d0a-4d3e-9a59-8f3f1f5b7d01")
+    expected = uuid.uuid5(ns, json.dumps([app_id, install_event_id, click_id])).hex
+    assert attribution_id(app_id, install_event_id, click_id) == expected
+
+
 def test_attribution_id_organic_differs_from_an_empty_click_id() -> None:
     assert attribution_id("a", "i", None) != attribution_id("a", "i", "")
 
