@@ -49,6 +49,15 @@ def referrer_click_id(referrer: str | None) -> str | None:
     """
     if not referrer or len(referrer) > MAX_REFERRER:
         return None
+    if "%" not in referrer and "+" not in referrer:
+        # Nothing to unquote (both candidates below are the referrer): parse_qs's answer,
+        # without its machinery — the first non-empty ``click_id`` value.
+        for field in referrer.split("&"):
+            name, equals, value = field.partition("=")
+            if name == "click_id" and equals and value:
+                click_id = value.strip()
+                return click_id if 0 < len(click_id) <= 128 and click_id.isprintable() else None
+        return None
     for candidate in (referrer, unquote(referrer)):
         values = parse_qs(candidate, keep_blank_values=False).get("click_id")
         if values:
@@ -164,6 +173,7 @@ def normalize_user_agent(user_agent: str | None) -> str:
     return _SPACES.sub(" ", ua).strip()
 
 
+@functools.lru_cache(maxsize=_PARSED)  # few distinct versions: asked per install and click
 def _major_minor(version: str | None) -> str | None:
     """``17_4_1`` → ``17.4``, ``13.0`` → ``13``, ``8.1.0`` → ``8.1``; None for no digits."""
     if not version:
@@ -175,6 +185,7 @@ def _major_minor(version: str | None) -> str | None:
     return major if minor == "0" else f"{major}.{minor}"
 
 
+@functools.lru_cache(maxsize=_PARSED)  # few distinct models: asked per install and click
 def _model(model: str | None) -> str | None:
     """Lower-cased model without build id; Apple identifiers reduce to the family
     (``iPhone14,5`` → ``iphone``) because Safari's user agent names only the family.
@@ -190,6 +201,7 @@ def _model(model: str | None) -> str | None:
     return _SPACES.sub(" ", m)
 
 
+@functools.lru_cache(maxsize=_PARSED)  # few distinct agents: asked per install and click
 def device_signature(user_agent: str | None) -> tuple[str, str, str] | None:
     """``(os, os major.minor, model)`` read from a mobile user agent, or None when the
     agent does not name all three (desktop browsers, Chrome's reduced ``Android 10; K``)."""

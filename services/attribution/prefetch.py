@@ -89,7 +89,8 @@ def _texts(values: list[str | None]) -> str:
     nones = values.count(None)
     texts = cast(list[str], values) if not nones else [_NUL if v is None else v for v in values]
     joined = '","'.join(texts)
-    if '"' not in joined and "\\" not in joined and joined.count(_NUL) == nones:
+    clean = joined.count('"') == 2 * (len(values) - 1)  # the separators' quotes only
+    if clean and "\\" not in joined and joined.count(_NUL) == nones:
         literal = '{"' + joined + '"}'
         return literal.replace(f'"{_NUL}"', "NULL") if nones else literal
     return (

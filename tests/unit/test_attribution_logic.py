@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, unquote
 
 import pytest
 from hypothesis import given
@@ -226,6 +226,30 @@ def test_decide_property(click_to_install: timedelta) -> None:
     assert d.method == ("click_id" if inside else "organic")
     assert (d.click is not None) == inside
     assert d.status == "attributed"
+
+
+def _parsed_click_id(referrer: str | None) -> str | None:
+    """``referrer_click_id`` as parse_qs reads every referrer (no shortcut)."""
+    if not referrer or len(referrer) > MAX_REFERRER:
+        return None
+    for candidate in (referrer, unquote(referrer)):
+        values = parse_qs(candidate, keep_blank_values=False).get("click_id")
+        if values:
+            click_id = values[0].strip()
+            if 0 < len(click_id) <= 128 and click_id.isprintable():
+                return click_id
+    return None
+
+
+@given(
+    st.lists(
+        st.sampled_from(["click_id", "=", "&", "c1", " ", "%3D", "%26", "+", "x", "\t", "é"]),
+        max_size=12,
+    ).map("".join)
+    | st.text(max_size=40)
+)
+def test_referrer_click_id_is_what_parse_qs_reads(referrer: str) -> None:
+    assert referrer_click_id(referrer) == _parsed_click_id(referrer)
 
 
 # --- attribution_id -----------------------------------------------------------------------
