@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.runtime.pipeline import TransientError
 from services.attribution import logic
 from services.attribution.ledger import Key, UserInstall
 
@@ -61,7 +63,12 @@ async def _fetch(session: AsyncSession, query: str, *args: Any) -> list[Any]:
     if not driver.is_in_transaction():
         # SQLAlchemy issues BEGIN with its first statement: the read must not run before.
         await connection.exec_driver_sql("SELECT 1")
-    rows: list[Any] = await driver.fetch(query, *args)
+    try:
+        rows: list[Any] = await driver.fetch(query, *args)
+    except asyncpg.InterfaceError as exc:
+        # Client-side (a closed connection): through SQLAlchemy an InterfaceError, which
+        # the runner retries; so here.
+        raise TransientError(f"postgres: {exc}") from exc
     return rows
 
 

@@ -4,11 +4,14 @@ missing value (None) finds none."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
+from libs.runtime.pipeline import is_transient
 from services.attribution import prefetch, store
 from tests.conftest import Platform
 
@@ -64,3 +67,25 @@ async def test_odd_key_text_finds_its_rows(platform: Platform, with_odd_text: bo
         assert {s: [t.click.click_id for t in ts] for s, ts in recent.items()} == {
             (app, f"ad-{c}", None, T): [c] for c in ids
         }
+
+
+async def test_a_lost_connection_is_retried(platform: Platform) -> None:
+    """A read whose connection the server ended (a restart, an operator) fails with an
+    error the runner retries, as through SQLAlchemy."""
+    sessions = platform.app.state.resources.sessions
+    async with sessions() as session:
+        await prefetch.linked_users(session, devices=[("app", "dev")])
+        connection = await session.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        pid = driver.get_server_pid()
+        async with sessions() as other:
+            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        for _ in range(500):  # until the client has seen the server hang up
+            if driver.is_closed():
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(Exception) as failed:
+            await prefetch.linked_users(session, devices=[("app", "dev")])
+        assert is_transient(failed.value)
+        await connection.invalidate()  # what the runner's retry leaves to the pool's ping
