@@ -379,10 +379,19 @@ async def measure() -> dict[str, Any]:
                 dlq_producer=resources.producer,
             )
             statements = Counter[str]()
+
+            def count(query: Any) -> None:
+                # Every statement, through SQLAlchemy or on its asyncpg connection (the
+                # matcher's reads), but not the transaction control and pool pings
+                # asyncpg logs too.
+                verb = (query.query.split(None, 1) or [""])[0].upper()
+                if verb not in {"BEGIN", "COMMIT", "ROLLBACK", ";"}:
+                    statements.update(("sent",))
+
             event.listen(
                 resources.engine.sync_engine,
-                "before_cursor_execute",
-                lambda *args, **kwargs: statements.update(("sent",)),
+                "connect",
+                lambda connection, _: connection.driver_connection.add_query_logger(count),
             )
             tune_gc()  # as compose does for every service process
             joined = time.perf_counter()

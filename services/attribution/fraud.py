@@ -20,6 +20,7 @@ from typing import Any
 
 from libs.runtime.fraudrules import ConversionRule, conversion_rule
 from libs.runtime.signing import Verdict
+from services.attribution.logic import ipv4_octets
 
 CLICK_INJECTION = "click_injection"
 CLICK_SPAMMING = "click_spamming"
@@ -191,7 +192,12 @@ def countable_ip(ip: str | None) -> bool:
     public address names a client. Private, loopback and shared ranges are what a
     deployment behind a proxy sees for everyone (without ``trust_forwarded_for``); counting
     them would reject every install."""
-    address = _address(ip) if ip else None
+    if not ip or len(ip) > 64:
+        return False
+    octets = ipv4_octets(ip.strip())
+    if octets is not None and octets[0] not in _SPECIAL_FIRST_OCTETS:
+        return True  # as below, without the stdlib's parse
+    address = _address(ip)
     if address is None:
         return False
     if address.version == 4 and address.packed[0] not in _SPECIAL_FIRST_OCTETS:

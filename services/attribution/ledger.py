@@ -9,7 +9,7 @@ sees the installs decided before it in the batch exactly as if they had been wri
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -71,12 +71,17 @@ class BatchLedger:
             if row[field] is not None:
                 self._index.setdefault((field, key[0], row[field]), {})[key] = None
 
-    def _counted(self, field: str, app_id: str, value: str, install_event_id: str) -> Iterator[Row]:
+    def _counted(self, field: str, app_id: str, value: str, install_event_id: str) -> list[Row]:
         """Counted (not rejected) rows with ``field == value``, other than the install's."""
-        for key in self._index.get((field, app_id, value), {}):
-            row = self._rows[key]
-            if row["status"] != REJECTED and key[1] != install_event_id:
-                yield row
+        keys = self._index.get((field, app_id, value))
+        if not keys:
+            return []  # the usual case: no other install of the batch with the value
+        rows = self._rows
+        return [
+            row
+            for key in keys
+            if (row := rows[key])["status"] != REJECTED and key[1] != install_event_id
+        ]
 
     def installs_from_ip(
         self, *, app_id: str, ip: str, install_event_id: str, since: datetime, until: datetime

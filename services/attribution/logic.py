@@ -12,6 +12,7 @@ at the install instant too; one microsecond more on either side does not.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import json
 import re
@@ -47,6 +48,15 @@ def referrer_click_id(referrer: str | None) -> str | None:
     yields None, never an exception.
     """
     if not referrer or len(referrer) > MAX_REFERRER:
+        return None
+    if "%" not in referrer and "+" not in referrer:
+        # Nothing to unquote (both candidates below are the referrer): parse_qs's answer,
+        # without its machinery — the first non-empty ``click_id`` value.
+        for field in referrer.split("&"):
+            name, equals, value = field.partition("=")
+            if name == "click_id" and equals and value:
+                click_id = value.strip()
+                return click_id if 0 < len(click_id) <= 128 and click_id.isprintable() else None
         return None
     for candidate in (referrer, unquote(referrer)):
         values = parse_qs(candidate, keep_blank_values=False).get("click_id")
@@ -109,8 +119,27 @@ def decide(
 
 
 def attribution_id(app_id: str, install_event_id: str, click_id: str | None) -> str:
-    """Deterministic: the same install and click always give the same id (idempotency)."""
-    return uuid.uuid5(ATTRIBUTION_NS, json.dumps([app_id, install_event_id, click_id])).hex
+    """Deterministic: the same install and click always give the same id (idempotency):
+    ``uuid5(ATTRIBUTION_NS, json.dumps([app_id, install_event_id, click_id])).hex``."""
+    if _plain(app_id) and _plain(install_event_id) and (click_id is None or _plain(click_id)):
+        # json.dumps's text for ids it writes as they are, without its encoder.
+        click = "null" if click_id is None else f'"{click_id}"'
+        name = f'["{app_id}", "{install_event_id}", {click}]'
+    else:
+        name = json.dumps([app_id, install_event_id, click_id])
+    digest = bytearray(hashlib.sha1(_ATTRIBUTION_NS_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5, as uuid.uuid5 sets it
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return digest.hex()
+
+
+_ATTRIBUTION_NS_BYTES = ATTRIBUTION_NS.bytes
+
+
+def _plain(text: str) -> bool:
+    """Whether ``json.dumps`` (ASCII-only) writes ``text`` unescaped: printable ASCII
+    without quotes or backslashes."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 # --- fingerprints ------------------------------------------------------------------------
@@ -144,6 +173,7 @@ def normalize_user_agent(user_agent: str | None) -> str:
     return _SPACES.sub(" ", ua).strip()
 
 
+@functools.lru_cache(maxsize=_PARSED)  # few distinct versions: asked per install and click
 def _major_minor(version: str | None) -> str | None:
     """``17_4_1`` → ``17.4``, ``13.0`` → ``13``, ``8.1.0`` → ``8.1``; None for no digits."""
     if not version:
@@ -155,6 +185,7 @@ def _major_minor(version: str | None) -> str | None:
     return major if minor == "0" else f"{major}.{minor}"
 
 
+@functools.lru_cache(maxsize=_PARSED)  # few distinct models: asked per install and click
 def _model(model: str | None) -> str | None:
     """Lower-cased model without build id; Apple identifiers reduce to the family
     (``iPhone14,5`` → ``iphone``) because Safari's user agent names only the family.
@@ -170,6 +201,7 @@ def _model(model: str | None) -> str | None:
     return _SPACES.sub(" ", m)
 
 
+@functools.lru_cache(maxsize=_PARSED)  # few distinct agents: asked per install and click
 def device_signature(user_agent: str | None) -> tuple[str, str, str] | None:
     """``(os, os major.minor, model)`` read from a mobile user agent, or None when the
     agent does not name all three (desktop browsers, Chrome's reduced ``Android 10; K``)."""
@@ -191,6 +223,23 @@ def device_signature(user_agent: str | None) -> tuple[str, str, str] | None:
     return None
 
 
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
+def ipv4_octets(ip: str) -> tuple[int, int, int, int] | None:
+    """The octets of ``ip`` when it is a dotted-quad IPv4 address exactly as
+    ``ipaddress.IPv4Address`` reads one (four parts of 1–3 ASCII digits, no leading zero,
+    each at most 255); None for anything else — IPv6 or text the stdlib is left to judge.
+    One regular expression instead of the stdlib's parse: the matcher asks about every
+    install's and matched click's address, nearly all IPv4."""
+    found = _IPV4.fullmatch(ip)
+    if found is None:
+        return None
+    a, b, c, d = found.groups()
+    return int(a), int(b), int(c), int(d)
+
+
 @functools.lru_cache(maxsize=_PARSED)
 def normalize_ip(ip: str | None) -> str | None:
     """Canonical text of an IP, or None when it does not parse. IPv4-mapped IPv6 becomes
@@ -200,8 +249,15 @@ def normalize_ip(ip: str | None) -> str | None:
     loopback ones are kept (a local run fingerprints over 127.0.0.1)."""
     if not ip or len(ip) > 64:
         return None
+    text = ip.strip()
+    octets = ipv4_octets(text)
+    if octets is not None:  # what the stdlib says of these, without parsing twice
+        a, b, c, d = octets
+        if (a == 169 and b == 254) or 224 <= a <= 239 or a == b == c == d == 0:
+            return None  # link-local, multicast, unspecified
+        return text  # canonical already: no leading zeros, four parts
     try:
-        address = ipaddress.ip_address(ip.strip())
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -435,3 +435,17 @@ def test_counting_an_ip_agrees_with_the_stdlib_on_every_first_octet() -> None:
 def test_counting_any_ipv4_agrees_with_the_stdlib(n: int) -> None:
     ip = str(ipaddress.IPv4Address(n))
     assert fraud.countable_ip(ip) is ipaddress.ip_address(ip).is_global
+
+
+@given(st.text(alphabet="0123456789.:/ abcdef\u0664", min_size=1, max_size=20))
+def test_counting_any_text_agrees_with_the_stdlib(ip: str) -> None:
+    """Malformed dotted text (leading zeros, big octets, other digits) is judged as the
+    stdlib parses it: not at all when it does not parse."""
+    try:
+        expected = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        assert fraud.countable_ip(ip) is False
+        return
+    if isinstance(expected, ipaddress.IPv6Address) and expected.ipv4_mapped is not None:
+        expected = expected.ipv4_mapped
+    assert fraud.countable_ip(ip) is expected.is_global

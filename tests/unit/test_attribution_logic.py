@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, unquote
 
 import pytest
 from hypothesis import given
@@ -228,6 +228,30 @@ def test_decide_property(click_to_install: timedelta) -> None:
     assert d.status == "attributed"
 
 
+def _parsed_click_id(referrer: str | None) -> str | None:
+    """``referrer_click_id`` as parse_qs reads every referrer (no shortcut)."""
+    if not referrer or len(referrer) > MAX_REFERRER:
+        return None
+    for candidate in (referrer, unquote(referrer)):
+        values = parse_qs(candidate, keep_blank_values=False).get("click_id")
+        if values:
+            click_id = values[0].strip()
+            if 0 < len(click_id) <= 128 and click_id.isprintable():
+                return click_id
+    return None
+
+
+@given(
+    st.lists(
+        st.sampled_from(["click_id", "=", "&", "c1", " ", "%3D", "%26", "+", "x", "\t", "é"]),
+        max_size=12,
+    ).map("".join)
+    | st.text(max_size=40)
+)
+def test_referrer_click_id_is_what_parse_qs_reads(referrer: str) -> None:
+    assert referrer_click_id(referrer) == _parsed_click_id(referrer)
+
+
 # --- attribution_id -----------------------------------------------------------------------
 
 
@@ -256,6 +280,24 @@ def test_attribution_id_is_stable_across_releases() -> None:
 )
 def test_attribution_id_differs_per_input(other: tuple[str, str, str | None]) -> None:
     assert attribution_id("digikala", "i_1", "c_1") != attribution_id(*other)
+
+
+@given(
+    st.text(max_size=12),
+    st.text(alphabet=st.characters(codec="ascii"), max_size=12),
+    st.none() | st.text(max_size=12),
+)
+def test_attribution_id_is_the_uuid5_of_the_json_list(
+    app_id: str, install_event_id: str, click_id: str | None
+) -> None:
+    """Ids written without the JSON encoder (plain ASCII) and with it (quotes,
+    backslashes, control and non-ASCII characters) are the documented uuid5."""
+    import json
+    import uuid
+
+    ns = uuid.UUID("6f1c1c49-0d0a-4d3e-9a59-8f3f1f5b7d01")
+    expected = uuid.uuid5(ns, json.dumps([app_id, install_event_id, click_id])).hex
+    assert attribution_id(app_id, install_event_id, click_id) == expected
 
 
 def test_attribution_id_organic_differs_from_an_empty_click_id() -> None:

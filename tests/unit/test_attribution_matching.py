@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from services.attribution.logic import (
@@ -22,6 +23,7 @@ from services.attribution.logic import (
     clean_adid,
     device_signature,
     fingerprint,
+    ipv4_octets,
     match,
     normalize_ip,
     normalize_user_agent,
@@ -422,6 +424,68 @@ def test_fingerprint_needs_device_data() -> None:
 )
 def test_normalize_ip(ip: str, expected: str | None) -> None:
     assert normalize_ip(ip) == expected
+
+
+def _stdlib_normalize_ip(ip: str) -> str | None:
+    """``normalize_ip`` without its dotted-quad fast path: the stdlib's answer."""
+    try:
+        address = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_link_local or address.is_unspecified or address.is_multicast:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((int(address), 64), strict=False))
+    return str(address)
+
+
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_normalize_ip_agrees_with_the_stdlib_on_any_ipv4(n: int) -> None:
+    ip = str(ipaddress.IPv4Address(n))
+    assert normalize_ip(ip) == _stdlib_normalize_ip(ip)
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "01.2.3.4",
+        "1.2.3.04",
+        "1.2.3.256",
+        "1.2.3.4.5",
+        "1..3.4",
+        "1.2.3.",
+        "1.2.3.-4",
+        "1.2.3.+4",
+        "1.2.3.4/32",
+        "1.2.3.\u0664",  # an Arabic-Indic digit: str.isdigit, not an octet
+        "1.2.3.4 ",
+        "\t169.254.0.1",
+        "239.255.255.255",
+        "240.0.0.1",
+        "0.0.0.1",
+        "0000.1.2.3",
+    ],
+)
+def test_normalize_ip_agrees_with_the_stdlib_on_odd_dotted_text(ip: str) -> None:
+    assert normalize_ip(ip) == _stdlib_normalize_ip(ip)
+
+
+@given(st.text(alphabet="0123456789.:/ abcdef\u0664", max_size=20))
+def test_normalize_ip_agrees_with_the_stdlib_on_any_text(ip: str) -> None:
+    assume(0 < len(ip) <= 64)
+    assert normalize_ip(ip) == _stdlib_normalize_ip(ip)
+
+
+@given(st.text(alphabet="0123456789.:/ abcdef\u0664", max_size=20))
+def test_ipv4_octets_reads_only_what_the_stdlib_reads_as_ipv4(ip: str) -> None:
+    octets = ipv4_octets(ip)
+    try:
+        expected: tuple[int, ...] | None = tuple(ipaddress.IPv4Address(ip).packed)
+    except ValueError:
+        expected = None
+    assert octets == expected
 
 
 def test_ipv6_same_prefix_matches_and_other_prefix_does_not() -> None:
