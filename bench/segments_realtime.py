@@ -82,12 +82,33 @@ USERS = int(
 # --- the segmenter, in a child process ----------------------------------------------------
 
 
-def consumer_process(bootstrap: str, database_url: str) -> None:
-    """The segmenter's consumer as ``hodhod up`` would build it; runs until SIGTERM."""
-    asyncio.run(_consume(bootstrap, database_url))
+def consumer_process(bootstrap: str, database_url: str, counts: Any) -> None:
+    """The segmenter's consumer as ``hodhod up`` would build it; runs until SIGTERM.
+    ``counts`` (a shared array) receives the records and batches it has handled."""
+    asyncio.run(_consume(bootstrap, database_url, counts))
 
 
-async def _consume(bootstrap: str, database_url: str) -> None:
+async def _report_batches(group: str, counts: Any) -> None:
+    """Copy the runner's own metrics (records taken, batches handled) into ``counts``
+    every 100 ms, for the parent to read per phase."""
+    from prometheus_client import REGISTRY
+
+    while True:
+        records = sum(
+            REGISTRY.get_sample_value(
+                "hodhod_consumer_records_total", {"consumer": group, "topic": topic}
+            )
+            or 0.0
+            for topic in ("events", "attributions", "config-changes")
+        )
+        batches = REGISTRY.get_sample_value(
+            "hodhod_consumer_batch_seconds_count", {"consumer": group}
+        )
+        counts[0], counts[1] = records, batches or 0.0
+        await asyncio.sleep(0.1)
+
+
+async def _consume(bootstrap: str, database_url: str, counts: Any) -> None:
     from services.segmenter.service import SERVICE
 
     settings = PlatformSettings(
@@ -99,7 +120,11 @@ async def _consume(bootstrap: str, database_url: str) -> None:
         (runner,) = SERVICE.consumers(resources)
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, runner.stop)
         tune_gc()
-        await runner.run()
+        reporter = asyncio.create_task(_report_batches(runner.group, counts))
+        try:
+            await runner.run()
+        finally:
+            reporter.cancel()
 
 
 # --- load and measurement -----------------------------------------------------------------
@@ -298,8 +323,12 @@ async def run() -> dict[str, Any]:
     try:
         app_id, loaded = await setup(db, broker.bootstrap)
         print(f"  loaded: {loaded}", flush=True)
-        child = multiprocessing.get_context("spawn").Process(
-            target=consumer_process, args=(broker.bootstrap, db.url), name="bench-segmenter"
+        context = multiprocessing.get_context("spawn")
+        counts = context.Array("d", 2, lock=False)  # records, batches handled by the child
+        child = context.Process(
+            target=consumer_process,
+            args=(broker.bootstrap, db.url, counts),
+            name="bench-segmenter",
         )
         child.start()
         order = list(range(USERS))
@@ -322,6 +351,7 @@ async def run() -> dict[str, Any]:
                 events = make_events(app_id, order[used : used + count])
                 used += count
                 cpu_before = cpu_seconds(child.pid) if child.pid is not None else 0.0
+                records_before, batches_before = counts[0], counts[1]
                 sent, send_s = await produce_paced(producer, events, rate)
                 # The warm-up waits as long as group joins take; the others DRAIN_TIMEOUT_S.
                 timeout = 120.0 if name == "warmup" else DRAIN_TIMEOUT_S
@@ -336,12 +366,19 @@ async def run() -> dict[str, Any]:
                         **summarize(sent, reader.received, send_s, seconds),
                         # the consumer's own CPU over the phase and its drain, per event sent
                         "consumer_cpu_ms_per_event": round(cpu * 1000 / max(1, count), 2),
+                        # handler calls over the phase and its drain (sampled every 100 ms)
+                        "batches": int(counts[1] - batches_before),
+                        "records_per_batch": round(
+                            (counts[0] - records_before) / max(1.0, counts[1] - batches_before),
+                            1,
+                        ),
                     }
                 print(
                     f"  {name}: {count} events at {rate}/s, drained={drained}"
                     + (
                         f", p50 {phases[name]['p50_ms']} ms, p99 {phases[name]['p99_ms']} ms"
                         f", consumer CPU {phases[name]['consumer_cpu_ms_per_event']} ms/event"
+                        f", {phases[name]['records_per_batch']} records/batch"
                         if name in phases
                         else ""
                     ),
@@ -374,6 +411,7 @@ async def run() -> dict[str, Any]:
         "light_latency_p50_ms": light["p50_ms"],
         "light_latency_p99_ms": light["p99_ms"],
         "target_consumer_cpu_ms_per_event": target["consumer_cpu_ms_per_event"],
+        "target_records_per_batch": target["records_per_batch"],
         "other_segment_changes": other,
     }
     p99 = target["p99_ms"]
