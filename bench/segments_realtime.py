@@ -230,6 +230,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def postgres_cpu(database_url: str) -> dict[int, float]:
+    """CPU seconds used so far by each server process of this database's connections
+    (the consumer's pool; the pool may open more during a phase, so callers diff by pid)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    used = {}
+    for row in rows:
+        try:
+            used[row["pid"]] = cpu_seconds(row["pid"])
+        except FileNotFoundError:
+            continue  # the connection closed meanwhile
+    return used
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -352,6 +374,7 @@ async def run() -> dict[str, Any]:
                 used += count
                 cpu_before = cpu_seconds(child.pid) if child.pid is not None else 0.0
                 records_before, batches_before = counts[0], counts[1]
+                pg_before = await postgres_cpu(db.url)
                 sent, send_s = await produce_paced(producer, events, rate)
                 # The warm-up waits as long as group joins take; the others DRAIN_TIMEOUT_S.
                 timeout = 120.0 if name == "warmup" else DRAIN_TIMEOUT_S
@@ -360,12 +383,16 @@ async def run() -> dict[str, Any]:
                     raise RuntimeError("the segmenter did not answer the warm-up events")
                 if name != "warmup":
                     cpu = cpu_seconds(child.pid) - cpu_before if child.pid is not None else 0.0
+                    pg_after = await postgres_cpu(db.url)
+                    pg = sum(t - pg_before.get(pid, 0.0) for pid, t in pg_after.items())
                     phases[name] = {
                         "rate_per_s": rate,
                         "seconds": seconds,
                         **summarize(sent, reader.received, send_s, seconds),
                         # the consumer's own CPU over the phase and its drain, per event sent
                         "consumer_cpu_ms_per_event": round(cpu * 1000 / max(1, count), 2),
+                        # the same for the Postgres backends of the database's connections
+                        "postgres_cpu_ms_per_event": round(pg * 1000 / max(1, count), 2),
                         # handler calls over the phase and its drain (sampled every 100 ms)
                         "batches": int(counts[1] - batches_before),
                         "records_per_batch": round(
@@ -378,6 +405,7 @@ async def run() -> dict[str, Any]:
                     + (
                         f", p50 {phases[name]['p50_ms']} ms, p99 {phases[name]['p99_ms']} ms"
                         f", consumer CPU {phases[name]['consumer_cpu_ms_per_event']} ms/event"
+                        f", Postgres CPU {phases[name]['postgres_cpu_ms_per_event']} ms/event"
                         f", {phases[name]['records_per_batch']} records/batch"
                         if name in phases
                         else ""
@@ -411,6 +439,7 @@ async def run() -> dict[str, Any]:
         "light_latency_p50_ms": light["p50_ms"],
         "light_latency_p99_ms": light["p99_ms"],
         "target_consumer_cpu_ms_per_event": target["consumer_cpu_ms_per_event"],
+        "target_postgres_cpu_ms_per_event": target["postgres_cpu_ms_per_event"],
         "target_records_per_batch": target["records_per_batch"],
         "other_segment_changes": other,
     }
