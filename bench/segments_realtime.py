@@ -4,7 +4,8 @@
 A private Tansu broker and a fresh Postgres database. The app has the 12 realistic
 segments of ``bench._segments_infra.RULES`` plus ``s_subscribers`` ("started a
 subscription in the last 30 days"), USERS existing users (profiles and daily counters by
-COPY, memberships of every segment as the scheduler would have stored them an hour ago).
+COPY, memberships of every segment as the scheduler would have stored them an hour ago,
+each user's device linked, three recent events each), every table ANALYZEd.
 
 The segmenter's consumer runs in a child process (its own core, as deployed), built by
 the service's own wiring (``services.segmenter.service.SERVICE`` over
@@ -45,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -283,7 +285,39 @@ async def setup(db: Database, bootstrap: str) -> tuple[str, dict[str, Any]]:
             )
     finally:
         await engine.dispose()
+    loaded.update(await seed_history(db.url, app_id))
     return app_id, loaded
+
+
+async def seed_history(url: str, app_id: str) -> dict[str, Any]:
+    """What a live database holds beside profiles and counters: each user's device linked
+    to it (the device its events come from) and some recent events (three ``view_item``
+    of the last week per user, of a category no rule asks for); then ANALYZE every
+    table, as autovacuum would have (it is off on the bench machine). Without this the
+    aliases and recent-events tables start empty and unanalysed, and the planner serves
+    the consumer's ``= ANY(:keys)`` lookups from the ``app_id`` prefix alone, reading
+    the whole table each batch: those two reads then took most of Postgres' time."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO device_aliases (app_id, device_id, user_key, updated_at, linked_at)"
+            " SELECT app_id, 'dev' || substr(user_key, 2)::int, user_key, first_seen,"
+            " first_seen FROM profiles WHERE app_id = $1",
+            app_id,
+        )
+        await conn.execute(
+            "INSERT INTO segmenter_recent_events (app_id, event_id, user_key, name, ts, props)"
+            " SELECT app_id, 'seed-' || user_key || '-' || n, user_key, 'view_item',"
+            " now() - n * interval '2 days', '{\"category\": \"garden\"}'::jsonb"
+            " FROM profiles, generate_series(1, 3) AS n WHERE app_id = $1",
+            app_id,
+        )
+        await conn.execute("ANALYZE")
+        aliases = await conn.fetchval("SELECT count(*) FROM device_aliases")
+        recent = await conn.fetchval("SELECT count(*) FROM segmenter_recent_events")
+    finally:
+        await conn.close()
+    return {"device_aliases": aliases, "recent_events": recent}
 
 
 def summarize(
