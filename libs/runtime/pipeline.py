@@ -239,7 +239,7 @@ class ConsumerRunner:
         log.info("consumer started", extra={"group": self.group, "topics": self.topics})
         if self._per_partition:
             try:
-                consumer.subscribe(self.topics, listener=_DrainOnRevoke(self, consumer))
+                consumer.subscribe(self.topics, listener=_DrainOnRevoke(self))
                 await self._run_per_partition(consumer)
             finally:
                 await consumer.stop()
@@ -326,10 +326,11 @@ class ConsumerRunner:
                 self._stopping.set()
                 return
 
-    async def _revoke(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
+    async def _revoke(self, revoked: set[TopicPartition]) -> None:
         """Before the group rebalances: drop the revoked partitions' buffered records
         (uncommitted: their next owner fetches them again) and wait until their batches
-        in flight have finished and committed."""
+        in flight have finished and committed. aiokafka returns no records between the
+        start of a rebalance and the new assignment, so no batch of them starts after."""
         for tp in revoked:
             buffer = self._buffers.pop(tp, None)
             if buffer is not None:
@@ -505,12 +506,11 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """aiokafka awaits ``on_partitions_revoked`` before it rejoins the group: the
     per-partition runner finishes the revoked partitions' batches in flight there."""
 
-    def __init__(self, runner: ConsumerRunner, consumer: AIOKafkaConsumer) -> None:
+    def __init__(self, runner: ConsumerRunner) -> None:
         self._runner = runner
-        self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._runner._revoke(self._consumer, set(revoked))
+        await self._runner._revoke(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         return None
