@@ -4,7 +4,8 @@
 A private Tansu broker and a fresh Postgres database. The app has the 12 realistic
 segments of ``bench._segments_infra.RULES`` plus ``s_subscribers`` ("started a
 subscription in the last 30 days"), USERS existing users (profiles and daily counters by
-COPY, memberships of every segment as the scheduler would have stored them an hour ago).
+COPY, memberships of every segment as the scheduler would have stored them an hour ago,
+each user's device linked, three recent events each), every table ANALYZEd.
 
 The segmenter's consumer runs in a child process (its own core, as deployed), built by
 the service's own wiring (``services.segmenter.service.SERVICE`` over
@@ -45,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -82,12 +84,33 @@ USERS = int(
 # --- the segmenter, in a child process ----------------------------------------------------
 
 
-def consumer_process(bootstrap: str, database_url: str) -> None:
-    """The segmenter's consumer as ``hodhod up`` would build it; runs until SIGTERM."""
-    asyncio.run(_consume(bootstrap, database_url))
+def consumer_process(bootstrap: str, database_url: str, counts: Any) -> None:
+    """The segmenter's consumer as ``hodhod up`` would build it; runs until SIGTERM.
+    ``counts`` (a shared array) receives the records and batches it has handled."""
+    asyncio.run(_consume(bootstrap, database_url, counts))
 
 
-async def _consume(bootstrap: str, database_url: str) -> None:
+async def _report_batches(group: str, counts: Any) -> None:
+    """Copy the runner's own metrics (records taken, batches handled) into ``counts``
+    every 100 ms, for the parent to read per phase."""
+    from prometheus_client import REGISTRY
+
+    while True:
+        records = sum(
+            REGISTRY.get_sample_value(
+                "hodhod_consumer_records_total", {"consumer": group, "topic": topic}
+            )
+            or 0.0
+            for topic in ("events", "attributions", "config-changes")
+        )
+        batches = REGISTRY.get_sample_value(
+            "hodhod_consumer_batch_seconds_count", {"consumer": group}
+        )
+        counts[0], counts[1] = records, batches or 0.0
+        await asyncio.sleep(0.1)
+
+
+async def _consume(bootstrap: str, database_url: str, counts: Any) -> None:
     from services.segmenter.service import SERVICE
 
     settings = PlatformSettings(
@@ -99,7 +122,11 @@ async def _consume(bootstrap: str, database_url: str) -> None:
         (runner,) = SERVICE.consumers(resources)
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, runner.stop)
         tune_gc()
-        await runner.run()
+        reporter = asyncio.create_task(_report_batches(runner.group, counts))
+        try:
+            await runner.run()
+        finally:
+            reporter.cancel()
 
 
 # --- load and measurement -----------------------------------------------------------------
@@ -205,6 +232,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def postgres_cpu(database_url: str) -> dict[int, float]:
+    """CPU seconds used so far by each server process of this database's connections
+    (the consumer's pool; the pool may open more during a phase, so callers diff by pid)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    used = {}
+    for row in rows:
+        try:
+            used[row["pid"]] = cpu_seconds(row["pid"])
+        except FileNotFoundError:
+            continue  # the connection closed meanwhile
+    return used
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -236,7 +285,39 @@ async def setup(db: Database, bootstrap: str) -> tuple[str, dict[str, Any]]:
             )
     finally:
         await engine.dispose()
+    loaded.update(await seed_history(db.url, app_id))
     return app_id, loaded
+
+
+async def seed_history(url: str, app_id: str) -> dict[str, Any]:
+    """What a live database holds beside profiles and counters: each user's device linked
+    to it (the device its events come from) and some recent events (three ``view_item``
+    of the last week per user, of a category no rule asks for); then ANALYZE every
+    table, as autovacuum would have (it is off on the bench machine). Without this the
+    aliases and recent-events tables start empty and unanalysed, and the planner serves
+    the consumer's ``= ANY(:keys)`` lookups from the ``app_id`` prefix alone, reading
+    the whole table each batch: those two reads then took most of Postgres' time."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO device_aliases (app_id, device_id, user_key, updated_at, linked_at)"
+            " SELECT app_id, 'dev' || substr(user_key, 2)::int, user_key, first_seen,"
+            " first_seen FROM profiles WHERE app_id = $1",
+            app_id,
+        )
+        await conn.execute(
+            "INSERT INTO segmenter_recent_events (app_id, event_id, user_key, name, ts, props)"
+            " SELECT app_id, 'seed-' || user_key || '-' || n, user_key, 'view_item',"
+            " now() - n * interval '2 days', '{\"category\": \"garden\"}'::jsonb"
+            " FROM profiles, generate_series(1, 3) AS n WHERE app_id = $1",
+            app_id,
+        )
+        await conn.execute("ANALYZE")
+        aliases = await conn.fetchval("SELECT count(*) FROM device_aliases")
+        recent = await conn.fetchval("SELECT count(*) FROM segmenter_recent_events")
+    finally:
+        await conn.close()
+    return {"device_aliases": aliases, "recent_events": recent}
 
 
 def summarize(
@@ -298,8 +379,12 @@ async def run() -> dict[str, Any]:
     try:
         app_id, loaded = await setup(db, broker.bootstrap)
         print(f"  loaded: {loaded}", flush=True)
-        child = multiprocessing.get_context("spawn").Process(
-            target=consumer_process, args=(broker.bootstrap, db.url), name="bench-segmenter"
+        context = multiprocessing.get_context("spawn")
+        counts = context.Array("d", 2, lock=False)  # records, batches handled by the child
+        child = context.Process(
+            target=consumer_process,
+            args=(broker.bootstrap, db.url, counts),
+            name="bench-segmenter",
         )
         child.start()
         order = list(range(USERS))
@@ -322,6 +407,8 @@ async def run() -> dict[str, Any]:
                 events = make_events(app_id, order[used : used + count])
                 used += count
                 cpu_before = cpu_seconds(child.pid) if child.pid is not None else 0.0
+                records_before, batches_before = counts[0], counts[1]
+                pg_before = await postgres_cpu(db.url)
                 sent, send_s = await produce_paced(producer, events, rate)
                 # The warm-up waits as long as group joins take; the others DRAIN_TIMEOUT_S.
                 timeout = 120.0 if name == "warmup" else DRAIN_TIMEOUT_S
@@ -330,18 +417,30 @@ async def run() -> dict[str, Any]:
                     raise RuntimeError("the segmenter did not answer the warm-up events")
                 if name != "warmup":
                     cpu = cpu_seconds(child.pid) - cpu_before if child.pid is not None else 0.0
+                    pg_after = await postgres_cpu(db.url)
+                    pg = sum(t - pg_before.get(pid, 0.0) for pid, t in pg_after.items())
                     phases[name] = {
                         "rate_per_s": rate,
                         "seconds": seconds,
                         **summarize(sent, reader.received, send_s, seconds),
                         # the consumer's own CPU over the phase and its drain, per event sent
                         "consumer_cpu_ms_per_event": round(cpu * 1000 / max(1, count), 2),
+                        # the same for the Postgres backends of the database's connections
+                        "postgres_cpu_ms_per_event": round(pg * 1000 / max(1, count), 2),
+                        # handler calls over the phase and its drain (sampled every 100 ms)
+                        "batches": int(counts[1] - batches_before),
+                        "records_per_batch": round(
+                            (counts[0] - records_before) / max(1.0, counts[1] - batches_before),
+                            1,
+                        ),
                     }
                 print(
                     f"  {name}: {count} events at {rate}/s, drained={drained}"
                     + (
                         f", p50 {phases[name]['p50_ms']} ms, p99 {phases[name]['p99_ms']} ms"
                         f", consumer CPU {phases[name]['consumer_cpu_ms_per_event']} ms/event"
+                        f", Postgres CPU {phases[name]['postgres_cpu_ms_per_event']} ms/event"
+                        f", {phases[name]['records_per_batch']} records/batch"
                         if name in phases
                         else ""
                     ),
@@ -374,6 +473,8 @@ async def run() -> dict[str, Any]:
         "light_latency_p50_ms": light["p50_ms"],
         "light_latency_p99_ms": light["p99_ms"],
         "target_consumer_cpu_ms_per_event": target["consumer_cpu_ms_per_event"],
+        "target_postgres_cpu_ms_per_event": target["postgres_cpu_ms_per_event"],
+        "target_records_per_batch": target["records_per_batch"],
         "other_segment_changes": other,
     }
     p99 = target["p99_ms"]

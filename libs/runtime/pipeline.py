@@ -5,6 +5,21 @@ its topic contract, hand the valid ones to the handler, dead-letter the rest, an
 only after the handler returned (its effects are durable) and the DLQ records were
 acknowledged. Offsets of filtered and dead-lettered records advance with the batch.
 
+Two ways to run, chosen per consumer:
+- serial (the default): one batch at a time, of whatever the fetch returned, across
+  partitions; a ``BatchPolicy`` may gather fetches into big batches (the warehouse);
+- per partition (``per_partition=True``): as if each partition had its own replica. The
+  loop keeps fetching into a buffer per partition while batches are handled; each
+  partition has at most one batch in flight (its order is kept), taking everything
+  buffered for it (up to ``kafka_max_batch`` records), and commits only its own offsets
+  after its effects; different partitions' batches run concurrently. A partition with a
+  full batch waiting is paused (backpressure) until that batch is taken. On revocation
+  the revoked partitions' batches in flight finish and commit before the rebalance goes
+  on, their buffered records are dropped (uncommitted: the next owner fetches them); on
+  ``stop()`` or a failure, every batch in flight finishes (commits, or fails) before
+  ``run`` returns or raises, and no new batch starts. The handler must be safe under
+  concurrent calls, as it must be under replicas (e.g. locks in one global order).
+
 Errors are classified here and nowhere else:
 - a record that does not decode, or that the handler rejects → ``<topic>.dlq``;
 - a transient I/O failure (``is_transient``) → the same batch is retried with capped
@@ -22,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError
 
 from libs.runtime import metrics
@@ -157,9 +172,11 @@ class BatchPolicy:
 class ConsumerRunner:
     """Runs one consumer group until ``stop()``; see the module docstring for the contract.
 
-    ``run`` blocks; it returns after ``stop()`` once the batch in hand is committed, and
-    raises on a fatal error or an exhausted retry budget (offsets of that batch are not
-    committed, so it is redelivered to whoever owns the partition next).
+    ``run`` blocks; it returns after ``stop()`` once the batch(es) in hand are committed,
+    and raises on a fatal error or an exhausted retry budget (offsets of that batch are
+    not committed, so it is redelivered to whoever owns the partition next). Per
+    partition, a failure stops the runner too: the other partitions' batches in flight
+    finish and commit first, then ``run`` raises the first failure.
     """
 
     def __init__(
@@ -172,9 +189,16 @@ class ConsumerRunner:
         dlq_producer: Producer,
         client_id: str | None = None,
         policy: BatchPolicy | None = None,
+        per_partition: bool = False,
     ) -> None:
+        if per_partition and policy not in (None, BatchPolicy()):
+            raise ValueError(
+                "a per-partition runner hands each partition's buffer over as soon as its "
+                "previous batch is done; it takes no BatchPolicy"
+            )
         self.group = group
         self._policy = policy or BatchPolicy()
+        self._per_partition = per_partition
         self.topics = list(topics)
         self._handler = handler
         self._settings = settings
@@ -183,14 +207,20 @@ class ConsumerRunner:
         self._stopping = asyncio.Event()
         self.assigned = asyncio.Event()
         self._consecutive_dlq = 0
+        # Per-partition mode: records fetched but not yet handed over, the task handling
+        # each partition's batches, and the first failure (which stops the runner).
+        self._buffers: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        self._workers: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._failure: Exception | None = None
 
     def stop(self) -> None:
-        """Ask the loop to finish the batch in hand, commit it and return. Non-blocking."""
+        """Ask the loop to finish the batch(es) in hand, commit them and return.
+        Non-blocking."""
         self._stopping.set()
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
-            *self.topics,
+            *(() if self._per_partition else self.topics),
             bootstrap_servers=self._settings.kafka_bootstrap,
             group_id=self.group,
             client_id=self._client_id,
@@ -207,6 +237,14 @@ class ConsumerRunner:
         )
         await consumer.start()
         log.info("consumer started", extra={"group": self.group, "topics": self.topics})
+        if self._per_partition:
+            try:
+                consumer.subscribe(self.topics, listener=_DrainOnRevoke(self))
+                await self._run_per_partition(consumer)
+            finally:
+                await consumer.stop()
+                log.info("consumer stopped", extra={"group": self.group})
+            return
         pending: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
         count = size = 0
         first_at = 0.0
@@ -236,6 +274,74 @@ class ConsumerRunner:
         finally:
             await consumer.stop()
             log.info("consumer stopped", extra={"group": self.group})
+
+    async def _run_per_partition(self, consumer: AIOKafkaConsumer) -> None:
+        """Fetch into the partitions' buffers until ``stop()`` or a failure, starting a
+        partition's worker whenever it has records and none is running; then wait for
+        every batch in flight and raise the first failure, if any."""
+        limit = self._settings.kafka_max_batch
+        try:
+            while not self._stopping.is_set():
+                raw = await consumer.getmany(timeout_ms=200, max_records=limit)
+                if consumer.assignment():
+                    self.assigned.set()
+                if self._stopping.is_set():
+                    # A worker failed (or stop() came) meanwhile: no batch may start after
+                    # a failed one of its partition, so these records are dropped.
+                    break
+                for tp, records in raw.items():
+                    buffer = self._buffers.setdefault(tp, [])
+                    buffer.extend(records)
+                    if len(buffer) >= limit:
+                        consumer.pause(tp)  # a full batch waits; resumed when it is taken
+                    worker = self._workers.get(tp)
+                    if worker is None or worker.done():
+                        self._workers[tp] = asyncio.create_task(
+                            self._work(consumer, tp), name=f"{self.group}:{tp.topic}:{tp.partition}"
+                        )
+        finally:
+            self._stopping.set()
+            # Workers never raise (they record the failure); cancelling run() cancels them.
+            await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        if self._failure is not None:
+            raise self._failure
+
+    async def _work(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Handle ``tp``'s buffered records a batch at a time (each committed before the
+        next starts) until the buffer is empty, the partition revoked or the runner
+        stopping. A failure is recorded for ``run`` to raise and stops the runner: its
+        batch is not committed and nothing of the partition is handled after it."""
+        buffer = self._buffers[tp]
+        limit = self._settings.kafka_max_batch
+        while buffer and not self._stopping.is_set():
+            records = buffer[:limit]
+            del buffer[:limit]
+            if len(buffer) < limit and tp in consumer.paused():
+                consumer.resume(tp)
+            try:
+                await self._handle(consumer, {tp: records})
+            except Exception as exc:
+                if self._failure is None:
+                    self._failure = exc
+                self._stopping.set()
+                return
+
+    async def _revoke(self, revoked: set[TopicPartition]) -> None:
+        """Before the group rebalances: drop the revoked partitions' buffered records
+        (uncommitted: their next owner fetches them again) and wait until their batches
+        in flight have finished and committed. aiokafka returns no records between the
+        start of a rebalance and the new assignment, so no batch of them starts after."""
+        for tp in revoked:
+            buffer = self._buffers.pop(tp, None)
+            if buffer is not None:
+                buffer.clear()  # the worker takes no further batch
+        workers = [w for tp in revoked if (w := self._workers.pop(tp, None)) is not None]
+        if workers:
+            log.info(
+                "partitions revoked; finishing their batches in flight",
+                extra={"group": self.group, "in_flight": len(workers)},
+            )
+            await asyncio.gather(*workers, return_exceptions=True)
 
     async def _handle(
         self, consumer: AIOKafkaConsumer, raw: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
@@ -394,6 +500,20 @@ class ConsumerRunner:
                     "reason": reason[:500],
                 },
             )
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka awaits ``on_partitions_revoked`` before it rejoins the group: the
+    per-partition runner finishes the revoked partitions' batches in flight there."""
+
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._runner._revoke(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None
 
 
 def _original(

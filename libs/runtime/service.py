@@ -48,9 +48,13 @@ def one_consumer(
     topics: Sequence[str],
     handler: Callable[[Resources], Handler],
     policy: BatchPolicy | None = None,
+    *,
+    per_partition: bool = False,
 ) -> Callable[[Resources], Sequence[ConsumerRunner]]:
     """The ``consumers`` of a service that runs one group: ``handler`` builds the batch
-    handler from the process's resources; ``policy`` says when a batch is complete."""
+    handler from the process's resources; ``policy`` says when a batch is complete;
+    ``per_partition`` handles each partition's batches on their own, partitions
+    concurrently (``ConsumerRunner``; the handler must be replica-safe)."""
 
     def build(resources: Resources) -> Sequence[ConsumerRunner]:
         return [
@@ -61,6 +65,7 @@ def one_consumer(
                 settings=resources.settings,
                 dlq_producer=resources.producer,
                 policy=policy,
+                per_partition=per_partition,
             )
         ]
 

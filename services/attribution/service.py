@@ -40,6 +40,7 @@ matcher = one_consumer(
     lambda r: Matcher(
         r.sessions, r.producer, datacenter_networks(r.settings.fraud_datacenter_file)
     ),
+    per_partition=True,  # replica-safe: a batch locks what it touches in one global order
 )
 postbacks = one_consumer(
     "attribution.postbacks",

@@ -6,8 +6,12 @@ from services.segmenter.scheduler import SegmentScheduler
 
 SERVICE = ServiceSpec(
     name="segmenter",
+    # Per partition: a batch locks its profiles in one global order, as replicas do.
     consumers=one_consumer(
-        "segmenter.profiles", TOPICS, lambda r: ProfileUpdater(r.sessions, r.producer)
+        "segmenter.profiles",
+        TOPICS,
+        lambda r: ProfileUpdater(r.sessions, r.producer),
+        per_partition=True,
     ),
     tasks=lambda r: [
         SegmentScheduler(

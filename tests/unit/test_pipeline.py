@@ -70,6 +70,9 @@ class FakeConsumer:
     def highwater(self, tp: TopicPartition) -> int | None:
         return None
 
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
 
 class FakeDlq:
     def __init__(self, journal: Journal) -> None:
@@ -79,14 +82,17 @@ class FakeDlq:
         self.journal.entries.append(("dlq", (topic, decode(DlqRecord, value))))
 
 
-def runner(journal: Journal, handler: Any, **settings: Any) -> ConsumerRunner:
+def runner(
+    journal: Journal, handler: Any, *, per_partition: bool = False, **settings: Any
+) -> ConsumerRunner:
     return ConsumerRunner(
         group="test.group",
         topics=["events"],
         handler=handler,
         settings=KafkaSettings(**{"kafka_retry_budget_s": 5, **settings}),
-        dlq_producer=FakeDlq(journal),
-    )  # type: ignore[arg-type]
+        dlq_producer=FakeDlq(journal),  # type: ignore[arg-type]
+        per_partition=per_partition,
+    )
 
 
 async def test_commit_happens_after_the_handlers_write() -> None:
@@ -321,3 +327,41 @@ def test_batch_policy(
     from libs.runtime.pipeline import BatchPolicy
 
     assert BatchPolicy(*policy).full(records, size, waited) is full
+
+
+def test_per_partition_takes_no_batch_policy() -> None:
+    from libs.runtime.pipeline import BatchPolicy
+
+    async def handler(batch: Batch) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="BatchPolicy"):
+        ConsumerRunner(
+            group="test.group",
+            topics=["events"],
+            handler=handler,
+            settings=KafkaSettings(),
+            dlq_producer=FakeDlq(Journal()),  # type: ignore[arg-type]
+            policy=BatchPolicy(max_wait_s=1.0),
+            per_partition=True,
+        )
+
+
+async def test_a_partition_takes_nothing_after_its_failed_batch() -> None:
+    """Per partition: batches of at most kafka_max_batch records, each committed before
+    the next; a failure is kept for run() to raise, stops the runner, and neither the
+    failed batch nor any later record of the partition is handled or committed."""
+    journal = Journal()
+
+    async def handler(batch: Batch) -> None:
+        offsets = [r.offset for r in batch.records]
+        if 2 in offsets:
+            raise KeyError("bug")
+        journal.entries.append(("write", offsets))
+
+    r = runner(journal, handler, per_partition=True, kafka_max_batch=2)
+    r._buffers[TP] = [record(i, good(i)) for i in range(6)]
+    await r._work(FakeConsumer(journal), TP)  # type: ignore[arg-type]
+    assert journal.entries == [("write", [0, 1]), ("commit", {TP: 2})]
+    assert isinstance(r._failure, KeyError)
+    assert r._stopping.is_set()
