@@ -377,6 +377,7 @@ async def measure() -> dict[str, Any]:
                 handler=Matcher(resources.sessions, resources.producer),
                 settings=settings,
                 dlq_producer=resources.producer,
+                per_partition=True,  # as the service runs it (services/attribution/service.py)
             )
             statements = Counter[str]()
 

@@ -38,7 +38,12 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+)
 
 from libs.runtime import metrics
 from libs.runtime.kafka import Producer
@@ -95,6 +100,10 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TransientError | ConnectionError | TimeoutError | OSError):
         return True
     if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
+        return True
+    # The broker's own word: a node not ready, no leader, a request timed out … (a
+    # broker gone makes the producer raise NodeNotReadyError).
+    if isinstance(exc, KafkaError) and exc.retriable:
         return True
     module = type(exc).__module__
     name = type(exc).__name__

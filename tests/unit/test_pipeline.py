@@ -241,6 +241,19 @@ def test_error_classification() -> None:
     assert not is_transient(IntegrityError("insert", {}, Exception("duplicate key")))
     assert not is_transient(KeyError("bug"))
     assert not is_transient(ValueError("bug"))
+    # The broker's retriable answers (a broker gone: the producer's NodeNotReadyError)
+    # are transient; its refusals of a record are not.
+    from aiokafka.errors import (
+        MessageSizeTooLargeError,
+        NodeNotReadyError,
+        NotLeaderForPartitionError,
+        RequestTimedOutError,
+    )
+
+    assert is_transient(NodeNotReadyError("node 0 not ready"))
+    assert is_transient(NotLeaderForPartitionError())
+    assert is_transient(RequestTimedOutError())
+    assert not is_transient(MessageSizeTooLargeError("too big"))
     wrapped = RuntimeError("wrapper")
     wrapped.__cause__ = ConnectionResetError()
     assert is_transient(wrapped)
