@@ -1,6 +1,11 @@
 """Topic `segment-changes`: a user entered or left a segment, produced by the segmenter.
 
 Idempotency key: `change_id`. Keyed by `app_id:user_key`.
+
+`merged_from` (additive): on an entry decided when a device's anonymous profile was merged
+into its user's at login, the anonymous key (`d:<device>`) that was already a member of the
+segment — so the user is not new to it: the anonymous key's exit is announced in the same
+batch, and a journey the device already went through (a welcome) need not start again.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class SegmentChanged(TenantContract):
     change: Literal["entered", "exited"]
     ts: UtcDatetime
     cause_event_id: Id | None = None
+    merged_from: UserKey | None = None
 
 
 def key(m: SegmentChanged) -> str:
@@ -49,5 +55,16 @@ EXAMPLES: list[dict[str, Any]] = [
         "change": "exited",
         "ts": "2024-05-03T00:00:00Z",
         "cause_event_id": None,
+    },
+    {
+        "schema_version": 1,
+        "app_id": "digikala",
+        "change_id": "sc_seg_new_u1002_1",
+        "user_key": "u_1002",
+        "segment_id": "seg_new_users",
+        "change": "entered",
+        "ts": "2024-05-03T08:00:00Z",
+        "cause_event_id": "e_2b7d9c4e-1f3a-4c8e-9d2b-6a5e4f3c2b1a",
+        "merged_from": "d:dev_12",
     },
 ]

@@ -13,7 +13,7 @@ from libs.runtime.pipeline import Batch
 from libs.schemas import SegmentChanged, SendJob
 from libs.schemas.journeys import JourneyDefinition, SegmentEntered
 from services.journey import logic, store
-from services.journey.metrics import RUNS
+from services.journey.metrics import RUNS, RUNS_CARRIED
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,16 @@ class TriggerHandler:
                 assert isinstance(change, SegmentChanged)
                 if change.app_id not in configs:
                     configs[change.app_id] = await self._configs(session, change.app_id)
-                for journey in logic.triggered(configs[change.app_id], change):
+                triggered = logic.triggered(configs[change.app_id], change)
+                if triggered and change.merged_from is not None:
+                    # A login merged the device's anonymous profile, already a member:
+                    # what it went through (a welcome) does not start again for the user.
+                    done = await store.journeys_run_for(
+                        session, app_id=change.app_id, user_key=change.merged_from
+                    )
+                    RUNS_CARRIED.inc(sum(1 for j in triggered if j.id in done))
+                    triggered = [j for j in triggered if j.id not in done]
+                for journey in triggered:
                     run, run_jobs = logic.start(journey, change, change.ts)
                     await store.start_run(
                         session,

@@ -33,6 +33,16 @@ async def active_journeys(session: AsyncSession, *, app_id: str) -> list[Journey
     return list(rows)
 
 
+async def journeys_run_for(session: AsyncSession, *, app_id: str, user_key: str) -> set[str]:
+    """The journeys that have a run for ``user_key``."""
+    rows = await session.scalars(
+        select(JourneyRun.journey_id)
+        .where(JourneyRun.app_id == app_id, JourneyRun.user_key == user_key)
+        .distinct()
+    )
+    return set(rows)
+
+
 async def start_run(
     session: AsyncSession,
     *,

@@ -129,6 +129,7 @@ class ProfileUpdater:
             for app_id, routed in apps.items():
                 rules = await self._rules(session, app_id, now)
                 merged: set[str] = set()
+                carried: dict[str, dict[str, str]] = {}  # user → segment → anonymous key
                 merging = [link for link in routed.routing.links if link.merges]
                 # A device links from no user at most once per batch: one read finds the
                 # anonymous profiles to merge (most first logins have none).
@@ -137,14 +138,17 @@ class ProfileUpdater:
                 )
                 for link in merging:
                     if link.anonymous_key in anonymous:
-                        out.extend(
-                            await self._merge(
-                                session, app_id, link, anonymous[link.anonymous_key], now
-                            )
+                        exits = await self._merge(
+                            session, app_id, link, anonymous[link.anonymous_key], now
                         )
+                        out.extend(exits)
                         merged.add(link.user_key)
+                        into = carried.setdefault(link.user_key, {})
+                        for left in exits:
+                            into.setdefault(left.segment_id, link.anonymous_key)
                 await store.save_aliases(session, app_id=app_id, aliases=routed.routing.aliases)
-                out.extend(await self._update_users(session, app_id, routed, rules, now, merged))
+                updates = await self._update_users(session, app_id, routed, rules, now, merged)
+                out.extend(identity.mark_carried(updates, carried))
                 for erasure in routed.erasures:
                     out.extend(await erase(session, erasure, now))
             await session.flush()

@@ -13,6 +13,9 @@ Identity, as the segmenter keeps it:
 - When a device that had no user is linked to user U, its anonymous profile is merged
   into U's (``merge_profiles``) and deleted; the device's records of the same batch that
   came before the link fold into U directly (they would have been merged anyway).
+- The merged profile's memberships leave with it (exits announced); U enters what it
+  now matches, and an entry into a segment the anonymous profile was in says so
+  (``SegmentChanged.merged_from``, ``mark_carried``): the user is not new to it.
 - When a device that belonged to user U1 is linked to U2 (a shared phone), only the
   alias moves: nothing is merged, U1 keeps its history, and from then on the device's
   anonymous records fold into U2.
@@ -28,6 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from libs.schemas import SegmentChanged
 from libs.schemas.base import ANONYMOUS_PREFIX
 from services.segmenter.logic import (
     CONTACT_FIELDS,
@@ -308,3 +312,20 @@ def merge_profiles(user: ProfileState, anonymous: ProfileState) -> ProfileState:
 
 def _first_set(first: Any, second: Any) -> Any:
     return first if first is not None else second
+
+
+def mark_carried(
+    changes: Sequence[SegmentChanged], carried: Mapping[str, Mapping[str, str]]
+) -> list[SegmentChanged]:
+    """``changes`` with ``merged_from`` set on each entry of a user into a segment one of
+    its merged anonymous profiles was a member of. ``carried``: user key → segment id →
+    the anonymous key that was in it (the first merged, when two were)."""
+    if not carried:
+        return list(changes)
+    marked = []
+    for change in changes:
+        source = carried.get(change.user_key, {}).get(change.segment_id)
+        if source is not None and change.change == "entered":
+            change = change.model_copy(update={"merged_from": source})
+        marked.append(change)
+    return marked

@@ -523,3 +523,32 @@ def test_attribution_statements_are_remembered_by_their_whole_content() -> None:
     verified = UserAttributed(**{**base, "status": "verified"})
     assert seen_key(pending) == seen_key(UserAttributed(**base))
     assert seen_key(pending) != seen_key(verified)
+
+
+def test_entries_into_segments_the_merged_profile_was_in_carry_it() -> None:
+    from libs.schemas import SegmentChanged
+    from services.segmenter.identity import mark_carried
+
+    at = datetime(2024, 5, 1, tzinfo=UTC)
+
+    def change(user: str, segment: str, kind: str = "entered") -> SegmentChanged:
+        return SegmentChanged(
+            app_id="a",
+            change_id=f"c-{user}-{segment}",
+            user_key=user,
+            segment_id=segment,
+            change=kind,
+            ts=at,
+        )
+
+    changes = [
+        change("u1", "welcome"),  # the anonymous profile was in it: carried
+        change("u1", "buyers"),  # it was not: new to the user
+        change("u1", "dormant", "exited"),  # exits never carry
+        change("u2", "welcome"),  # another user
+    ]
+    carried = {"u1": {"welcome": "d:phone", "dormant": "d:phone"}}
+    marked = mark_carried(changes, carried)
+    assert [c.merged_from for c in marked] == ["d:phone", None, None, None]
+    assert [c.model_copy(update={"merged_from": None}) for c in marked] == changes
+    assert mark_carried(changes, {}) == changes
