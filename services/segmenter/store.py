@@ -18,6 +18,7 @@ from dataclasses import asdict, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 
+import orjson
 from sqlalchemy import (
     String,
     Table,
@@ -25,13 +26,11 @@ from sqlalchemy import (
     bindparam,
     delete,
     literal,
-    not_,
-    or_,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -119,28 +118,48 @@ _LOAD_PROFILES = (
     .where(_PROFILES.c.app_id == bindparam("app_id"), _PROFILES.c.user_key == any_(_KEYS))
     .with_for_update()
 )
-_profile_insert = insert(_PROFILES)
-_SAVE_PROFILE = _profile_insert.on_conflict_do_update(
-    index_elements=[_PROFILES.c.app_id, _PROFILES.c.user_key],
-    set_={c: _profile_insert.excluded[c] for c in (*_PROFILE_FIELDS, "updated_at")},
+
+
+def _upsert_json(table: Table, conflict: str) -> Any:
+    """``INSERT INTO table (every column) SELECT … FROM jsonb_populate_recordset(…)``: one
+    statement with one parameter — a JSON array of row objects (``_json_rows``), typed
+    by the table — for any number of rows; the server runs it once, where an executemany
+    runs once per row. A JSONB column's ``null`` becomes JSON ``null``, as SQLAlchemy
+    stores a Python None there (not SQL NULL)."""
+    names = [c.name for c in table.columns]
+    values = [
+        f"COALESCE({n}, 'null'::jsonb)" if isinstance(table.c[n].type, JSONB) else n for n in names
+    ]
+    return text(
+        f"INSERT INTO {table.name} AS t ({', '.join(names)}) SELECT {', '.join(values)} FROM"
+        f" jsonb_populate_recordset(CAST(NULL AS {table.name}), CAST(:rows AS jsonb)) {conflict}"
+    )
+
+
+def _json_rows(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The ``:rows`` parameter of an ``_upsert_json`` statement (datetimes ISO-8601 with
+    their offset; a naive one is UTC, as asyncpg takes it)."""
+    return {"rows": orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()}
+
+
+_SAVE_PROFILES = _upsert_json(
+    _PROFILES,
+    "ON CONFLICT (app_id, user_key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (*_PROFILE_FIELDS, "updated_at")),
 )
 _ALIASES_OF = select(_ALIASES.c.device_id, _ALIASES.c.user_key, _ALIASES.c.linked_at).where(
     _ALIASES.c.app_id == bindparam("app_id"), _ALIASES.c.device_id == any_(_KEYS)
 )
-_alias_insert = insert(_ALIASES)
-_SAVE_ALIAS = _alias_insert.on_conflict_do_update(
-    index_elements=[_ALIASES.c.app_id, _ALIASES.c.device_id],
-    set_={
-        "user_key": _alias_insert.excluded.user_key,
-        "linked_at": _alias_insert.excluded.linked_at,
-        "updated_at": _alias_insert.excluded.updated_at,
-    },
+_SAVE_ALIASES = _upsert_json(
+    _ALIASES,
+    "ON CONFLICT (app_id, device_id) DO UPDATE SET user_key = excluded.user_key,"
+    " linked_at = excluded.linked_at, updated_at = excluded.updated_at"
     # An anonymous alias is only ever a first one: it never replaces a link (which a
     # replica handling the device's events may have just stored).
-    where=or_(
-        not_(_alias_insert.excluded.user_key.startswith(ANONYMOUS_PREFIX)),
-        _ALIASES.c.user_key.startswith(ANONYMOUS_PREFIX),
-    ),
+    f" WHERE (excluded.user_key NOT LIKE '{ANONYMOUS_PREFIX}%' OR t.user_key LIKE"
+    f" '{ANONYMOUS_PREFIX}%')"
+    # An alias stored as it is (a replayed link) is not rewritten.
+    " AND (t.user_key, t.linked_at) IS DISTINCT FROM (excluded.user_key, excluded.linked_at)",
 )
 # Multi-row writes are one statement over arrays (``unnest``), not an executemany: the
 # server runs one statement instead of one per row (under load the per-row executions
@@ -185,10 +204,10 @@ _ENTER = text(
     " FROM unnest(CAST(:segments AS text[]), CAST(:users AS text[])) AS m(s, u)"
     " ON CONFLICT DO NOTHING"
 )
-_LEAVE = delete(_MEMBERS).where(
-    _MEMBERS.c.app_id == bindparam("a"),
-    _MEMBERS.c.segment_id == bindparam("s"),
-    _MEMBERS.c.user_key == bindparam("u"),
+_LEAVE = text(
+    "DELETE FROM segment_memberships m"
+    " USING unnest(CAST(:segments AS text[]), CAST(:users AS text[])) AS x(s, u)"
+    " WHERE m.app_id = :app_id AND m.segment_id = x.s AND m.user_key = x.u"
 )
 
 
@@ -275,7 +294,7 @@ async def save_profiles(
         values.update(app_id=app_id, user_key=user_key, updated_at=now)
         rows.append(values)
     conn = await session.connection()
-    await conn.execute(_SAVE_PROFILE, rows)
+    await conn.execute(_SAVE_PROFILES, _json_rows(rows))
 
 
 async def load_profile(
@@ -331,20 +350,18 @@ async def save_aliases(session: AsyncSession, *, app_id: str, aliases: Mapping[s
     if not aliases:
         return
     now = datetime.now(UTC)
+    rows = [
+        {
+            "app_id": app_id,
+            "device_id": device,
+            "user_key": alias.user_key,
+            "linked_at": alias.linked_at,
+            "updated_at": now,
+        }
+        for device, alias in sorted(aliases.items())
+    ]
     conn = await session.connection()
-    await conn.execute(
-        _SAVE_ALIAS,
-        [
-            {
-                "app_id": app_id,
-                "device_id": device,
-                "user_key": alias.user_key,
-                "linked_at": alias.linked_at,
-                "updated_at": now,
-            }
-            for device, alias in sorted(aliases.items())
-        ],
-    )
+    await conn.execute(_SAVE_ALIASES, _json_rows(rows))
 
 
 async def devices_of(session: AsyncSession, *, app_id: str, user_key: str) -> list[str]:
@@ -643,4 +660,7 @@ async def write_memberships(
             },
         )
     if left:
-        await conn.execute(_LEAVE, [{"a": app_id, "s": s, "u": u} for u, s in left])
+        await conn.execute(
+            _LEAVE,
+            {"app_id": app_id, "segments": [s for _, s in left], "users": [u for u, _ in left]},
+        )
