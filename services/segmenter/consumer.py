@@ -3,7 +3,7 @@ SegmentChanged out.
 
 Per batch, in one transaction:
 
-1. route: record every event and attribution statement as seen (``first_sightings``:
+1. route: record every event and attribution statement as seen (``sightings_and_aliases``:
    a replay folds nothing, so that it cannot bring back what a merge or an erasure
    removed), load the aliases of the batch's devices and decide, per app, the profile
    each record folds into and the device links the batch makes (``identity.route``);
@@ -51,7 +51,7 @@ TOPICS = ("events", "attributions", "config-changes")
 
 
 def seen_key(value: Event | UserAttributed) -> str:
-    """The id under which a record is remembered as folded (``first_sightings``): an
+    """The id under which a record is remembered as folded (``sightings_and_aliases``): an
     event's id; for an attribution, a digest of the whole statement — a restatement
     differs (even one made at the same instant: a login, then the verification it
     settles), a redelivered record does not."""
@@ -165,12 +165,12 @@ class ProfileUpdater:
                 folded.append((record, value))
             elif isinstance(value, ConfigChanged) and is_user_erasure(value):
                 erasures.append(value)
-        fresh = await store.first_sightings(
-            session, app_id=app_id, event_ids=[seen_key(v) for _, v in folded]
-        )
         devices = {sighting(v, fresh=False).device_id for _, v in folded}
-        stored = await store.aliases(
-            session, app_id=app_id, device_ids=[d for d in devices if d is not None]
+        fresh, stored = await store.sightings_and_aliases(
+            session,
+            app_id=app_id,
+            event_ids=[seen_key(v) for _, v in folded],
+            device_ids=[d for d in devices if d is not None],
         )
         unrouted = set(fresh)  # a record repeated inside the batch is new once
         sightings = []
@@ -237,16 +237,9 @@ class ProfileUpdater:
             if cause is not None and (state != before or user_key in merged):
                 changed[user_key] = state
                 causes[user_key] = cause
-        await store.add_events_of(session, app_id=app_id, events=applied, now=now)
-        await store.save_profiles(session, app_id=app_id, states=changed)
-        current = await store.memberships_of(session, app_id=app_id, user_keys=changed)
-        views = await store.load_views(
-            session,
-            app_id=app_id,
-            states=changed,
-            counters=rules.counters,
-            recent=rules.recent,
-            segments=current,
+        await store.save_users(session, app_id=app_id, events=applied, states=changed, now=now)
+        current, views = await store.views_of(
+            session, app_id=app_id, states=changed, counters=rules.counters, recent=rules.recent
         )
         decided: list[tuple[str, logic.Change, datetime, str | None]] = []
         for user_key in sorted(changed):
