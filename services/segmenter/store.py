@@ -13,11 +13,13 @@ configure; the rule language bounds such windows to the retention."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 
+import asyncpg
 import orjson
 from sqlalchemy import (
     String,
@@ -34,6 +36,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from libs.runtime.pipeline import TransientError
 from libs.runtime.postgres import Base, lock
 from libs.runtime.tables import (
     DailyCounter,
@@ -102,6 +105,57 @@ _MEMBERS = cast(Table, Membership.__table__)
 _KEYS = bindparam("keys", type_=ARRAY(String))
 _PROFILE_FIELDS = tuple(f.name for f in fields(ProfileState))
 
+_JSONB = frozenset(c.name for c in _PROFILES.columns if isinstance(c.type, JSONB))
+_PARAM = re.compile(r"(?<![:\w]):([a-z_]+)")
+
+
+class _Raw(NamedTuple):
+    """A statement for asyncpg itself: ``sql`` with ``$n`` parameters, ``names`` the
+    parameter names in that order."""
+
+    sql: str
+    names: tuple[str, ...]
+
+
+def _raw(sql: str) -> _Raw:
+    """``sql`` with ``:name`` parameters (a name repeated is one parameter) for asyncpg."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return _Raw(_PARAM.sub(number, sql), tuple(names))
+
+
+async def _fetch(session: AsyncSession, statement: _Raw, params: Mapping[str, Any]) -> list[Any]:
+    """The rows (asyncpg records) of ``statement`` run on the session's own connection,
+    in its transaction, without SQLAlchemy's statement and row machinery (the
+    attribution matcher's proven pattern, ``services/attribution/prefetch.py``): on the
+    real-time path that machinery and its JSON decoding were a sixth of the consumer's
+    CPU. asyncpg prepares and caches the statement; its errors are classified like
+    SQLAlchemy's (``pipeline.is_transient``, ``is_poison``). JSONB values are read as
+    text and decoded here (``orjson``)."""
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None  # a checked-out connection
+    if not driver.is_in_transaction():
+        # SQLAlchemy issues BEGIN with its first statement: this one must not run before.
+        await connection.exec_driver_sql("SELECT 1")
+    try:
+        rows: list[Any] = await driver.fetch(statement.sql, *(params[n] for n in statement.names))
+    except asyncpg.InterfaceError as exc:
+        # Client-side (a closed connection): through SQLAlchemy an InterfaceError, which
+        # the runner retries; so here.
+        raise TransientError(f"postgres: {exc}") from exc
+    return rows
+
+
+def _json(value: str | None) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
 # A batch's first statement: marks its records seen (the first sightings come back with
 # ``alias`` false) and reads the stored aliases of its devices, in one round trip.
 _SIGHTINGS_AND_ALIASES = text(
@@ -119,10 +173,11 @@ _LOCK_MANY = text(
     "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))"
     " FROM unnest(CAST(:keys AS text[])) AS k"
 )
-_LOAD_PROFILES = (
-    select(_PROFILES)
-    .where(_PROFILES.c.app_id == bindparam("app_id"), _PROFILES.c.user_key == any_(_KEYS))
-    .with_for_update()
+_LOAD_PROFILES = _raw(
+    "SELECT user_key, "
+    + ", ".join(f"CAST({f} AS text)" if f in _JSONB else f for f in _PROFILE_FIELDS)
+    + " FROM profiles WHERE app_id = :app_id AND user_key = ANY(CAST(:keys AS text[]))"
+    " FOR UPDATE"
 )
 
 
@@ -156,7 +211,7 @@ _SAVE_PROFILES = _upsert_json(
 _ALIASES_OF = select(_ALIASES.c.device_id, _ALIASES.c.user_key, _ALIASES.c.linked_at).where(
     _ALIASES.c.app_id == bindparam("app_id"), _ALIASES.c.device_id == any_(_KEYS)
 )
-_SAVE_ALIASES = text(
+_SAVE_ALIASES = _raw(
     _upsert_json(
         _ALIASES,
         "ON CONFLICT (app_id, device_id) DO UPDATE SET user_key = excluded.user_key,"
@@ -176,7 +231,7 @@ _SAVE_ALIASES = text(
 # ON CONFLICT DO UPDATE needs. The fold's writes — counters, recent events and their
 # pruning, profiles — go in one statement (data-modifying WITH clauses: four tables,
 # none reading another's rows, so that one round trip does what four did).
-_SAVE_USERS = text(
+_SAVE_USERS = _raw(
     "WITH counted AS ("
     "INSERT INTO segmenter_daily_counters AS c (app_id, user_key, name, day, count, revenue)"
     " SELECT CAST(:app_id AS text), u, n, d, k, r"
@@ -198,23 +253,24 @@ _SAVE_USERS = text(
 )
 # What evaluating the changed users needs, in one read: their memberships (kind 0), daily
 # counters (kind 1, when the rules need them) and recent events (kind 2, likewise).
-_VIEWS_OF = text(
+_VIEWS_OF = _raw(
     "SELECT 0 AS kind, user_key, segment_id AS name, CAST(NULL AS date) AS day,"
     " CAST(NULL AS bigint) AS count, CAST(NULL AS float8) AS revenue,"
-    " CAST(NULL AS timestamptz) AS ts, CAST(NULL AS jsonb) AS props"
+    " CAST(NULL AS timestamptz) AS ts, CAST(NULL AS text) AS props"
     " FROM segment_memberships WHERE app_id = :app_id AND user_key = ANY(CAST(:keys AS text[]))"
     " UNION ALL SELECT 1, user_key, name, day, count, revenue, NULL, NULL"
     " FROM segmenter_daily_counters WHERE CAST(:counters AS boolean)"
     " AND app_id = :app_id AND user_key = ANY(CAST(:keys AS text[]))"
-    " UNION ALL SELECT 2, user_key, name, NULL, NULL, NULL, ts, props"
+    " UNION ALL SELECT 2, user_key, name, NULL, NULL, NULL, ts, CAST(props AS text)"
     " FROM segmenter_recent_events WHERE CAST(:recent AS boolean)"
     " AND app_id = :app_id AND user_key = ANY(CAST(:keys AS text[]))"
 )
 _SEGMENTS = cast(Table, Segment.__table__)
-_ACTIVE_SEGMENTS = select(_SEGMENTS.c.id, _SEGMENTS.c.rule, _SEGMENTS.c.updated_at).where(
-    _SEGMENTS.c.app_id == bindparam("app_id"), _SEGMENTS.c.status == "active"
+_ACTIVE_SEGMENTS = _raw(
+    "SELECT id, CAST(rule AS text), updated_at FROM segments"
+    " WHERE app_id = :app_id AND status = 'active'"
 )
-_ENTER = text(
+_ENTER = _raw(
     "INSERT INTO segment_memberships (app_id, segment_id, user_key, entered_at)"
     " SELECT CAST(:app_id AS text), s, u, CAST(:at AS timestamptz)"
     " FROM unnest(CAST(:segments AS text[]), CAST(:users AS text[])) AS m(s, u)"
@@ -304,9 +360,14 @@ async def load_profiles(
     keys = sorted(set(user_keys))
     if not keys:
         return {}
-    conn = await session.connection()
-    rows = await conn.execute(_LOAD_PROFILES, {"app_id": app_id, "keys": keys})
-    return {row.user_key: _state(row) for row in rows}
+    found: dict[str, ProfileState] = {}
+    for row in await _fetch(session, _LOAD_PROFILES, {"app_id": app_id, "keys": keys}):
+        values = dict(zip(_PROFILE_FIELDS, row[1:], strict=True))
+        for name in _JSONB:
+            values[name] = _json(values[name])
+        values["attribute_writes"] = values["attribute_writes"] or {}
+        found[row[0]] = ProfileState(**values)
+    return found
 
 
 async def load_profile(
@@ -372,8 +433,7 @@ async def save_aliases(session: AsyncSession, *, app_id: str, aliases: Mapping[s
         }
         for device, alias in sorted(aliases.items())
     ]
-    conn = await session.connection()
-    await conn.execute(_SAVE_ALIASES, _json_rows(rows))
+    await _fetch(session, _SAVE_ALIASES, _json_rows(rows))
 
 
 async def devices_of(session: AsyncSession, *, app_id: str, user_key: str) -> list[str]:
@@ -463,9 +523,8 @@ class ActiveSegment(NamedTuple):
 
 async def active_segments(session: AsyncSession, *, app_id: str) -> list[ActiveSegment]:
     """The app's active segments: id, stored rule and last write (read per batch)."""
-    conn = await session.connection()
-    rows = await conn.execute(_ACTIVE_SEGMENTS, {"app_id": app_id})
-    return [ActiveSegment(*row) for row in rows]
+    rows = await _fetch(session, _ACTIVE_SEGMENTS, {"app_id": app_id})
+    return [ActiveSegment(id, _json(rule), updated_at) for id, rule, updated_at in rows]
 
 
 async def memberships(session: AsyncSession, *, app_id: str, user_key: str) -> set[str]:
@@ -605,8 +664,7 @@ async def save_users(
         values.update(app_id=app_id, user_key=user_key, updated_at=updated_at)
         rows.append(values)
     params.update(_json_rows(rows))
-    conn = await session.connection()
-    await conn.execute(_SAVE_USERS, params)
+    await _fetch(session, _SAVE_USERS, params)
 
 
 async def views_of(
@@ -625,17 +683,16 @@ async def views_of(
     rows: dict[str, list[DailyCount]] = {k: [] for k in keys}
     events: dict[str, list[RecentEvent]] = {k: [] for k in keys}
     if keys:
-        conn = await session.connection()
         params = {"app_id": app_id, "keys": keys, "counters": counters, "recent": recent}
-        for kind, user_key, name, day, count, revenue, ts, props in await conn.execute(
-            _VIEWS_OF, params
+        for kind, user_key, name, day, count, revenue, ts, props in await _fetch(
+            session, _VIEWS_OF, params
         ):
             if kind == 0:
                 segments[user_key].add(name)
             elif kind == 1:
                 rows[user_key].append(DailyCount(name, day, count, revenue))
             else:
-                events[user_key].append(RecentEvent(name, ts, props))
+                events[user_key].append(RecentEvent(name, ts, _json(props)))
     views = {
         k: ProfileView(
             state=states[k],
@@ -660,9 +717,9 @@ async def write_memberships(
     ``(user_key, segment_id)`` pair; at most two statements. Idempotent."""
     if not entered and not left:
         return
-    conn = await session.connection()
     if entered:
-        await conn.execute(
+        await _fetch(
+            session,
             _ENTER,
             {
                 "app_id": app_id,
@@ -672,6 +729,7 @@ async def write_memberships(
             },
         )
     if left:
+        conn = await session.connection()
         await conn.execute(
             _LEAVE,
             {"app_id": app_id, "segments": [s for _, s in left], "users": [u for u, _ in left]},
