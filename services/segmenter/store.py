@@ -12,7 +12,6 @@ configure; the rule language bounds such windows to the retention."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, fields
@@ -655,7 +654,7 @@ async def save_users(
                 params["recent_users"].append(user_key)
                 params["recent_names"].append(e.name)
                 params["ts"].append(e.ts)
-                params["props"].append(json.dumps(e.props))
+                params["props"].append(orjson.dumps(e.props).decode())
     params.update(keys=sorted(events), horizon=horizon)
     updated_at = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
