@@ -12,11 +12,12 @@ Per batch, in one transaction:
    the same order), so that replicas never deadlock;
 3. merge: for each link of a device that had no user, fold the anonymous profile into
    the user's (``identity.merge_profiles``; counters and recent events moved), delete it
-   and announce its exits; store the aliases;
+   and announce its exits;
 4. fold each profile's records not seen before, re-evaluate the app's segments and
    store membership changes — set-wise: the profiles, counters, recent events and
    memberships of all the batch's users are read and written in a few statements
-   (``= ANY(:keys)`` reads, multi-row upserts), the fold and the evaluation done per
+   (``= ANY(:keys)`` reads; the aliases, counters, recent events and profiles written
+   in one statement, ``store.save_users``), the fold and the evaluation done per
    user in memory, in sorted key order, exactly as the records one batch at a time;
 5. erase the users named by ``ConfigChanged(entity="user", action="deleted")`` records
    (profile, aliases, counters, recent events, memberships with their exits) — last,
@@ -143,7 +144,6 @@ class ProfileUpdater:
                             )
                         )
                         merged.add(link.user_key)
-                await store.save_aliases(session, app_id=app_id, aliases=routed.routing.aliases)
                 out.extend(await self._update_users(session, app_id, routed, rules, now, merged))
                 for erasure in routed.erasures:
                     out.extend(await erase(session, erasure, now))
@@ -237,7 +237,16 @@ class ProfileUpdater:
             if cause is not None and (state != before or user_key in merged):
                 changed[user_key] = state
                 causes[user_key] = cause
-        await store.save_users(session, app_id=app_id, events=applied, states=changed, now=now)
+        # The aliases are stored with the fold's writes: no read before them needs them
+        # (``linked_meanwhile`` asks only about devices this batch did not link).
+        await store.save_users(
+            session,
+            app_id=app_id,
+            aliases=routed.routing.aliases,
+            events=applied,
+            states=changed,
+            now=now,
+        )
         current, views = await store.views_of(
             session, app_id=app_id, states=changed, counters=rules.counters, recent=rules.recent
         )

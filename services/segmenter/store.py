@@ -178,9 +178,9 @@ _LOAD_PROFILES = _raw(
 )
 
 
-def _upsert_json(table: Table, conflict: str) -> str:
+def _upsert_json(table: Table, conflict: str, param: str = "rows") -> str:
     """``INSERT INTO table (every column) SELECT … FROM jsonb_populate_recordset(…)``: the
-    SQL of one statement with one parameter — a JSON array of row objects
+    SQL of one statement with one parameter (``param``) — a JSON array of row objects
     (``_json_rows``), typed by the table — for any number of rows; the server runs it
     once, where an executemany runs once per row. A JSONB column's ``null`` becomes JSON
     ``null``, as SQLAlchemy stores a Python None there (not SQL NULL)."""
@@ -190,14 +190,14 @@ def _upsert_json(table: Table, conflict: str) -> str:
     ]
     return (
         f"INSERT INTO {table.name} AS t ({', '.join(names)}) SELECT {', '.join(values)} FROM"
-        f" jsonb_populate_recordset(CAST(NULL AS {table.name}), CAST(:rows AS jsonb)) {conflict}"
+        f" jsonb_populate_recordset(CAST(NULL AS {table.name}), CAST(:{param} AS jsonb)) {conflict}"
     )
 
 
-def _json_rows(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """The ``:rows`` parameter of an ``_upsert_json`` statement (datetimes ISO-8601 with
-    their offset; a naive one is UTC, as asyncpg takes it)."""
-    return {"rows": orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()}
+def _json_rows(rows: list[dict[str, Any]]) -> str:
+    """The parameter of an ``_upsert_json`` statement (datetimes ISO-8601 with their
+    offset; a naive one is UTC, as asyncpg takes it)."""
+    return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
 
 
 _SAVE_PROFILES = _upsert_json(
@@ -208,28 +208,27 @@ _SAVE_PROFILES = _upsert_json(
 _ALIASES_OF = select(_ALIASES.c.device_id, _ALIASES.c.user_key, _ALIASES.c.linked_at).where(
     _ALIASES.c.app_id == bindparam("app_id"), _ALIASES.c.device_id == any_(_KEYS)
 )
-_SAVE_ALIASES = _raw(
-    _upsert_json(
-        _ALIASES,
-        "ON CONFLICT (app_id, device_id) DO UPDATE SET user_key = excluded.user_key,"
-        " linked_at = excluded.linked_at, updated_at = excluded.updated_at"
-        # An anonymous alias is only ever a first one: it never replaces a link (which a
-        # replica handling the device's events may have just stored).
-        f" WHERE (excluded.user_key NOT LIKE '{ANONYMOUS_PREFIX}%' OR t.user_key LIKE"
-        f" '{ANONYMOUS_PREFIX}%')"
-        # An alias stored as it is (a replayed link) is not rewritten.
-        " AND (t.user_key, t.linked_at) IS DISTINCT FROM (excluded.user_key, excluded.linked_at)",
-    )
+_SAVE_ALIASES = _upsert_json(
+    _ALIASES,
+    "ON CONFLICT (app_id, device_id) DO UPDATE SET user_key = excluded.user_key,"
+    " linked_at = excluded.linked_at, updated_at = excluded.updated_at"
+    # An anonymous alias is only ever a first one: it never replaces a link (which a
+    # replica handling the device's events may have just stored).
+    f" WHERE (excluded.user_key NOT LIKE '{ANONYMOUS_PREFIX}%' OR t.user_key LIKE"
+    f" '{ANONYMOUS_PREFIX}%')"
+    # An alias stored as it is (a replayed link) is not rewritten.
+    " AND (t.user_key, t.linked_at) IS DISTINCT FROM (excluded.user_key, excluded.linked_at)",
+    "aliases",
 )
 # Multi-row writes are one statement over arrays (``unnest``) or a JSON array of rows,
 # not an executemany: the server runs one statement instead of one per row (under load
 # the per-row executions were the largest share of Postgres' time). A counter row
 # appears once per statement (``logic.daily_counts`` sums per user, name and day), as
-# ON CONFLICT DO UPDATE needs. The fold's writes — counters, recent events and their
-# pruning, profiles — go in one statement (data-modifying WITH clauses: four tables,
-# none reading another's rows, so that one round trip does what four did).
+# ON CONFLICT DO UPDATE needs. The batch's writes — device aliases, counters, recent
+# events and their pruning, profiles — go in one statement (data-modifying WITH clauses:
+# five tables, none reading another's rows, so that one round trip does what five did).
 _SAVE_USERS = _raw(
-    "WITH counted AS ("
+    f"WITH linked AS ({_SAVE_ALIASES}), counted AS ("
     "INSERT INTO segmenter_daily_counters AS c (app_id, user_key, name, day, count, revenue)"
     " SELECT CAST(:app_id AS text), u, n, d, k, r"
     " FROM unnest(CAST(:users AS text[]), CAST(:names AS text[]), CAST(:days AS date[]),"
@@ -409,27 +408,6 @@ async def aliases(
     conn = await session.connection()
     rows = await conn.execute(_ALIASES_OF, {"app_id": app_id, "keys": wanted})
     return {device: Alias(key, linked_at) for device, key, linked_at in rows}
-
-
-async def save_aliases(session: AsyncSession, *, app_id: str, aliases: Mapping[str, Alias]) -> None:
-    """Store ``aliases`` (device id → alias) as decided by ``identity.route``. Links
-    replace whatever was stored (one partition owns a device's events, so one batch at
-    a time decides them); an anonymous alias is stored only where none or another
-    anonymous one is."""
-    if not aliases:
-        return
-    now = datetime.now(UTC)
-    rows = [
-        {
-            "app_id": app_id,
-            "device_id": device,
-            "user_key": alias.user_key,
-            "linked_at": alias.linked_at,
-            "updated_at": now,
-        }
-        for device, alias in sorted(aliases.items())
-    ]
-    await _fetch(session, _SAVE_ALIASES, _json_rows(rows))
 
 
 async def devices_of(session: AsyncSession, *, app_id: str, user_key: str) -> list[str]:
@@ -620,17 +598,24 @@ async def save_users(
     session: AsyncSession,
     *,
     app_id: str,
+    aliases: Mapping[str, Alias],
     events: Mapping[str, Sequence[Event]],
     states: Mapping[str, ProfileState],
     now: datetime,
 ) -> None:
-    """Count each user's ``events`` (user key → its first sightings: the caller filters
-    by ``sightings_and_aliases`` in the same transaction, which makes this exactly-once)
+    """Store the batch's device ``aliases`` (device id → alias), count each user's
+    ``events`` (user key → its first sightings: the caller filters by
+    ``sightings_and_aliases`` in the same transaction, which makes this exactly-once)
     into the daily counters, keep them as recent events, prune those users' recent
     events past the retention, and upsert the profiles ``states`` (user key → state) —
     one statement whatever the number of users. The users' profiles are locked by the
-    caller."""
-    if not events and not states:
+    caller.
+
+    Aliases are as decided by ``identity.route``: links replace whatever was stored (one
+    partition owns a device's events, so one batch at a time decides them); an
+    anonymous alias is stored only where none or another anonymous one is; an alias
+    stored as it is is not rewritten."""
+    if not aliases and not events and not states:
         return
     params: dict[str, Any] = {"app_id": app_id}
     for name in ("users", "names", "days", "counts", "revenues"):
@@ -654,12 +639,22 @@ async def save_users(
                 params["props"].append(orjson.dumps(e.props).decode())
     params.update(keys=sorted(events), horizon=horizon)
     updated_at = datetime.now(UTC)
+    linked = [
+        {
+            "app_id": app_id,
+            "device_id": device,
+            "user_key": alias.user_key,
+            "linked_at": alias.linked_at,
+            "updated_at": updated_at,
+        }
+        for device, alias in sorted(aliases.items())
+    ]
     rows: list[dict[str, Any]] = []
     for user_key, state in sorted(states.items()):
         values = {f: getattr(state, f) for f in _PROFILE_FIELDS}
         values.update(app_id=app_id, user_key=user_key, updated_at=updated_at)
         rows.append(values)
-    params.update(_json_rows(rows))
+    params.update(aliases=_json_rows(linked), rows=_json_rows(rows))
     await _fetch(session, _SAVE_USERS, params)
 
 
