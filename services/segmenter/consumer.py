@@ -3,7 +3,7 @@ SegmentChanged out.
 
 Per batch, in one transaction:
 
-1. route: record every event and attribution statement as seen (``first_sightings``:
+1. route: record every event and attribution statement as seen (``sightings_and_aliases``:
    a replay folds nothing, so that it cannot bring back what a merge or an erasure
    removed), load the aliases of the batch's devices and decide, per app, the profile
    each record folds into and the device links the batch makes (``identity.route``);
@@ -12,11 +12,12 @@ Per batch, in one transaction:
    the same order), so that replicas never deadlock;
 3. merge: for each link of a device that had no user, fold the anonymous profile into
    the user's (``identity.merge_profiles``; counters and recent events moved), delete it
-   and announce its exits; store the aliases;
+   and announce its exits;
 4. fold each profile's records not seen before, re-evaluate the app's segments and
    store membership changes — set-wise: the profiles, counters, recent events and
    memberships of all the batch's users are read and written in a few statements
-   (``= ANY(:keys)`` reads, multi-row upserts), the fold and the evaluation done per
+   (``= ANY(:keys)`` reads; the aliases, counters, recent events and profiles written
+   in one statement, ``store.save_users``), the fold and the evaluation done per
    user in memory, in sorted key order, exactly as the records one batch at a time;
 5. erase the users named by ``ConfigChanged(entity="user", action="deleted")`` records
    (profile, aliases, counters, recent events, memberships with their exits) — last,
@@ -51,7 +52,7 @@ TOPICS = ("events", "attributions", "config-changes")
 
 
 def seen_key(value: Event | UserAttributed) -> str:
-    """The id under which a record is remembered as folded (``first_sightings``): an
+    """The id under which a record is remembered as folded (``sightings_and_aliases``): an
     event's id; for an attribution, a digest of the whole statement — a restatement
     differs (even one made at the same instant: a login, then the verification it
     settles), a redelivered record does not."""
@@ -146,7 +147,6 @@ class ProfileUpdater:
                         into = carried.setdefault(link.user_key, {})
                         for left in exits:
                             into.setdefault(left.segment_id, link.anonymous_key)
-                await store.save_aliases(session, app_id=app_id, aliases=routed.routing.aliases)
                 updates = await self._update_users(session, app_id, routed, rules, now, merged)
                 out.extend(identity.mark_carried(updates, carried))
                 for erasure in routed.erasures:
@@ -169,12 +169,12 @@ class ProfileUpdater:
                 folded.append((record, value))
             elif isinstance(value, ConfigChanged) and is_user_erasure(value):
                 erasures.append(value)
-        fresh = await store.first_sightings(
-            session, app_id=app_id, event_ids=[seen_key(v) for _, v in folded]
-        )
         devices = {sighting(v, fresh=False).device_id for _, v in folded}
-        stored = await store.aliases(
-            session, app_id=app_id, device_ids=[d for d in devices if d is not None]
+        fresh, stored = await store.sightings_and_aliases(
+            session,
+            app_id=app_id,
+            event_ids=[seen_key(v) for _, v in folded],
+            device_ids=[d for d in devices if d is not None],
         )
         unrouted = set(fresh)  # a record repeated inside the batch is new once
         sightings = []
@@ -241,16 +241,18 @@ class ProfileUpdater:
             if cause is not None and (state != before or user_key in merged):
                 changed[user_key] = state
                 causes[user_key] = cause
-        await store.add_events_of(session, app_id=app_id, events=applied, now=now)
-        await store.save_profiles(session, app_id=app_id, states=changed)
-        current = await store.memberships_of(session, app_id=app_id, user_keys=changed)
-        views = await store.load_views(
+        # The aliases are stored with the fold's writes: no read before them needs them
+        # (``linked_meanwhile`` asks only about devices this batch did not link).
+        await store.save_users(
             session,
             app_id=app_id,
+            aliases=routed.routing.aliases,
+            events=applied,
             states=changed,
-            counters=rules.counters,
-            recent=rules.recent,
-            segments=current,
+            now=now,
+        )
+        current, views = await store.views_of(
+            session, app_id=app_id, states=changed, counters=rules.counters, recent=rules.recent
         )
         decided: list[tuple[str, logic.Change, datetime, str | None]] = []
         for user_key in sorted(changed):

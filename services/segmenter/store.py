@@ -12,12 +12,14 @@ configure; the rule language bounds such windows to the retention."""
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 
+import asyncpg
+import orjson
 from sqlalchemy import (
     String,
     Table,
@@ -25,16 +27,15 @@ from sqlalchemy import (
     bindparam,
     delete,
     literal,
-    not_,
-    or_,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from libs.runtime.pipeline import TransientError
 from libs.runtime.postgres import Base, lock
 from libs.runtime.tables import (
     DailyCounter,
@@ -92,116 +93,213 @@ class RuleSync(Base):
     synced_at: Mapped[datetime]
 
 
-# The real-time path's statements, built once: SQLAlchemy caches their compiled form and
-# asyncpg their prepared statements, so a batch pays neither per user nor per batch.
-# Core tables (not ORM entities), so that executing them skips the ORM's statement layer.
+# The real-time path's statements, built once: asyncpg caches their prepared statements,
+# so a batch pays neither per user nor per batch. The hottest run on asyncpg itself
+# (``_raw``, ``_fetch``); the others are SQLAlchemy text or Core over the tables (not ORM
+# entities), compiled once. A batch costs about ten round trips whatever its size.
 _PROFILES = cast(Table, Profile.__table__)
 _ALIASES = cast(Table, DeviceAlias.__table__)
-_COUNTERS = cast(Table, DailyCounter.__table__)
-_RECENT = cast(Table, RecentEventRow.__table__)
-_MEMBERS = cast(Table, Membership.__table__)
 _KEYS = bindparam("keys", type_=ARRAY(String))
 _PROFILE_FIELDS = tuple(f.name for f in fields(ProfileState))
 
-_FIRST_SIGHTINGS = text(
-    "INSERT INTO segmenter_seen_events (app_id, event_id, seen_at)"
+_JSONB = frozenset(c.name for c in _PROFILES.columns if isinstance(c.type, JSONB))
+_PARAM = re.compile(r"(?<![:\w]):([a-z_]+)")
+
+
+class _Raw(NamedTuple):
+    """A statement for asyncpg itself: ``sql`` with ``$n`` parameters, ``names`` the
+    parameter names in that order."""
+
+    sql: str
+    names: tuple[str, ...]
+
+
+def _raw(sql: str) -> _Raw:
+    """``sql`` with ``:name`` parameters (a name repeated is one parameter) for asyncpg."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return _Raw(_PARAM.sub(number, sql), tuple(names))
+
+
+async def _fetch(session: AsyncSession, statement: _Raw, params: Mapping[str, Any]) -> list[Any]:
+    """The rows (asyncpg records) of ``statement`` run on the session's own connection,
+    in its transaction, without SQLAlchemy's statement and row machinery (the
+    attribution matcher's proven pattern, ``services/attribution/prefetch.py``): on the
+    real-time path that machinery and its JSON decoding were a sixth of the consumer's
+    CPU. asyncpg prepares and caches the statement; its errors are classified like
+    SQLAlchemy's (``pipeline.is_transient``, ``is_poison``). JSONB values are read as
+    text and decoded here (``orjson``)."""
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None  # a checked-out connection
+    if not driver.is_in_transaction():
+        # SQLAlchemy issues BEGIN with its first statement: this one must not run before.
+        await connection.exec_driver_sql("SELECT 1")
+    try:
+        rows: list[Any] = await driver.fetch(statement.sql, *(params[n] for n in statement.names))
+    except asyncpg.InterfaceError as exc:
+        # Client-side (a closed connection): through SQLAlchemy an InterfaceError, which
+        # the runner retries; so here.
+        raise TransientError(f"postgres: {exc}") from exc
+    return rows
+
+
+def _json(value: str | None) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
+# A batch's first statement: marks its records seen (the first sightings come back with
+# ``alias`` false) and reads the stored aliases of its devices, in one round trip.
+_SIGHTINGS_AND_ALIASES = text(
+    "WITH sighted AS (INSERT INTO segmenter_seen_events (app_id, event_id, seen_at)"
     " SELECT CAST(:app_id AS text), e, CAST(:now AS timestamptz)"
     " FROM unnest(CAST(:ids AS text[])) AS e"
-    " ON CONFLICT DO NOTHING RETURNING event_id"
+    " ON CONFLICT DO NOTHING RETURNING event_id)"
+    " SELECT false AS alias, event_id AS id, NULL AS user_key,"
+    " CAST(NULL AS timestamptz) AS linked_at FROM sighted"
+    " UNION ALL SELECT true, device_id, user_key, linked_at FROM device_aliases"
+    " WHERE app_id = :app_id AND device_id = ANY(CAST(:devices AS text[]))"
 )
 # Rows come out of unnest in array order, so the locks are taken in the order given.
 _LOCK_MANY = text(
     "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))"
     " FROM unnest(CAST(:keys AS text[])) AS k"
 )
-_LOAD_PROFILES = (
-    select(_PROFILES)
-    .where(_PROFILES.c.app_id == bindparam("app_id"), _PROFILES.c.user_key == any_(_KEYS))
-    .with_for_update()
+_LOAD_PROFILES = _raw(
+    "SELECT user_key, "
+    + ", ".join(f"CAST({f} AS text)" if f in _JSONB else f for f in _PROFILE_FIELDS)
+    + " FROM profiles WHERE app_id = :app_id AND user_key = ANY(CAST(:keys AS text[]))"
+    " FOR UPDATE"
 )
-_profile_insert = insert(_PROFILES)
-_SAVE_PROFILE = _profile_insert.on_conflict_do_update(
-    index_elements=[_PROFILES.c.app_id, _PROFILES.c.user_key],
-    set_={c: _profile_insert.excluded[c] for c in (*_PROFILE_FIELDS, "updated_at")},
+
+
+def _upsert_json(table: Table, conflict: str, param: str = "rows") -> str:
+    """``INSERT INTO table (every column) SELECT … FROM jsonb_populate_recordset(…)``: the
+    SQL of one statement with one parameter (``param``) — a JSON array of row objects
+    (``_json_rows``), typed by the table — for any number of rows; the server runs it
+    once, where an executemany runs once per row. A JSONB column's ``null`` becomes JSON
+    ``null``, as SQLAlchemy stores a Python None there (not SQL NULL)."""
+    names = [c.name for c in table.columns]
+    values = [
+        f"COALESCE({n}, 'null'::jsonb)" if isinstance(table.c[n].type, JSONB) else n for n in names
+    ]
+    return (
+        f"INSERT INTO {table.name} AS t ({', '.join(names)}) SELECT {', '.join(values)} FROM"
+        f" jsonb_populate_recordset(CAST(NULL AS {table.name}), CAST(:{param} AS jsonb)) {conflict}"
+    )
+
+
+def _json_rows(rows: list[dict[str, Any]]) -> str:
+    """The parameter of an ``_upsert_json`` statement (datetimes ISO-8601 with their
+    offset; a naive one is UTC, as asyncpg takes it)."""
+    return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
+
+
+_SAVE_PROFILES = _upsert_json(
+    _PROFILES,
+    "ON CONFLICT (app_id, user_key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (*_PROFILE_FIELDS, "updated_at")),
 )
 _ALIASES_OF = select(_ALIASES.c.device_id, _ALIASES.c.user_key, _ALIASES.c.linked_at).where(
     _ALIASES.c.app_id == bindparam("app_id"), _ALIASES.c.device_id == any_(_KEYS)
 )
-_alias_insert = insert(_ALIASES)
-_SAVE_ALIAS = _alias_insert.on_conflict_do_update(
-    index_elements=[_ALIASES.c.app_id, _ALIASES.c.device_id],
-    set_={
-        "user_key": _alias_insert.excluded.user_key,
-        "linked_at": _alias_insert.excluded.linked_at,
-        "updated_at": _alias_insert.excluded.updated_at,
-    },
+_SAVE_ALIASES = _upsert_json(
+    _ALIASES,
+    "ON CONFLICT (app_id, device_id) DO UPDATE SET user_key = excluded.user_key,"
+    " linked_at = excluded.linked_at, updated_at = excluded.updated_at"
     # An anonymous alias is only ever a first one: it never replaces a link (which a
     # replica handling the device's events may have just stored).
-    where=or_(
-        not_(_alias_insert.excluded.user_key.startswith(ANONYMOUS_PREFIX)),
-        _ALIASES.c.user_key.startswith(ANONYMOUS_PREFIX),
-    ),
+    f" WHERE (excluded.user_key NOT LIKE '{ANONYMOUS_PREFIX}%' OR t.user_key LIKE"
+    f" '{ANONYMOUS_PREFIX}%')"
+    # An alias stored as it is (a replayed link) is not rewritten.
+    " AND (t.user_key, t.linked_at) IS DISTINCT FROM (excluded.user_key, excluded.linked_at)",
+    "aliases",
 )
-# Multi-row writes are one statement over arrays (``unnest``), not an executemany: the
-# server runs one statement instead of one per row (under load the per-row executions
-# were the largest share of Postgres' time). A counter row appears once per statement
-# (``logic.daily_counts`` sums per user, name and day), as ON CONFLICT DO UPDATE needs.
-_ADD_COUNTS = text(
+# Multi-row writes are one statement over arrays (``unnest``) or a JSON array of rows,
+# not an executemany: the server runs one statement instead of one per row (under load
+# the per-row executions were the largest share of Postgres' time). A counter row
+# appears once per statement (``logic.daily_counts`` sums per user, name and day), as
+# ON CONFLICT DO UPDATE needs. The batch's writes — device aliases, counters, recent
+# events and their pruning, profiles — go in one statement (data-modifying WITH clauses:
+# five tables, none reading another's rows, so that one round trip does what five did).
+_SAVE_USERS = _raw(
+    f"WITH linked AS ({_SAVE_ALIASES}), counted AS ("
     "INSERT INTO segmenter_daily_counters AS c (app_id, user_key, name, day, count, revenue)"
     " SELECT CAST(:app_id AS text), u, n, d, k, r"
     " FROM unnest(CAST(:users AS text[]), CAST(:names AS text[]), CAST(:days AS date[]),"
     " CAST(:counts AS bigint[]), CAST(:revenues AS float8[])) AS t(u, n, d, k, r)"
     " ON CONFLICT (app_id, user_key, name, day)"
     " DO UPDATE SET count = c.count + excluded.count, revenue = c.revenue + excluded.revenue"
-)
-_ADD_RECENT = text(
+    "), kept AS ("
     "INSERT INTO segmenter_recent_events (app_id, event_id, user_key, name, ts, props)"
     " SELECT CAST(:app_id AS text), e, u, n, t, CAST(p AS jsonb)"
-    " FROM unnest(CAST(:ids AS text[]), CAST(:users AS text[]), CAST(:names AS text[]),"
-    " CAST(:ts AS timestamptz[]), CAST(:props AS text[])) AS x(e, u, n, t, p)"
+    " FROM unnest(CAST(:ids AS text[]), CAST(:recent_users AS text[]),"
+    " CAST(:recent_names AS text[]), CAST(:ts AS timestamptz[]), CAST(:props AS text[]))"
+    " AS x(e, u, n, t, p)"
     " ON CONFLICT DO NOTHING"
+    "), pruned AS ("
+    "DELETE FROM segmenter_recent_events WHERE app_id = :app_id"
+    " AND user_key = ANY(CAST(:keys AS text[])) AND ts < CAST(:horizon AS timestamptz)"
+    ") " + _SAVE_PROFILES
 )
-_PRUNE_RECENT = delete(_RECENT).where(
-    _RECENT.c.app_id == bindparam("app_id"),
-    _RECENT.c.user_key == any_(_KEYS),
-    _RECENT.c.ts < bindparam("horizon"),
+# What evaluating the changed users needs, in one read: their memberships (kind 0), daily
+# counters (kind 1, when the rules need them) and recent events (kind 2, likewise).
+_VIEWS_OF = _raw(
+    "SELECT 0 AS kind, user_key, segment_id AS name, CAST(NULL AS date) AS day,"
+    " CAST(NULL AS bigint) AS count, CAST(NULL AS float8) AS revenue,"
+    " CAST(NULL AS timestamptz) AS ts, CAST(NULL AS text) AS props"
+    " FROM segment_memberships WHERE app_id = :app_id AND user_key = ANY(CAST(:keys AS text[]))"
+    " UNION ALL SELECT 1, user_key, name, day, count, revenue, NULL, NULL"
+    " FROM segmenter_daily_counters WHERE CAST(:counters AS boolean)"
+    " AND app_id = :app_id AND user_key = ANY(CAST(:keys AS text[]))"
+    " UNION ALL SELECT 2, user_key, name, NULL, NULL, NULL, ts, CAST(props AS text)"
+    " FROM segmenter_recent_events WHERE CAST(:recent AS boolean)"
+    " AND app_id = :app_id AND user_key = ANY(CAST(:keys AS text[]))"
 )
-_MEMBERSHIPS_OF = select(_MEMBERS.c.user_key, _MEMBERS.c.segment_id).where(
-    _MEMBERS.c.app_id == bindparam("app_id"), _MEMBERS.c.user_key == any_(_KEYS)
+_ACTIVE_SEGMENTS = _raw(
+    "SELECT id, CAST(rule AS text), updated_at FROM segments"
+    " WHERE app_id = :app_id AND status = 'active'"
 )
-_COUNTERS_OF = select(
-    _COUNTERS.c.user_key, _COUNTERS.c.name, _COUNTERS.c.day, _COUNTERS.c.count, _COUNTERS.c.revenue
-).where(_COUNTERS.c.app_id == bindparam("app_id"), _COUNTERS.c.user_key == any_(_KEYS))
-_RECENT_OF = select(_RECENT.c.user_key, _RECENT.c.name, _RECENT.c.ts, _RECENT.c.props).where(
-    _RECENT.c.app_id == bindparam("app_id"), _RECENT.c.user_key == any_(_KEYS)
-)
-_SEGMENTS = cast(Table, Segment.__table__)
-_ACTIVE_SEGMENTS = select(_SEGMENTS.c.id, _SEGMENTS.c.rule, _SEGMENTS.c.updated_at).where(
-    _SEGMENTS.c.app_id == bindparam("app_id"), _SEGMENTS.c.status == "active"
-)
-_ENTER = text(
+_ENTER = _raw(
     "INSERT INTO segment_memberships (app_id, segment_id, user_key, entered_at)"
     " SELECT CAST(:app_id AS text), s, u, CAST(:at AS timestamptz)"
     " FROM unnest(CAST(:segments AS text[]), CAST(:users AS text[])) AS m(s, u)"
     " ON CONFLICT DO NOTHING"
 )
-_LEAVE = delete(_MEMBERS).where(
-    _MEMBERS.c.app_id == bindparam("a"),
-    _MEMBERS.c.segment_id == bindparam("s"),
-    _MEMBERS.c.user_key == bindparam("u"),
+_LEAVE = text(
+    "DELETE FROM segment_memberships m"
+    " USING unnest(CAST(:segments AS text[]), CAST(:users AS text[])) AS x(s, u)"
+    " WHERE m.app_id = :app_id AND m.segment_id = x.s AND m.user_key = x.u"
 )
 
 
-async def first_sightings(session: AsyncSession, *, app_id: str, event_ids: list[str]) -> set[str]:
-    """Record ``event_ids`` as seen; returns those not seen before (to be applied). One
-    statement; an id repeated in ``event_ids`` is returned at most once."""
-    if not event_ids:
-        return set()
+async def sightings_and_aliases(
+    session: AsyncSession, *, app_id: str, event_ids: list[str], device_ids: Iterable[str]
+) -> tuple[set[str], dict[str, Alias]]:
+    """Record ``event_ids`` as seen and read the stored aliases of ``device_ids``, in one
+    statement. Returns the ids not seen before (to be applied; an id repeated in
+    ``event_ids`` is returned at most once) and the alias of each device that has one."""
+    devices = sorted(set(device_ids))
+    if not event_ids and not devices:
+        return set(), {}
     conn = await session.connection()
-    result = await conn.execute(
-        _FIRST_SIGHTINGS, {"app_id": app_id, "now": datetime.now(UTC), "ids": list(event_ids)}
+    rows = await conn.execute(
+        _SIGHTINGS_AND_ALIASES,
+        {"app_id": app_id, "now": datetime.now(UTC), "ids": list(event_ids), "devices": devices},
     )
-    return set(result.scalars())
+    fresh: set[str] = set()
+    stored: dict[str, Alias] = {}
+    for is_alias, key, user_key, linked_at in rows:
+        if is_alias:
+            stored[key] = Alias(user_key, linked_at)
+        else:
+            fresh.add(key)
+    return fresh, stored
 
 
 async def lock_profiles(session: AsyncSession, *, app_id: str, user_keys: Sequence[str]) -> None:
@@ -257,25 +355,14 @@ async def load_profiles(
     keys = sorted(set(user_keys))
     if not keys:
         return {}
-    conn = await session.connection()
-    rows = await conn.execute(_LOAD_PROFILES, {"app_id": app_id, "keys": keys})
-    return {row.user_key: _state(row) for row in rows}
-
-
-async def save_profiles(
-    session: AsyncSession, *, app_id: str, states: Mapping[str, ProfileState]
-) -> None:
-    """Upsert the profiles ``states`` (user key → state), one statement for all."""
-    if not states:
-        return
-    now = datetime.now(UTC)
-    rows: list[dict[str, Any]] = []
-    for user_key, state in sorted(states.items()):
-        values = {f: getattr(state, f) for f in _PROFILE_FIELDS}
-        values.update(app_id=app_id, user_key=user_key, updated_at=now)
-        rows.append(values)
-    conn = await session.connection()
-    await conn.execute(_SAVE_PROFILE, rows)
+    found: dict[str, ProfileState] = {}
+    for row in await _fetch(session, _LOAD_PROFILES, {"app_id": app_id, "keys": keys}):
+        values = dict(zip(_PROFILE_FIELDS, row[1:], strict=True))
+        for name in _JSONB:
+            values[name] = _json(values[name])
+        values["attribute_writes"] = values["attribute_writes"] or {}
+        found[row[0]] = ProfileState(**values)
+    return found
 
 
 async def load_profile(
@@ -321,30 +408,6 @@ async def aliases(
     conn = await session.connection()
     rows = await conn.execute(_ALIASES_OF, {"app_id": app_id, "keys": wanted})
     return {device: Alias(key, linked_at) for device, key, linked_at in rows}
-
-
-async def save_aliases(session: AsyncSession, *, app_id: str, aliases: Mapping[str, Alias]) -> None:
-    """Store ``aliases`` (device id → alias) as decided by ``identity.route``. Links
-    replace whatever was stored (one partition owns a device's events, so one batch at
-    a time decides them); an anonymous alias is stored only where none or another
-    anonymous one is."""
-    if not aliases:
-        return
-    now = datetime.now(UTC)
-    conn = await session.connection()
-    await conn.execute(
-        _SAVE_ALIAS,
-        [
-            {
-                "app_id": app_id,
-                "device_id": device,
-                "user_key": alias.user_key,
-                "linked_at": alias.linked_at,
-                "updated_at": now,
-            }
-            for device, alias in sorted(aliases.items())
-        ],
-    )
 
 
 async def devices_of(session: AsyncSession, *, app_id: str, user_key: str) -> list[str]:
@@ -434,9 +497,8 @@ class ActiveSegment(NamedTuple):
 
 async def active_segments(session: AsyncSession, *, app_id: str) -> list[ActiveSegment]:
     """The app's active segments: id, stored rule and last write (read per batch)."""
-    conn = await session.connection()
-    rows = await conn.execute(_ACTIVE_SEGMENTS, {"app_id": app_id})
-    return [ActiveSegment(*row) for row in rows]
+    rows = await _fetch(session, _ACTIVE_SEGMENTS, {"app_id": app_id})
+    return [ActiveSegment(id, _json(rule), updated_at) for id, rule, updated_at in rows]
 
 
 async def memberships(session: AsyncSession, *, app_id: str, user_key: str) -> set[str]:
@@ -532,91 +594,106 @@ async def load_view(
     return ProfileView(state=state, counters=rows, recent=events, segments=segments)
 
 
-async def add_events_of(
-    session: AsyncSession, *, app_id: str, events: Mapping[str, Sequence[Event]], now: datetime
+async def save_users(
+    session: AsyncSession,
+    *,
+    app_id: str,
+    aliases: Mapping[str, Alias],
+    events: Mapping[str, Sequence[Event]],
+    states: Mapping[str, ProfileState],
+    now: datetime,
 ) -> None:
-    """Count each user's ``events`` (user key → its first sightings: the caller filters
-    by ``first_sightings`` in the same transaction, which makes this exactly-once) into
-    the daily counters, keep them as recent events, and prune those users' recent
-    events past the retention — three statements whatever the number of users. The
-    users' profiles are locked by the caller."""
-    counts: dict[str, list[Any]] = {"users": [], "names": [], "days": [], "counts": []}
-    counts["revenues"] = []
-    recent: dict[str, list[Any]] = {"ids": [], "users": [], "names": [], "ts": [], "props": []}
+    """Store the batch's device ``aliases`` (device id → alias), count each user's
+    ``events`` (user key → its first sightings: the caller filters by
+    ``sightings_and_aliases`` in the same transaction, which makes this exactly-once)
+    into the daily counters, keep them as recent events, prune those users' recent
+    events past the retention, and upsert the profiles ``states`` (user key → state) —
+    one statement whatever the number of users. The users' profiles are locked by the
+    caller.
+
+    Aliases are as decided by ``identity.route``: links replace whatever was stored (one
+    partition owns a device's events, so one batch at a time decides them); an
+    anonymous alias is stored only where none or another anonymous one is; an alias
+    stored as it is is not rewritten."""
+    if not aliases and not events and not states:
+        return
+    params: dict[str, Any] = {"app_id": app_id}
+    for name in ("users", "names", "days", "counts", "revenues"):
+        params[name] = []
+    for name in ("ids", "recent_users", "recent_names", "ts", "props"):
+        params[name] = []
     horizon = now - timedelta(days=RECENT_EVENTS_DAYS)
     for user_key, applied in sorted(events.items()):
         for c in daily_counts(applied):
-            counts["users"].append(user_key)
-            counts["names"].append(c.name)
-            counts["days"].append(c.day)
-            counts["counts"].append(c.count)
-            counts["revenues"].append(c.revenue)
+            params["users"].append(user_key)
+            params["names"].append(c.name)
+            params["days"].append(c.day)
+            params["counts"].append(c.count)
+            params["revenues"].append(c.revenue)
         for e in applied:
             if e.ts >= horizon:
-                recent["ids"].append(e.event_id)
-                recent["users"].append(user_key)
-                recent["names"].append(e.name)
-                recent["ts"].append(e.ts)
-                recent["props"].append(json.dumps(e.props))
-    if not events:
-        return
-    conn = await session.connection()
-    if counts["users"]:
-        await conn.execute(_ADD_COUNTS, {"app_id": app_id, **counts})
-    if recent["ids"]:
-        await conn.execute(_ADD_RECENT, {"app_id": app_id, **recent})
-    await conn.execute(
-        _PRUNE_RECENT, {"app_id": app_id, "keys": sorted(events), "horizon": horizon}
-    )
+                params["ids"].append(e.event_id)
+                params["recent_users"].append(user_key)
+                params["recent_names"].append(e.name)
+                params["ts"].append(e.ts)
+                params["props"].append(orjson.dumps(e.props).decode())
+    params.update(keys=sorted(events), horizon=horizon)
+    updated_at = datetime.now(UTC)
+    linked = [
+        {
+            "app_id": app_id,
+            "device_id": device,
+            "user_key": alias.user_key,
+            "linked_at": alias.linked_at,
+            "updated_at": updated_at,
+        }
+        for device, alias in sorted(aliases.items())
+    ]
+    rows: list[dict[str, Any]] = []
+    for user_key, state in sorted(states.items()):
+        values = {f: getattr(state, f) for f in _PROFILE_FIELDS}
+        values.update(app_id=app_id, user_key=user_key, updated_at=updated_at)
+        rows.append(values)
+    params.update(aliases=_json_rows(linked), rows=_json_rows(rows))
+    await _fetch(session, _SAVE_USERS, params)
 
 
-async def memberships_of(
-    session: AsyncSession, *, app_id: str, user_keys: Iterable[str]
-) -> dict[str, set[str]]:
-    """Each of ``user_keys``' segments (an empty set for a user in none), one statement."""
-    keys = sorted(set(user_keys))
-    found: dict[str, set[str]] = {k: set() for k in keys}
-    if keys:
-        conn = await session.connection()
-        for user_key, segment_id in await conn.execute(
-            _MEMBERSHIPS_OF, {"app_id": app_id, "keys": keys}
-        ):
-            found[user_key].add(segment_id)
-    return found
-
-
-async def load_views(
+async def views_of(
     session: AsyncSession,
     *,
     app_id: str,
     states: Mapping[str, ProfileState],
     counters: bool,
     recent: bool,
-    segments: Mapping[str, set[str]],
-) -> dict[str, ProfileView]:
-    """``load_view`` for several users at once (user key → state), in at most two
-    statements."""
+) -> tuple[dict[str, set[str]], dict[str, ProfileView]]:
+    """Each of the users' segments (user key → state; an empty set for a user in none)
+    and ``load_view`` for each — counters and recent events only when asked for — in
+    one statement."""
     keys = sorted(states)
+    segments: dict[str, set[str]] = {k: set() for k in keys}
     rows: dict[str, list[DailyCount]] = {k: [] for k in keys}
     events: dict[str, list[RecentEvent]] = {k: [] for k in keys}
-    if keys and (counters or recent):
-        conn = await session.connection()
-        params = {"app_id": app_id, "keys": keys}
-        if counters:
-            for user_key, name, day, count, revenue in await conn.execute(_COUNTERS_OF, params):
+    if keys:
+        params = {"app_id": app_id, "keys": keys, "counters": counters, "recent": recent}
+        for kind, user_key, name, day, count, revenue, ts, props in await _fetch(
+            session, _VIEWS_OF, params
+        ):
+            if kind == 0:
+                segments[user_key].add(name)
+            elif kind == 1:
                 rows[user_key].append(DailyCount(name, day, count, revenue))
-        if recent:
-            for user_key, name, ts, props in await conn.execute(_RECENT_OF, params):
-                events[user_key].append(RecentEvent(name, ts, props))
-    return {
+            else:
+                events[user_key].append(RecentEvent(name, ts, _json(props)))
+    views = {
         k: ProfileView(
             state=states[k],
             counters=tuple(rows[k]),
             recent=tuple(events[k]),
-            segments=segments.get(k, set()),
+            segments=segments[k],
         )
         for k in keys
     }
+    return segments, views
 
 
 async def write_memberships(
@@ -631,9 +708,9 @@ async def write_memberships(
     ``(user_key, segment_id)`` pair; at most two statements. Idempotent."""
     if not entered and not left:
         return
-    conn = await session.connection()
     if entered:
-        await conn.execute(
+        await _fetch(
+            session,
             _ENTER,
             {
                 "app_id": app_id,
@@ -643,4 +720,8 @@ async def write_memberships(
             },
         )
     if left:
-        await conn.execute(_LEAVE, [{"a": app_id, "s": s, "u": u} for u, s in left])
+        conn = await session.connection()
+        await conn.execute(
+            _LEAVE,
+            {"app_id": app_id, "segments": [s for _, s in left], "users": [u for u, _ in left]},
+        )
