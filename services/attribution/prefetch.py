@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.runtime.pipeline import TransientError
+from libs.runtime.postgres import fetch_raw
 from services.attribution import logic
 from services.attribution.ledger import Key, UserInstall
 
@@ -53,23 +52,9 @@ class TrackerRow(NamedTuple):
 
 
 async def _fetch(session: AsyncSession, query: str, *args: Any) -> list[Any]:
-    """The rows (asyncpg records) of ``query`` run on the session's own connection, in its
-    transaction — without SQLAlchemy's statement and row machinery, a tenth of the
-    matcher's time when every read went through it. asyncpg prepares and caches the
-    statement; its errors are classified like SQLAlchemy's (``pipeline.is_transient``)."""
-    connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
-    assert driver is not None  # a checked-out connection
-    if not driver.is_in_transaction():
-        # SQLAlchemy issues BEGIN with its first statement: the read must not run before.
-        await connection.exec_driver_sql("SELECT 1")
-    try:
-        rows: list[Any] = await driver.fetch(query, *args)
-    except asyncpg.InterfaceError as exc:
-        # Client-side (a closed connection): through SQLAlchemy an InterfaceError, which
-        # the runner retries; so here.
-        raise TransientError(f"postgres: {exc}") from exc
-    return rows
+    """``postgres.fetch_raw``: the matcher's reads without SQLAlchemy's statement and row
+    machinery, a tenth of its time when every read went through it."""
+    return await fetch_raw(session, query, *args)
 
 
 def _columns(

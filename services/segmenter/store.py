@@ -18,7 +18,6 @@ from dataclasses import asdict, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-import asyncpg
 import orjson
 from sqlalchemy import (
     String,
@@ -35,8 +34,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from libs.runtime.pipeline import TransientError
-from libs.runtime.postgres import Base, lock
+from libs.runtime.postgres import Base, fetch_raw, lock
 from libs.runtime.tables import (
     DailyCounter,
     DeviceAlias,
@@ -127,26 +125,11 @@ def _raw(sql: str) -> _Raw:
 
 
 async def _fetch(session: AsyncSession, statement: _Raw, params: Mapping[str, Any]) -> list[Any]:
-    """The rows (asyncpg records) of ``statement`` run on the session's own connection,
-    in its transaction, without SQLAlchemy's statement and row machinery (the
-    attribution matcher's proven pattern, ``services/attribution/prefetch.py``): on the
-    real-time path that machinery and its JSON decoding were a sixth of the consumer's
-    CPU. asyncpg prepares and caches the statement; its errors are classified like
-    SQLAlchemy's (``pipeline.is_transient``, ``is_poison``). JSONB values are read as
-    text and decoded here (``orjson``)."""
-    connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
-    assert driver is not None  # a checked-out connection
-    if not driver.is_in_transaction():
-        # SQLAlchemy issues BEGIN with its first statement: this one must not run before.
-        await connection.exec_driver_sql("SELECT 1")
-    try:
-        rows: list[Any] = await driver.fetch(statement.sql, *(params[n] for n in statement.names))
-    except asyncpg.InterfaceError as exc:
-        # Client-side (a closed connection): through SQLAlchemy an InterfaceError, which
-        # the runner retries; so here.
-        raise TransientError(f"postgres: {exc}") from exc
-    return rows
+    """``statement`` with ``params`` by name, through ``postgres.fetch_raw`` (the session's
+    asyncpg connection, in its transaction): on the real-time path SQLAlchemy's statement
+    machinery and its JSON decoding were a sixth of the consumer's CPU. JSONB values are
+    read as text and decoded here (``orjson``)."""
+    return await fetch_raw(session, statement.sql, *(params[n] for n in statement.names))
 
 
 def _json(value: str | None) -> Any:
