@@ -15,7 +15,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
@@ -143,6 +148,10 @@ class Producer:
             partitioner=self._partitioner,
         )
         self._started = False
+        # The longest a caller waits for its batches: queued (aiokafka fails a batch
+        # unsent after the request timeout) then in flight (one more), plus a margin —
+        # so a batch aiokafka never settles (added as the producer stopped) cannot hang it.
+        self._wait_s = 2 * request_timeout_ms / 1000 + 5
         # The batch each partition's records join next (see ``publish_all``).
         self._open: dict[TopicPartition, _OpenBatch] = {}
         self._background: set[asyncio.Future[None]] = set()
@@ -232,12 +241,16 @@ class Producer:
                 created.append(batch)
             pending[batch] = pending.get(batch, 0) + 1
         await self._queue_in_order(created)
+        deadline = loop.time() + self._wait_s
         unqueued = [b.queued for b in pending if not b.queued.done()]
         if unqueued:  # batches of other callers, still waiting for their turn
-            await asyncio.wait(unqueued)
+            await asyncio.wait(unqueued, timeout=self._wait_s)
         acks = [b.ack for b in pending if b.ack is not None and not b.ack.done()]
-        if acks:
-            await asyncio.wait(acks)  # shared: a cancelled caller must not cancel them
+        if acks:  # shared: a cancelled caller must not cancel them
+            await asyncio.wait(acks, timeout=max(0.0, deadline - loop.time()))
+        if any(not b.settled() for b in pending):
+            PRODUCER_FAILURES.labels(next(iter(pending)).tp.topic).inc(sum(pending.values()))
+            raise KafkaTimeoutError(f"records not acknowledged within {self._wait_s:.0f} s")
         failure: BaseException | None = None
         for batch, count in pending.items():
             error = batch.outcome()
@@ -277,9 +290,20 @@ class Producer:
                 del self._open[batch.tp]
         else:
             batch.ack = ack
-            ack.add_done_callback(_retrieve)
+            ack.add_done_callback(lambda _: self._settle(batch))
         batch.previous = None
         batch.queued.set_result(None)
+
+    def _settle(self, batch: _OpenBatch) -> None:
+        """The batch's ack is done: no record may join it any more. aiokafka fails a batch
+        that expired unsent (no leader for the request timeout) without building it, so
+        it would otherwise take the next callers' records and fail them at once."""
+        batch.builder.close()
+        if self._open.get(batch.tp) is batch:
+            del self._open[batch.tp]
+        assert batch.ack is not None
+        if not batch.ack.cancelled():
+            batch.ack.exception()  # seen: its callers may all be gone
 
     async def publish_nowait(self, message: Contract) -> asyncio.Future[Any]:
         """Enqueue without waiting for the acknowledgement; returns its future."""
@@ -326,6 +350,10 @@ class _OpenBatch:
         self.ack: asyncio.Future[Any] | None = None
         self.error: BaseException | None = None
 
+    def settled(self) -> bool:
+        """Queued and, when aiokafka took it, acknowledged or failed."""
+        return self.queued.done() and (self.ack is None or self.ack.done())
+
     def outcome(self) -> BaseException | None:
         """The failure of a finished batch, None when it was acknowledged."""
         if self.error is not None:
@@ -334,12 +362,6 @@ class _OpenBatch:
         if self.ack.cancelled():
             return asyncio.CancelledError("the batch's delivery was cancelled")
         return self.ack.exception()
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a shared future's failure as seen (its callers may all be gone)."""
-    if not future.cancelled():
-        future.exception()
 
 
 _CONTRACT_OF: dict[type[Contract], TopicContract[Any]] = {c.model: c for c in CONTRACTS.values()}

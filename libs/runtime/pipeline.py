@@ -242,6 +242,15 @@ class ConsumerRunner:
             # A batch may retry for the whole budget; the member must not be evicted
             # meanwhile (a second owner would process the same partition).
             max_poll_interval_ms=int(self._settings.kafka_retry_budget_s * 1000) + 60_000,
+            # Per partition, a revocation waits for the batches in flight (which may retry
+            # for the budget): the group must wait as long, or it hands their partitions
+            # to a second owner meanwhile (the Java client's rebalance timeout is
+            # max.poll.interval.ms too).
+            **(
+                {"rebalance_timeout_ms": int(self._settings.kafka_retry_budget_s * 1000) + 60_000}
+                if self._per_partition
+                else {}
+            ),
             heartbeat_interval_ms=max(self._settings.kafka_session_timeout_ms // 10, 500),
         )
         await consumer.start()
@@ -388,8 +397,13 @@ class ConsumerRunner:
             await consumer.commit(offsets)
         except CommitFailedError:
             # The group rebalanced under us; the new owner redelivers and the
-            # idempotent effects make that harmless.
+            # idempotent effects make that harmless. Per partition, the records buffered
+            # behind this batch are the new owner's now: none is handled here.
             log.warning("commit failed after rebalance", extra={"group": self.group})
+            for tp in offsets:
+                buffered = self._buffers.get(tp)
+                if buffered is not None:
+                    buffered.clear()
         for tp, next_offset in offsets.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:

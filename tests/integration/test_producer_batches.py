@@ -193,3 +193,38 @@ async def test_a_broker_gone_fails_every_caller_and_counts_the_records() -> None
     finally:
         await producer.stop()
         await asyncio.to_thread(broker.stop)
+
+
+async def test_a_settled_batch_takes_no_more_records(settings: KafkaSettings) -> None:
+    """Once a batch's ack is done — acknowledged, or failed unsent (aiokafka expires a
+    batch whose partition has no leader without building it) — it leaves the open
+    batches and takes no record: the next call starts a new batch instead of joining one
+    that has already failed."""
+    from libs.runtime.kafka import _OpenBatch
+
+    app_id = f"app_{uuid.uuid4().hex[:10]}"
+    producer = Producer(settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.publish_all([event(app_id, "dev-1", i) for i in range(5)])
+        await asyncio.sleep(0)  # the ack's callbacks
+        assert producer._open == {}  # acknowledged batches are gone
+        # A batch whose ack failed (as aiokafka fails an expired one): it is closed and
+        # no longer the partition's open batch.
+        loop = asyncio.get_running_loop()
+        tp = TopicPartition("events", 0)
+        builder = producer._producer.create_batch()
+        assert builder.append(timestamp=None, key=b"k", value=b"v") is not None
+        dead = producer._open[tp] = _OpenBatch(tp, builder, None, loop)
+        dead.ack = loop.create_future()
+        dead.ack.set_exception(KafkaError("expired"))
+        producer._settle(dead)
+        assert tp not in producer._open
+        assert builder.append(timestamp=None, key=b"k", value=b"v") is None
+        # The next call is sent in batches of its own and acknowledged.
+        after = [event(app_id, "dev-2", i) for i in range(5)]
+        await producer.publish_all(after)
+    finally:
+        await producer.stop()
+    found = await landed(settings.kafka_bootstrap, app_id, expected=10)
+    assert len(found) == 10

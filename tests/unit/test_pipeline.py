@@ -378,3 +378,25 @@ async def test_a_partition_takes_nothing_after_its_failed_batch() -> None:
     assert journal.entries == [("write", [0, 1]), ("commit", {TP: 2})]
     assert isinstance(r._failure, KeyError)
     assert r._stopping.is_set()
+
+
+async def test_per_partition_a_failed_commit_hands_the_rest_to_the_new_owner() -> None:
+    """A commit refused after a rebalance (the member was replaced) means the partition
+    is someone else's: the records buffered behind the batch are not handled here."""
+    from aiokafka.errors import CommitFailedError
+
+    journal = Journal()
+
+    class Evicted(FakeConsumer):
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            journal.entries.append(("refused", dict(offsets)))
+            raise CommitFailedError("rebalanced")
+
+    async def handler(batch: Batch) -> None:
+        journal.entries.append(("write", [r.offset for r in batch.records]))
+
+    r = runner(journal, handler, per_partition=True, kafka_max_batch=2)
+    r._buffers[TP] = [record(i, good(i)) for i in range(6)]
+    await r._work(Evicted(journal), TP)  # type: ignore[arg-type]
+    assert journal.entries == [("write", [0, 1]), ("refused", {TP: 2})]
+    assert r._buffers[TP] == [] and r._failure is None
