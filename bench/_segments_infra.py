@@ -434,17 +434,6 @@ async def seed_memberships(
     return stored
 
 
-async def _answers(url: str) -> bool:
-    import asyncpg
-
-    try:
-        conn = await asyncpg.connect(url, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
-    await conn.close()
-    return True
-
-
 @dataclass
 class Database:
     """A fresh, migrated database on the machine's Postgres (127.0.0.1:5432, trust auth)
@@ -462,7 +451,7 @@ class Database:
         base = DEFAULT_DATABASE
         embedded = None
         server = "machine Postgres 127.0.0.1:5432"
-        if not await _answers(base):
+        if not await postgres.accepts_connections(base):
             embedded = await asyncio.to_thread(localinfra.EmbeddedPostgres, tmp / "pg")
             base = embedded.url("postgres")
             server = "embedded Postgres"

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.runtime import clickhouse, localinfra, postgres
 from libs.runtime.kafka import ensure_topics, platform_topics
@@ -51,7 +52,7 @@ def database_url(tmp_root: Path) -> Iterator[str]:
     explicit = os.environ.get("HODHOD_TEST_DATABASE_URL")
     base = explicit or DEFAULT_TEST_DATABASE
     embedded = None
-    if explicit is None and not asyncio.run(_answers(base)):
+    if explicit is None and not asyncio.run(postgres.accepts_connections(base)):
         embedded = localinfra.EmbeddedPostgres(tmp_root / "pg")
         base = embedded.url("postgres")
     head, _, tail = base.partition("?")
@@ -63,18 +64,6 @@ def database_url(tmp_root: Path) -> Iterator[str]:
     asyncio.run(postgres.drop_database(url))
     if embedded is not None:
         embedded.stop()
-
-
-async def _answers(url: str) -> bool:
-    """True when ``url`` accepts a connection (up, and no password asked for)."""
-    import asyncpg
-
-    try:
-        conn = await asyncpg.connect(url, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
-    await conn.close()
-    return True
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +89,16 @@ def settings(tansu: localinfra.Tansu, database_url: str, clickhouse_url: str) ->
         kafka_fetch_max_wait_ms=10,
         kafka_session_timeout_ms=6_000,
     )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def sessions(settings: PlatformSettings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the test database, for tests that drive a handler directly."""
+    engine = postgres.create_engine(settings.database_url, pool_size=4)
+    try:
+        yield postgres.session_factory(engine)
+    finally:
+        await engine.dispose()
 
 
 @dataclass

@@ -119,6 +119,17 @@ async def lock(session: AsyncSession, *parts: str) -> None:
     )
 
 
+async def accepts_connections(url: str) -> bool:
+    """True when the server at ``url`` (a ``postgresql://`` URL) accepts a connection:
+    up, and no password asked for."""
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
 async def fetch_raw(session: AsyncSession, query: str, *args: Any) -> list[Any]:
     """The rows (asyncpg records) of ``query`` (``$n`` parameters) run on the session's own
     connection, in its transaction, without SQLAlchemy's statement and row machinery —

@@ -51,12 +51,6 @@ class TrackerRow(NamedTuple):
     creative: str | None
 
 
-async def _fetch(session: AsyncSession, query: str, *args: Any) -> list[Any]:
-    """``postgres.fetch_raw``: the matcher's reads without SQLAlchemy's statement and row
-    machinery, a tenth of its time when every read went through it."""
-    return await fetch_raw(session, query, *args)
-
-
 def _columns(
     keys: Collection[tuple[Any, ...]], width: int, *, times: Collection[int] = ()
 ) -> list[Any]:
@@ -136,7 +130,7 @@ async def clicks(session: AsyncSession, *, keys: Collection[Key]) -> dict[Key, T
     if not keys:
         return {}
     apps, ids = _columns(keys, 2)
-    rows = await _fetch(session, _NAMED, apps, ids)
+    rows = await fetch_raw(session, _NAMED, apps, ids)
     return {(r["app_id"], r["click_id"]): _touch(r) for r in rows}
 
 
@@ -173,7 +167,7 @@ async def recent_clicks(
         return {}
     ordered = list(searches)
     apps, adids, prints, until = _columns(ordered, 4, times=(3,))
-    rows = await _fetch(
+    rows = await fetch_raw(
         session, _RECENT, apps, adids, prints, until, int(lookback.total_seconds()), limit
     )
     found: dict[Search, list[Touch]] = {}
@@ -205,7 +199,7 @@ async def installs(session: AsyncSession, *, keys: Collection[Key]) -> dict[Key,
     if not keys:
         return {}
     apps, ids = _columns(keys, 2)
-    rows = await _fetch(session, _INSTALLS, apps, ids)
+    rows = await fetch_raw(session, _INSTALLS, apps, ids)
     return {(r["app_id"], r["install_event_id"]): _ledger_row(r) for r in rows}
 
 
@@ -228,7 +222,7 @@ async def installs_waiting_for(
         return {}
     apps, ids = _columns(clicks, 2)
     found: dict[Key, list[dict[str, Any]]] = {}
-    for row in await _fetch(session, _WAITING, apps, ids):
+    for row in await fetch_raw(session, _WAITING, apps, ids):
         found.setdefault((row["app_id"], row["ref_click_id"]), []).append(_ledger_row(row))
     return found
 
@@ -251,7 +245,7 @@ async def adids_first_seen(
     if not adids:
         return {}
     apps, values = _columns(adids, 2)
-    rows = await _fetch(session, _ADID_FIRST, apps, values, *_columns(excluding, 2))
+    rows = await fetch_raw(session, _ADID_FIRST, apps, values, *_columns(excluding, 2))
     return {(r["app_id"], r["adid"]): r["first"] for r in rows if r["first"] is not None}
 
 
@@ -273,7 +267,7 @@ async def user_installs(
         return {}
     apps, keys = _columns(users, 2)
     found: dict[Key, list[UserInstall]] = defaultdict(list)
-    for r in await _fetch(session, _USER_INSTALLS, apps, keys, *_columns(excluding, 2)):
+    for r in await fetch_raw(session, _USER_INSTALLS, apps, keys, *_columns(excluding, 2)):
         found[(r["app_id"], r["user_key"])].append(
             UserInstall(r["install_event_id"], r["install_ts"], r["adid"], r["tracker_token"])
         )
@@ -310,7 +304,7 @@ async def trackers(session: AsyncSession, *, keys: Collection[Key]) -> dict[Key,
             r["adgroup"],
             r["creative"],
         )
-        for r in await _fetch(session, _TRACKERS, apps, tokens)
+        for r in await fetch_raw(session, _TRACKERS, apps, tokens)
     }
 
 
@@ -324,7 +318,7 @@ async def fraud_settings(
     requires signed SDK requests; ``({}, False)`` for an unknown app."""
     found: dict[str, tuple[dict[str, Any], bool]] = dict.fromkeys(app_ids, ({}, False))
     if app_ids:
-        for r in await _fetch(session, _FRAUD_SETTINGS, _texts(list(app_ids))):
+        for r in await fetch_raw(session, _FRAUD_SETTINGS, _texts(list(app_ids))):
             fraud = r["fraud"]
             if isinstance(fraud, str | bytes):  # jsonb as text: see ``_ledger_row``
                 fraud = json.loads(fraud)
@@ -360,7 +354,7 @@ async def clicks_per_hour(
         return {}
     ordered = list(keys)
     apps, tokens, ips, adids, until = _columns(ordered, 5, times=(4,))
-    rows = await _fetch(
+    rows = await fetch_raw(
         session,
         _CLICKS_PER_HOUR,
         apps,
@@ -395,7 +389,7 @@ async def installs_per_ip(
         return {}
     ordered = list(keys)
     apps, ips, until = _columns(ordered, 3, times=(2,))
-    rows = await _fetch(
+    rows = await fetch_raw(
         session,
         _INSTALLS_PER_IP,
         apps,
@@ -426,7 +420,7 @@ async def first_verified(
         return {}
     ordered = list(keys)
     apps, users, devices = _columns(ordered, 3)
-    rows = await _fetch(session, _FIRST_VERIFIED, apps, users, devices)
+    rows = await fetch_raw(session, _FIRST_VERIFIED, apps, users, devices)
     return {ordered[r["n"] - 1]: r["verified_at"] for r in rows if r["verified_at"] is not None}
 
 
@@ -444,5 +438,5 @@ async def linked_users(session: AsyncSession, *, devices: Iterable[Key]) -> dict
     if not keys:
         return {}
     apps, ids = _columns(keys, 2)
-    rows = await _fetch(session, _LINKS, apps, ids)
+    rows = await fetch_raw(session, _LINKS, apps, ids)
     return {(r["app_id"], r["device_id"]): r["user_id"] for r in rows}

@@ -393,16 +393,6 @@ async def aliases(
     return {device: Alias(key, linked_at) for device, key, linked_at in rows}
 
 
-async def devices_of(session: AsyncSession, *, app_id: str, user_key: str) -> list[str]:
-    """The devices whose alias names ``user_key``, sorted."""
-    rows = await session.scalars(
-        select(DeviceAlias.device_id)
-        .where(DeviceAlias.app_id == app_id, DeviceAlias.user_key == user_key)
-        .order_by(DeviceAlias.device_id)
-    )
-    return list(rows)
-
-
 async def move_history(session: AsyncSession, *, app_id: str, source: str, target: str) -> None:
     """Move ``source``'s daily counters (summed into ``target``'s rows of the same name
     and day) and recent events to ``target``; ``source`` keeps none. Both profiles must

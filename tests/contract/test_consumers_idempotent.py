@@ -20,7 +20,6 @@ import pytest_asyncio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.runtime import postgres
 from libs.runtime.clickhouse import AsyncClickHouse, get_client
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Handler, Record, TransientError
@@ -133,15 +132,6 @@ class FailsAfterFirstPublish(RecordingProducer):
         if not self.failed:
             self.failed = True
             raise TransientError("acknowledgement lost after the broker wrote the records")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def sessions(settings: PlatformSettings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = postgres.create_engine(settings.database_url, pool_size=2)
-    try:
-        yield postgres.session_factory(engine)
-    finally:
-        await engine.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

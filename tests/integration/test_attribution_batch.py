@@ -17,7 +17,6 @@ import pytest_asyncio
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.runtime import postgres
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Record
 from libs.runtime.settings import PlatformSettings
@@ -55,15 +54,6 @@ class RecordingProducer(Producer):
     async def publish_all(self, messages: Sequence[Contract]) -> None:
         self.published.extend(messages)
         await super().publish_all(messages)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def sessions(settings: PlatformSettings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = postgres.create_engine(settings.database_url, pool_size=2)
-    try:
-        yield postgres.session_factory(engine)
-    finally:
-        await engine.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.runtime import postgres
 from libs.runtime.pipeline import Batch, Record
-from libs.runtime.settings import PlatformSettings
 from libs.runtime.tables import DailyCounter, Profile
 from libs.schemas import Event
 from services.segmenter.consumer import ProfileUpdater
@@ -32,13 +29,6 @@ ROUNDS = 20
 class Discard:
     async def publish_all(self, records: Sequence[Any]) -> None:
         return None
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def sessions(settings: PlatformSettings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = postgres.create_engine(settings.database_url, pool_size=4)
-    yield postgres.session_factory(engine)
-    await engine.dispose()
 
 
 def batch(events: Sequence[Event]) -> Batch:

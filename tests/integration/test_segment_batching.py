@@ -8,16 +8,14 @@ events and memberships."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.runtime import postgres
 from libs.runtime.pipeline import Batch, Record
 from libs.runtime.settings import PlatformSettings
 from libs.runtime.tables import Segment
@@ -42,13 +40,6 @@ class Collect:
 
     async def publish_all(self, records: Sequence[SegmentChanged]) -> None:
         self.records.extend(records)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def sessions(settings: PlatformSettings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = postgres.create_engine(settings.database_url, pool_size=2)
-    yield postgres.session_factory(engine)
-    await engine.dispose()
 
 
 def records(app_id: str) -> list[Event]:

@@ -5,18 +5,15 @@ them in real time."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.runtime import postgres
 from libs.runtime.pipeline import Batch, Record
-from libs.runtime.settings import PlatformSettings
 from libs.runtime.tables import DailyCounter, Profile, RecentEventRow, Segment
 from libs.schemas import Event, SegmentChanged
 from libs.segments import semantics, sql
@@ -32,13 +29,6 @@ class CollectingProducer:
 
     async def publish_all(self, records: Sequence[Any]) -> None:
         self.published.extend(records)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def sessions(settings: PlatformSettings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = postgres.create_engine(settings.database_url, pool_size=2)
-    yield postgres.session_factory(engine)
-    await engine.dispose()
 
 
 def event(app_id: str, event_id: str, name: str, ts: datetime, **kw: Any) -> Event:
