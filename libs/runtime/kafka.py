@@ -248,8 +248,10 @@ class Producer:
         acks = [b.ack for b in pending if b.ack is not None and not b.ack.done()]
         if acks:  # shared: a cancelled caller must not cancel them
             await asyncio.wait(acks, timeout=max(0.0, deadline - loop.time()))
-        if any(not b.settled() for b in pending):
-            PRODUCER_FAILURES.labels(next(iter(pending)).tp.topic).inc(sum(pending.values()))
+        unsettled = [(b, n) for b, n in pending.items() if not b.settled()]
+        if unsettled:
+            for batch, count in unsettled:
+                PRODUCER_FAILURES.labels(batch.tp.topic).inc(count)
             raise KafkaTimeoutError(f"records not acknowledged within {self._wait_s:.0f} s")
         failure: BaseException | None = None
         for batch, count in pending.items():
