@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from libs.runtime import postgres
 from libs.runtime.clickhouse import AsyncClickHouse, get_client
+from libs.runtime.clock import Clock, SystemClock
 from libs.runtime.kafka import Producer
 from libs.runtime.settings import PlatformSettings
 
@@ -27,6 +28,8 @@ class Resources:
     clickhouse: AsyncClickHouse | None
     # Outbound HTTP (postbacks, providers): one pool per process, closed on shutdown.
     http: httpx.AsyncClient
+    # What "now" is for scheduling code; tests pass a ManualClock and move it.
+    clock: Clock = field(default_factory=SystemClock)
 
     def require_clickhouse(self) -> AsyncClickHouse:
         if self.clickhouse is None:
@@ -36,7 +39,11 @@ class Resources:
 
 @asynccontextmanager
 async def open_resources(
-    settings: PlatformSettings, *, with_clickhouse: bool, client_id: str = "hodhod"
+    settings: PlatformSettings,
+    *,
+    with_clickhouse: bool,
+    client_id: str = "hodhod",
+    clock: Clock | None = None,
 ) -> AsyncIterator[Resources]:
     """Open Postgres, the producer and (optionally) ClickHouse; close them on exit.
 
@@ -55,7 +62,15 @@ async def open_resources(
             ch = AsyncClickHouse(
                 get_client(url), settings.clickhouse_database, lambda: get_client(url)
             )
-        yield Resources(settings, engine, postgres.session_factory(engine), producer, ch, http)
+        yield Resources(
+            settings,
+            engine,
+            postgres.session_factory(engine),
+            producer,
+            ch,
+            http,
+            clock or SystemClock(),
+        )
     finally:
         await http.aclose()
         await producer.stop()

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from libs.runtime import postgres
+from libs.runtime.clock import Clock
 from libs.runtime.http import FastRoute, create_app
 from libs.runtime.pipeline import BatchPolicy, ConsumerRunner, Handler
 from libs.runtime.resources import Resources, open_resources
@@ -85,11 +86,13 @@ def compose(
     settings: PlatformSettings,
     *,
     on_crash: Callable[[asyncio.Task[None]], None] | None = None,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """One app for ``specs``: their routers, probes, consumers and background tasks.
 
     ``on_crash`` is called with a consumer task that raised; the default stops the
-    process with SIGTERM so that uvicorn shuts down cleanly.
+    process with SIGTERM so that uvicorn shuts down cleanly. ``clock`` is the process's
+    clock (``Resources.clock``); tests pass a ``ManualClock``.
     """
     crash_callback = on_crash or _crash_on_failure
     with_clickhouse = any(s.needs_clickhouse for s in specs)
@@ -98,7 +101,7 @@ def compose(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_resources(
-            settings, with_clickhouse=with_clickhouse, client_id=f"hodhod-{names}"
+            settings, with_clickhouse=with_clickhouse, client_id=f"hodhod-{names}", clock=clock
         ) as resources:
             app.state.resources = resources
             app.state.key_resolver = KeyResolver(resources.sessions)

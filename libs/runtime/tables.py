@@ -98,6 +98,30 @@ class Journey(Base):
     updated_at: Mapped[datetime]
 
 
+class Template(Base):
+    """A message template with a variant per locale. Written by admin; read by the
+    dispatcher (rendering) and journey (validation, dry runs)."""
+
+    __tablename__ = "templates"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # The channel it is written for; None: any channel (the content fits them all).
+    channel: Mapped[str | None] = mapped_column(String(16))
+    # Consent category of what it sends ("promotions"); None: general marketing.
+    category: Mapped[str | None] = mapped_column(String(64))
+    # {locale: {"title", "body", "url", "data", "subject", ...}}: MessageContent per
+    # locale ("fa-IR", "en"); ``default_locale`` is used when the user's has none.
+    variants: Mapped[dict[str, Any]]
+    default_locale: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    # Bumped on every edit; a receipt's render can be traced to the version it used.
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
 class Profile(Base):
     """One user of one app. Written by segmenter; read by admin and dispatcher."""
 

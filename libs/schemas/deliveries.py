@@ -39,6 +39,15 @@ class DeliveryReceipt(TenantContract):
     error: Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL)] | None = None
     ts: UtcDatetime
     journey_id: Id | None = None
+    # Where the job came from, copied from it: journey run and node, A/B/n variant,
+    # broadcast. Reports group receipts and conversions by these.
+    run_id: Id | None = None
+    step_id: ShortStr | None = None
+    variant_id: ShortStr | None = None
+    broadcast_id: Id | None = None
+    # A machine-readable cause of "failed" / "suppressed" ("quiet_hours",
+    # "frequency_cap", "no_push_token", "token_invalid"); `error` is its human text.
+    reason: Annotated[str, StringConstraints(max_length=64, pattern=NO_NUL)] | None = None
 
 
 def key(m: DeliveryReceipt) -> str:

@@ -62,6 +62,12 @@ class SendJob(TenantContract):
     created_at: UtcDatetime
     expires_at: UtcDatetime | None = None
     fallback_channels: list[Channel] = Field(default_factory=list, max_length=5)
+    # The A/B/n branch of the run, or the broadcast, the job belongs to (for reports).
+    variant_id: ShortStr | None = None
+    broadcast_id: Id | None = None
+    # Consent category ("promotions", "order_updates"): an opt-out of the category on
+    # the channel suppresses the job. None is the channel's general marketing consent.
+    category: ShortStr | None = None
 
     @model_validator(mode="after")
     def _one_content_source(self) -> SendJob:
