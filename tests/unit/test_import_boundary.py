@@ -43,9 +43,12 @@ PURE_MODULES = [
     *SERVICE_LOGIC,
     *PURE_EXTRAS,
     "libs.schemas",
-    "libs.schemas.rules",
     "libs.schemas.journeys",
-    "libs.segments.semantics",
+    "libs.rules",
+    "libs.rules.language",
+    "libs.rules.semantics",
+    "libs.rules.profile",
+    "libs.rules.evaluation",
 ]
 
 PROBE = """
