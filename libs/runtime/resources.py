@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from libs.runtime import postgres
 from libs.runtime.clickhouse import AsyncClickHouse, get_client
 from libs.runtime.clock import Clock, SystemClock
+from libs.runtime.httpclient import outbound_client
 from libs.runtime.kafka import Producer
 from libs.runtime.settings import PlatformSettings
 
@@ -54,7 +55,7 @@ async def open_resources(
         settings.kafka_bootstrap, linger_ms=settings.kafka_linger_ms, client_id=client_id
     )
     ch = None
-    http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+    http = outbound_client()
     try:
         await producer.start()
         if with_clickhouse:
