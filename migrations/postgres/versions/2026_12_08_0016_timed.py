@@ -2,7 +2,7 @@
 
 Revision ID: 0016_timed
 Revises: 0015
-Create Date: 2026-12-09 09:00:00.000000
+Create Date: 2026-12-08 02:00:00.000000
 
 Additive. ``segmenter_schedules`` (segmenter's own) holds when each app's segments are
 next re-evaluated in bulk, claimed ``FOR UPDATE SKIP LOCKED`` by due time; the scheduler
