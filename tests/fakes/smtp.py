@@ -8,6 +8,7 @@ import asyncio
 import email
 import email.policy
 import ssl
+import warnings
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -106,6 +107,11 @@ async def start(
 
     def factory() -> SMTP:
         fake.sessions += 1
+        with warnings.catch_warnings():  # the fake's own AUTH-without-STARTTLS mode
+            warnings.simplefilter("ignore", UserWarning)
+            return _smtp()
+
+    def _smtp() -> SMTP:
         return SMTP(
             fake,
             hostname="fake-smtp.local",
@@ -113,7 +119,7 @@ async def start(
             require_starttls=bool(tls_context) and not implicit_tls,
             authenticator=fake._authenticate,
             auth_required=require_auth,
-            auth_require_tls=bool(tls_context),
+            auth_require_tls=bool(tls_context) and not implicit_tls,
             decode_data=False,
         )
 

@@ -24,6 +24,7 @@ Error mapping (FCM's ``ErrorCode`` from the ``FcmError`` detail, else the HTTP s
 from __future__ import annotations
 
 import asyncio
+import ssl
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,7 @@ import google.auth.transport.requests
 import httpx
 import orjson
 import requests
+import requests.adapters
 from google.oauth2 import service_account
 
 from services.dispatcher.providers.base import (
@@ -219,8 +221,7 @@ class FcmProvider:
         # google-auth's transports are synchronous; this runs in a worker thread, once an
         # hour per app, never on the event loop.
         if self._session is None:
-            self._session = requests.Session()
-            self._session.verify = self._options.ca_file or True
+            self._session = _session(self._options)
         request = google.auth.transport.requests.Request(self._session)
         self._credentials.refresh(request)
         expiry = self._credentials.expiry  # naive UTC
@@ -268,6 +269,26 @@ class FcmProvider:
     async def aclose(self) -> None:
         if self._session is not None:
             self._session.close()
+
+
+class _TlsAdapter(requests.adapters.HTTPAdapter):
+    """requests with the providers' TLS context (the system's CAs plus the extra
+    bundle), instead of certifi's or an environment variable's bundle."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _session(options: HttpOptions) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("https://", _TlsAdapter(options.ssl_context()))
+    return session
 
 
 def _token_failure(exc: google.auth.exceptions.GoogleAuthError) -> Outcome:

@@ -37,6 +37,7 @@ from services.dispatcher.providers import redact
 from services.dispatcher.providers.base import (
     AUTH,
     INVALID_ADDRESS,
+    MISCONFIGURED,
     NETWORK,
     PAYLOAD_TOO_LARGE,
     REJECTED,
@@ -109,6 +110,8 @@ def smtp_failure(exc: Exception) -> Outcome:
         )
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return _by_code(exc.code, exc.message, recipient=False)
+    if isinstance(exc, aiosmtplib.SMTPException):  # e.g. the relay offers no AUTH or TLS
+        return failed("smtp", MISCONFIGURED, f"SMTP relay refused the session: {exc.message}")
     return failed("smtp", NETWORK, f"SMTP failed ({type(exc).__name__})", transient=True)
 
 
