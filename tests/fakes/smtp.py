@@ -35,6 +35,7 @@ class FakeSmtp:
     refusals: list[tuple[str, str]] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     sessions: int = 0
+    protocols: list[SMTP] = field(default_factory=list)
     port: int = 0
     _server: asyncio.AbstractServer | None = None
 
@@ -109,7 +110,9 @@ async def start(
         fake.sessions += 1
         with warnings.catch_warnings():  # the fake's own AUTH-without-STARTTLS mode
             warnings.simplefilter("ignore", UserWarning)
-            return _smtp()
+            protocol = _smtp()
+        fake.protocols.append(protocol)
+        return protocol
 
     def _smtp() -> SMTP:
         return SMTP(
@@ -130,6 +133,13 @@ async def start(
     fake._server = server
     fake.port = server.sockets[0].getsockname()[1]
     return fake
+
+
+def hang_up(fake: FakeSmtp) -> None:
+    """Close every open session from the server's side (an idle timeout)."""
+    for protocol in fake.protocols:
+        if protocol.transport is not None:
+            protocol.transport.close()
 
 
 async def stop(fake: FakeSmtp) -> None:

@@ -243,3 +243,58 @@ async def test_another_apps_credentials_are_invisible(
     assert (await http.get(f"{URL}/kavenegar", headers=theirs)).status_code == 404
     assert (await http.delete(f"{URL}/kavenegar", headers=theirs)).status_code == 404
     assert (await http.get(f"{URL}/kavenegar", headers=admin(app_keys))).status_code == 200
+
+
+async def test_other_replicas_changes_are_seen_after_the_ttl(
+    app_keys: dict[str, str], settings, sessions, fakes
+) -> None:
+    """A change written elsewhere (no in-process invalidation) reaches the registry
+    once the TTL has passed, and only the changed provider is rebuilt."""
+    from services.dispatcher import credentials, credentials_store
+
+    fcm, kavenegar = fakes
+    app_id = app_keys["app_id"]
+    local = settings.model_copy(
+        update={
+            "dispatcher_kavenegar_url": kavenegar.base_url,
+            "dispatcher_fcm_url": fcm.base_url,
+            "dispatcher_fcm_token_uri": fcm.token_uri,
+        }
+    )
+    keyring = Keyring.from_settings(local)
+
+    async def write(provider: str, config: dict[str, Any], secret: str) -> None:
+        checked = credentials.check(provider, credentials.parse_config(provider, config), secret)
+        async with sessions() as session, session.begin():
+            await credentials_store.put(
+                session, app_id=app_id, checked=checked, sealer=keyring.sealer
+            )
+
+    await write("kavenegar", {"sender": "10004346"}, kavenegar.api_key)
+    await write("fcm", {}, json.dumps(fcm.service_account("shop-2")))
+    now = [1000.0]
+    registry = ProviderRegistry(
+        sessions=sessions,
+        keyring=keyring,
+        settings=local.model_copy(update={"dispatcher_credentials_ttl_s": 30.0}),
+        clock=lambda: now[0],
+    )
+    try:
+        first_sms = await registry.for_channel(app_id, "sms")
+        first_push = await registry.for_channel(app_id, "push")
+        assert isinstance(first_sms, KavenegarProvider) and isinstance(first_push, FcmProvider)
+        await write("kavenegar", {"sender": "20004346"}, "ANOTHER-KEY-9876543")
+        now[0] += 29
+        assert await registry.for_channel(app_id, "sms") is first_sms  # within the TTL
+        now[0] += 2
+        second_sms = await registry.for_channel(app_id, "sms")
+        assert second_sms is not first_sms and second_sms._sender == "20004346"
+        assert await registry.for_channel(app_id, "push") is first_push  # unchanged: kept
+        async with sessions() as session, session.begin():
+            row = await credentials_store.get(session, app_id=app_id, provider="kavenegar")
+            assert row is not None
+            await credentials_store.delete(session, row=row)
+        now[0] += 31
+        assert (await registry.for_channel(app_id, "sms")).name == "log"
+    finally:
+        await registry.aclose()

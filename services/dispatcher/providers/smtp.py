@@ -175,12 +175,13 @@ class SmtpProvider:
             await client.login(self._username, self._password)
         return client
 
-    async def _checkout(self) -> aiosmtplib.SMTP:
+    async def _checkout(self) -> tuple[aiosmtplib.SMTP, bool]:
+        """A connected client, and whether it was reused from the pool."""
         while self._idle:
             client = self._idle.pop()
             if client.is_connected:
-                return client
-        return await self._connect()
+                return client, True
+        return await self._connect(), False
 
     async def _send_on(
         self, client: aiosmtplib.SMTP, message: Message, address: Address
@@ -202,27 +203,35 @@ class SmtpProvider:
         return sent(self.name, str(email["Message-ID"]))
 
     async def _session(self, batch: list[tuple[Message, Address]]) -> list[Outcome]:
-        """Send ``batch`` in order on one pooled connection; after a connection-level
-        failure the rest of the batch reconnects once."""
+        """Send ``batch`` in order on one pooled connection. Any error ends the
+        connection (the next message opens another); a pooled connection the relay
+        closed while idle is replaced and the message tried once more."""
         outcomes: list[Outcome] = []
         async with self._slots:
             client: aiosmtplib.SMTP | None = None
+            reused = False
             for message, address in batch:
                 if address.kind != "email":
                     raise ValueError(f"the SMTP provider cannot send to a {address.kind} address")
-                try:
-                    if client is None:
-                        client = await self._checkout()
-                    outcomes.append(await self._send_on(client, message, address))
-                except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-                    outcome = smtp_failure(exc)
-                    outcomes.append(outcome)
-                    if outcome.reason in (NETWORK, TIMEOUT, AUTH) or not isinstance(
-                        exc, aiosmtplib.SMTPRecipientsRefused | aiosmtplib.SMTPRecipientRefused
-                    ):
+                for attempt in range(2):
+                    try:
+                        if client is None:
+                            client, reused = await self._checkout()
+                        outcomes.append(await self._send_on(client, message, address))
+                        reused = True
+                        break
+                    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                         if client is not None:
                             client.close()
-                        client = None
+                        client, stale = None, reused
+                        if (
+                            attempt == 0
+                            and stale
+                            and isinstance(exc, aiosmtplib.SMTPServerDisconnected)
+                        ):
+                            continue
+                        outcomes.append(smtp_failure(exc))
+                        break
             if client is not None and client.is_connected:
                 self._idle.append(client)
         return outcomes

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+from cryptography.hazmat.primitives import serialization
 from py_vapid import Vapid02
 from pywebpush import WebPusher, WebPushException
 
@@ -72,8 +73,6 @@ def load_vapid(private_key: str) -> Vapid02:
 
 def public_key(vapid: Vapid02) -> str:
     """The application server key the browser subscribes with (base64url, no padding)."""
-    from cryptography.hazmat.primitives import serialization
-
     raw = vapid.public_key.public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
