@@ -393,3 +393,13 @@ def test_contacts_become_addresses() -> None:
     assert addresses.sms_address("nope") is None and addresses.sms_address(None) is None
     assert addresses.email_address("a@b.ir") is not None
     assert addresses.email_address("a@b.ir\r\nBcc: x@y") is None
+
+
+def test_the_cli_prints_a_usable_master_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from services.cli import main
+
+    assert main(["secrets-key"]) == 0
+    key = capsys.readouterr().out.strip()
+    ring = Keyring.from_settings(DispatcherSettings(environment="production", dispatcher_secrets_key=key))  # type: ignore[arg-type]
+    assert ring.open(ring.sealer.seal("x", app_id="a", provider="smtp"), app_id="a", provider="smtp") == "x"
+    assert main(["secrets-key"]) == 0 and capsys.readouterr().out.strip() != key
