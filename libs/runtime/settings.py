@@ -57,7 +57,7 @@ class AttributionSettings(BaseServiceSettings):
 
 
 # The master key of provider credentials in development: known to everyone, so refused
-# outside development (``DispatcherSettings.secrets_keyring``).
+# outside development (``services.dispatcher.credentials.Keyring.from_settings``).
 DEV_SECRETS_KEY = "hodhod-development-only-secrets-key-do-not-use"
 
 
