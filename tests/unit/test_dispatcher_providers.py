@@ -400,6 +400,11 @@ def test_the_cli_prints_a_usable_master_key(capsys: pytest.CaptureFixture[str]) 
 
     assert main(["secrets-key"]) == 0
     key = capsys.readouterr().out.strip()
-    ring = Keyring.from_settings(DispatcherSettings(environment="production", dispatcher_secrets_key=key))  # type: ignore[arg-type]
-    assert ring.open(ring.sealer.seal("x", app_id="a", provider="smtp"), app_id="a", provider="smtp") == "x"
+    ring = Keyring.from_settings(
+        DispatcherSettings(environment="production", dispatcher_secrets_key=key)
+    )  # type: ignore[arg-type]
+    assert (
+        ring.open(ring.sealer.seal("x", app_id="a", provider="smtp"), app_id="a", provider="smtp")
+        == "x"
+    )
     assert main(["secrets-key"]) == 0 and capsys.readouterr().out.strip() != key
