@@ -1,4 +1,5 @@
-"""The ``hodhod`` command: ``up``, ``migrate``, ``app create``, ``topics``, ``schemas``.
+"""The ``hodhod`` command: ``up``, ``migrate``, ``app create``, ``topics``, ``schemas``,
+``secrets-key``.
 
 ``hodhod up`` starts what is missing (Tansu unless ``HODHOD_KAFKA_BOOTSTRAP`` is set,
 embedded Postgres unless ``DATABASE_URL`` is set, chDB under ``./var/clickhouse``),
@@ -144,6 +145,14 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secrets_key(args: argparse.Namespace) -> int:
+    """Print a fresh master key for HODHOD_DISPATCHER_SECRETS_KEY (nothing is stored)."""
+    from services.dispatcher.credentials import new_master_key
+
+    print(new_master_key())
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from libs.schemas.export import export_json_schemas
 
@@ -262,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_migrate
     )
     sub.add_parser("topics", help="create the Kafka topics").set_defaults(func=cmd_topics)
+    sub.add_parser(
+        "secrets-key", help="print a new master key for HODHOD_DISPATCHER_SECRETS_KEY"
+    ).set_defaults(func=cmd_secrets_key)
     schemas = sub.add_parser("schemas", help="write the topics' JSON Schemas")
     schemas.add_argument("--out", default="docs/schemas")
     schemas.set_defaults(func=cmd_schemas)

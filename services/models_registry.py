@@ -14,6 +14,7 @@ TABLE_MODULES = (
     "services.segmenter.store",
     "services.journey.store",
     "services.dispatcher.store",
+    "services.dispatcher.credentials_store",
 )
 
 

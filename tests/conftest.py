@@ -28,6 +28,7 @@ from libs.runtime import clickhouse, localinfra, postgres
 from libs.runtime.kafka import ensure_topics, platform_topics
 from libs.runtime.settings import PlatformSettings
 from libs.runtime.tenancy import provision_app
+from services.dispatcher.credentials import new_master_key
 
 DEFAULT_TEST_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -88,6 +89,7 @@ def settings(tansu: localinfra.Tansu, database_url: str, clickhouse_url: str) ->
         http_port=localinfra.free_port(),
         kafka_fetch_max_wait_ms=10,
         kafka_session_timeout_ms=6_000,
+        dispatcher_secrets_key=new_master_key(),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,6 +54,46 @@ class AttributionSettings(BaseServiceSettings):
     # Postback calls to one ad network (per process): sustained rate and burst.
     postback_rate_per_s: float = Field(default=50.0, gt=0, le=10_000)
     postback_burst: int = Field(default=10, ge=1, le=10_000)
+
+
+# The master key of provider credentials in development: known to everyone, so refused
+# outside development (``services.dispatcher.credentials.Keyring.from_settings``).
+DEV_SECRETS_KEY = "hodhod-development-only-secrets-key-do-not-use"
+
+
+class DispatcherSettings(BaseServiceSettings):
+    # Master key of the per-app provider credentials (32 random bytes, base64url): only
+    # the dispatcher's deployment is given it. Previous keys, comma-separated, still
+    # open credentials sealed before a rotation.
+    dispatcher_secrets_key: SecretStr = SecretStr(DEV_SECRETS_KEY)
+    dispatcher_secrets_old_keys: SecretStr = SecretStr("")
+    # Channels of an app without credentials go to the log provider (None: on except in
+    # production); off, such sends are suppressed with reason no_provider.
+    dispatcher_log_fallback: bool | None = None
+    # How long an app's providers are used before its credentials are checked again.
+    dispatcher_credentials_ttl_s: float = Field(default=10.0, ge=0, le=3600)
+    # Provider endpoints: the real ones by default; tests and proxies point elsewhere.
+    dispatcher_fcm_url: str = "https://fcm.googleapis.com"
+    dispatcher_fcm_token_uri: str = "https://oauth2.googleapis.com/token"
+    dispatcher_apns_url: str | None = None
+    dispatcher_kavenegar_url: str = "https://api.kavenegar.com"
+    # An extra CA bundle providers' TLS trusts (besides the system's).
+    dispatcher_provider_ca_file: str | None = None
+    dispatcher_provider_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    dispatcher_provider_max_connections: int = Field(default=100, ge=1, le=10_000)
+    # Plain-http web push endpoints and SMS gateway URLs (None: allowed except in
+    # production).
+    dispatcher_allow_insecure_endpoints: bool | None = None
+
+    def log_fallback(self) -> bool:
+        if self.dispatcher_log_fallback is not None:
+            return self.dispatcher_log_fallback
+        return self.environment != "production"
+
+    def insecure_endpoints(self) -> bool:
+        if self.dispatcher_allow_insecure_endpoints is not None:
+            return self.dispatcher_allow_insecure_endpoints
+        return self.environment != "production"
 
 
 class PostgresSettings(BaseServiceSettings):
@@ -116,5 +156,6 @@ class PlatformSettings(
     IngestSettings,
     SegmenterSettings,
     AttributionSettings,
+    DispatcherSettings,
 ):
     """Everything the one-process launcher needs; each service reads only its part."""

@@ -20,7 +20,9 @@ from libs.schemas.base import Id, TenantContract, UserKey, UtcDatetime
 TOPIC = "config-changes"
 KEY_RULE = "app_id"
 
-Entity = Literal["app", "key", "tracker", "segment", "journey", "template", "broadcast", "user"]
+Entity = Literal[
+    "app", "key", "tracker", "segment", "journey", "template", "broadcast", "user", "provider"
+]
 
 
 class ConfigChanged(TenantContract):

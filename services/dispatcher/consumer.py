@@ -17,7 +17,7 @@ from libs.runtime.pipeline import Batch
 from libs.schemas import DeliveryReceipt, SendJob
 from services.dispatcher import logic, store
 from services.dispatcher.metrics import SENDS
-from services.dispatcher.providers import Outgoing, Provider, ProviderError
+from services.dispatcher.providers import Address, Message, Provider
 
 TOPICS = ("send-jobs",)
 
@@ -73,12 +73,28 @@ class Sender:
             }
             try:
                 rendered = logic.render(job.content, context)
-                message_id = await provider.send(
-                    session, Outgoing(job.app_id, job.job_id, job.user_key, job.channel, rendered)
-                )
-                status = "sent"
-            except (logic.RenderError, ProviderError) as exc:
+            except logic.RenderError as exc:
                 error = str(exc)[:1024]
+            else:
+                outcome = await provider.send(
+                    Message(
+                        app_id=job.app_id,
+                        job_id=job.job_id,
+                        channel=job.channel,
+                        title=rendered.title,
+                        body=rendered.body,
+                        url=rendered.url,
+                        data=rendered.data,
+                        subject=job.content.subject,
+                        category=job.category,
+                    ),
+                    Address(kind="log", value=job.user_key),
+                )
+                status, message_id, error = (
+                    outcome.status,
+                    outcome.provider_message_id,
+                    outcome.error,
+                )
         await store.finish(
             session,
             app_id=job.app_id,

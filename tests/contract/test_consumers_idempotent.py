@@ -358,7 +358,7 @@ def _consumer(
                 lambda: setup_journey(sessions, app_id),
             )
         case "dispatcher":
-            return Sender(sessions, producer, providers()), pg(DISPATCHER_TABLES), nothing
+            return Sender(sessions, producer, providers(sessions)), pg(DISPATCHER_TABLES), nothing
         case "warehouse":
             return WarehouseWriter(warehouse), lambda: ch_snapshot(warehouse, app_id), nothing
     raise AssertionError(case.consumer)
@@ -451,7 +451,7 @@ async def test_retried_dispatch_is_counted_once_in_the_warehouse(
     flaky = FailsAfterFirstPublish(settings.kafka_bootstrap)
     await flaky.start()
     try:
-        sender = Sender(sessions, flaky, providers())
+        sender = Sender(sessions, flaky, providers(sessions))
         batch = batch_of(["send-jobs"], app_id)
         with pytest.raises(TransientError):
             await sender(batch)

@@ -39,6 +39,10 @@ PURE_EXTRAS = [
     "services.admin.segments",
     "services.admin.users",
     "services.segmenter.identity",
+    "services.dispatcher.sms",
+    "services.dispatcher.credentials",
+    "services.dispatcher.providers.base",
+    "services.dispatcher.providers.addresses",
 ]
 PURE_MODULES = [
     *SERVICE_LOGIC,
