@@ -333,7 +333,11 @@ def _decide(
         adid_first_seen=shared.adid_first_seen.get((app_id, adid)) if adid else None,
         user_installs=shared.user_installs.get((app_id, user_key), ()),
     )
-    outcome = outcomes.classify(decision, past, install_ts=facts.ts, adid=adid)
+    # A late-click upgrade knows the install by its ledger row, which keeps the hardware.
+    hardware = logic.hardware(facts.platform, facts.device_model, facts.user_agent) or (
+        recorded["hardware"] if recorded is not None else None
+    )
+    outcome = outcomes.classify(decision, past, install_ts=facts.ts, adid=adid, hardware=hardware)
     click = decision.click
     token = outcome.tracker_token
     tracker = shared.trackers.get((app_id, token)) if token else None
@@ -370,6 +374,7 @@ def _decide(
             "click_id": click.click_id if click else None,
             "attributed_at": stamp,
             "adid": adid,
+            "hardware": hardware,
             "ip": facts.ip,
             "install_begin_ts": facts.install_begin_ts,
             "fraud_reasons": fraud_reasons,

@@ -167,35 +167,40 @@ async def _lock(
     logins: Sequence[Login],
 ) -> dict[tuple[str, str], str]:
     """Lock, up front and in one global order, what the batch touches: every click id —
-    its clicks and the clicks its installs name — then the users and devices it joins or
-    installs on. Two replicas never hold them crosswise; an install and a login of one
-    device on two replicas are serialised, and so are two devices of one user (each
-    reads the other's install as history). Returns the links of the installs' anonymous
-    devices, read to know their users."""
+    its clicks and the clicks its installs name — then the devices it installs on or
+    joins, then the users. Two replicas never hold them crosswise; an install and a
+    login of one device on two replicas are serialised, and so are two devices of one
+    user (each reads the other's install as history). Returns the links of the installs'
+    anonymous devices, read once the devices are held: only a batch holding a device
+    links it, so a login committed while this batch waited for the device is seen (read
+    before the lock, it was not, and the install stayed anonymous for good); the users
+    those links name are locked after."""
     named = {(c.app_id, c.click_id) for c in clicks}
     named |= {(j.app_id, j.ref_click_id) for j in installs if j.ref_click_id}
     users = {(login[0], login[1]) for login in logins}
     users |= {(v.app_id, v.user_id) for v in verifications if v.device_id}
     devices = {(login[0], login[2]) for login in logins}
     devices |= {(v.app_id, v.device_id) for v in verifications if v.device_id}
-    anonymous = [
-        (j.app_id, j.device_id) for j in installs if j.user_key.startswith(ANONYMOUS_PREFIX)
-    ]
-    links = await prefetch.linked_users(session, devices=anonymous)
-    for job in installs:
-        devices.add((job.app_id, job.device_id))
-        if not job.user_key.startswith(ANONYMOUS_PREFIX):
-            users.add((job.app_id, job.user_key))
-        elif user := links.get((job.app_id, job.device_id)):
-            users.add((job.app_id, user))
+    devices |= {(j.app_id, j.device_id) for j in installs}
     await lock_all(
         session,
         [
             *(store.click_lock(*k) for k in sorted(named)),
-            *(identity.user_lock(*k) for k in sorted(users)),
             *(store.device_lock(*k) for k in sorted(devices)),
         ],
     )
+    links = await prefetch.linked_users(
+        session,
+        devices=[
+            (j.app_id, j.device_id) for j in installs if j.user_key.startswith(ANONYMOUS_PREFIX)
+        ],
+    )
+    for job in installs:
+        if not job.user_key.startswith(ANONYMOUS_PREFIX):
+            users.add((job.app_id, job.user_key))
+        elif user := links.get((job.app_id, job.device_id)):
+            users.add((job.app_id, user))
+    await lock_all(session, [identity.user_lock(*k) for k in sorted(users)])
     return links
 
 

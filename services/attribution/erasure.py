@@ -22,7 +22,7 @@ the segmenter.
 
 An erasure is carried out once (``attribution_erasures``): a redelivered record does
 not erase what the user did after it. Locks, in the matcher's global order: the clicks,
-the user, the devices — so an install or a login of the user being matched on another
+the devices, the user — so an install or a login of the user being matched on another
 replica waits for the erasure, or the erasure for it.
 """
 
@@ -100,8 +100,8 @@ async def erase(session: AsyncSession, *, app_id: str, user_key: str, erasure_id
         session,
         [
             *(store.click_lock(app_id, c) for c in clicks),
-            *([identity.user_lock(app_id, user)] if user else []),
             *(store.device_lock(app_id, d) for d in sorted(devices)),
+            *([identity.user_lock(app_id, user)] if user else []),
         ],
     )
     claimed = await session.scalar(

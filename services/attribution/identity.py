@@ -91,6 +91,7 @@ async def _record(session: AsyncSession, row: store.Install) -> outcomes.Install
         tracker_token=row.tracker_token,
         adid=row.adid,
         method=row.method,
+        hardware=row.hardware,
         # A click row gone from the index (expired) is known by its install's time.
         click=(
             logic.ClickFacts(

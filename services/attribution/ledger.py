@@ -21,12 +21,14 @@ Row = dict[str, Any]  # a ledger row: every column of attribution_installs
 
 
 class UserInstall(NamedTuple):
-    """One counted (not rejected) install of a known user."""
+    """One counted (not rejected) install of a known user; ``hardware``: what it ran on
+    (``logic.hardware``; None: not known)."""
 
     install_event_id: str
     install_ts: datetime
     adid: str | None
     tracker_token: str | None
+    hardware: str | None = None
 
 
 _INDEXED = ("adid", "user_key", "ip")
@@ -119,7 +121,11 @@ class BatchLedger:
             earlier = [u for u in user_installs if u.install_ts <= before]
             mine = [
                 UserInstall(
-                    row["install_event_id"], row["install_ts"], row["adid"], row["tracker_token"]
+                    row["install_event_id"],
+                    row["install_ts"],
+                    row["adid"],
+                    row["tracker_token"],
+                    row["hardware"],
                 )
                 for row in self._counted("user_key", app_id, user_key, install_event_id)
                 if row["install_ts"] <= before
@@ -132,6 +138,7 @@ class BatchLedger:
             adid_seen=adid_seen,
             user_seen=bool(earlier),
             user_adids=frozenset(u.adid for u in earlier if u.adid),
+            user_hardware=frozenset(u.hardware for u in earlier),
             last_active=max((u.install_ts for u in earlier), default=None),
             original_tracker=earlier[0].tracker_token if earlier else None,
         )

@@ -223,6 +223,21 @@ def device_signature(user_agent: str | None) -> tuple[str, str, str] | None:
     return None
 
 
+def hardware(platform: str | None, device_model: str | None, user_agent: str | None) -> str | None:
+    """The kind of physical device an install ran on, ``os|model`` (``android|sm-a546e``):
+    the SDK's platform and model, else what the user agent names; None when neither names
+    a model. Reinstalling on the same phone gives the same answer (the OS version, which
+    updates move, is left out), so two installs of one user with different answers are
+    two devices. Apple devices are known by family only (``ios|iphone``: Safari names no
+    more), so two iPhones are not told apart. Never raises."""
+    os_name = (platform or "").strip().lower()
+    model = _model(device_model)
+    if os_name in ("android", "ios") and model:
+        return f"{os_name}|{model}"
+    signature = device_signature(user_agent)
+    return f"{signature[0]}|{signature[2]}" if signature else None
+
+
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 

@@ -46,14 +46,17 @@ class History:
 
     ``adid_seen``: an earlier install of the app carried this advertising id (the same
     physical device). ``user_seen``: the install's ``user_id`` has an earlier install.
-    ``user_adids``: advertising ids of that user's earlier installs. ``last_active``: the
-    user's (or, anonymous, the device's) last activity. ``original_tracker``: the tracker
-    of the user's first attribution, None when that was organic.
+    ``user_adids``: advertising ids of that user's earlier installs. ``user_hardware``:
+    the hardware (``logic.hardware``) of each of them, None for one whose hardware is not
+    known. ``last_active``: the user's (or, anonymous, the device's) last activity.
+    ``original_tracker``: the tracker of the user's first attribution, None when that was
+    organic.
     """
 
     adid_seen: bool = False
     user_seen: bool = False
     user_adids: frozenset[str] = frozenset()
+    user_hardware: frozenset[str | None] = frozenset()
     last_active: datetime | None = None
     original_tracker: str | None = None
 
@@ -72,18 +75,23 @@ def classify(
     *,
     install_ts: datetime,
     adid: str | None = None,
+    hardware: str | None = None,
     inactivity: timedelta = INACTIVITY,
 ) -> Outcome:
-    """The outcome of one install, given its matching ``decision``:
+    """The outcome of one install, given its matching ``decision`` and the ``hardware``
+    (``logic.hardware``) it ran on:
 
     - nothing known about device or user → ``new_user`` when matched, else ``organic``;
     - known, matched through a click *newer than* the last activity, and inactive for
       ``inactivity`` or more (inclusive) → ``reattribution`` under the new click's tracker;
-    - a known user on a device with an advertising id the user never had (and the
-      ledger never saw) → ``new_device`` under the user's original tracker;
+    - a known user on another device — an advertising id the user never had (and the
+      ledger never saw), or, the advertising id not seen either, hardware none of the
+      user's installs had while all of theirs is known (a reinstall keeps its phone's
+      model) → ``new_device`` under the user's original tracker;
     - any other known device or user → ``reinstall`` (under the new click's tracker when
-      matched). Without an advertising id a second device of the user cannot be told from
-      a reinstall; it counts as ``reinstall``, never as a new user.
+      matched). Without an advertising id, a second device of the user's model (or of
+      unknown hardware) cannot be told from a reinstall; it counts as ``reinstall``,
+      never as a new user.
 
     Once a device or user is known, no later install is ``new_user``.
     """
@@ -101,8 +109,12 @@ def classify(
         return Outcome(REATTRIBUTION, tracker)
     mine = clean_adid(adid)
     known_adids = {a for a in (clean_adid(x) for x in history.user_adids) if a}
-    if history.user_seen and not history.adid_seen and mine is not None and mine not in known_adids:
-        return Outcome(NEW_DEVICE, history.original_tracker)
+    if history.user_seen and not history.adid_seen:
+        if mine is not None and mine not in known_adids:
+            return Outcome(NEW_DEVICE, history.original_tracker)
+        seen = history.user_hardware
+        if hardware is not None and seen and None not in seen and hardware not in seen:
+            return Outcome(NEW_DEVICE, history.original_tracker)
     return Outcome(REINSTALL, tracker)
 
 
@@ -110,7 +122,8 @@ def classify(
 class InstallRecord:
     """One install as the ledger holds it. ``method`` and ``click`` are how it was
     matched (``click``: the touch's tracker and time; None for an organic install);
-    ``kind`` and ``tracker_token`` what it is reported as."""
+    ``kind`` and ``tracker_token`` what it is reported as; ``hardware`` what it ran on
+    (``logic.hardware``; None: not known)."""
 
     install_event_id: str
     install_ts: datetime
@@ -119,6 +132,7 @@ class InstallRecord:
     adid: str | None = None
     method: str = "organic"
     click: ClickFacts | None = None
+    hardware: str | None = None
 
 
 def reclassify(
@@ -132,10 +146,11 @@ def reclassify(
     unknown user; without ``earlier`` the record is the user's first and stays. Otherwise
     the record is judged by :func:`classify` with the history ``earlier`` makes, so a
     login processed after an install gives the same answer as one processed before it:
-    another device of the user (an advertising id the user never had) becomes
-    ``new_device`` under the original tracker — never a second new user; the same
-    advertising id, or none, a ``reinstall``; a return through a newer click after
-    ``inactivity``, a ``reattribution``. Idempotent.
+    another device of the user (an advertising id the user never had, or hardware none
+    of the user's installs had) becomes ``new_device`` under the original tracker — never
+    a second new user; the same advertising id, or none on the same or unknown hardware, a
+    ``reinstall``; a return through a newer click after ``inactivity``, a
+    ``reattribution``. Idempotent.
     """
     if record.kind not in (NEW_USER, ORGANIC) or not earlier:
         return Outcome(record.kind, record.tracker_token)
@@ -145,6 +160,7 @@ def reclassify(
         adid_seen=mine is not None and mine in adids,
         user_seen=True,
         user_adids=adids,
+        user_hardware=frozenset(e.hardware for e in earlier),
         last_active=max(e.install_ts for e in earlier),
         original_tracker=earlier[0].tracker_token,
     )
@@ -154,7 +170,12 @@ def reclassify(
         else Decision(ORGANIC, ORGANIC, ATTRIBUTED, None)
     )
     return classify(
-        decision, history, install_ts=record.install_ts, adid=record.adid, inactivity=inactivity
+        decision,
+        history,
+        install_ts=record.install_ts,
+        adid=record.adid,
+        hardware=record.hardware,
+        inactivity=inactivity,
     )
 
 

@@ -250,7 +250,8 @@ async def adids_first_seen(
 
 
 _USER_INSTALLS = (
-    "SELECT k.app_id, k.user_key, i.install_event_id, i.install_ts, i.adid, i.tracker_token "
+    "SELECT k.app_id, k.user_key, i.install_event_id, i.install_ts, i.adid, i.tracker_token, "
+    "i.hardware "
     "FROM unnest($1::text::text[], $2::text::text[]) AS k(app_id, user_key) "
     "CROSS JOIN LATERAL (SELECT * FROM attribution_installs i "
     "WHERE i.app_id = k.app_id AND i.user_key = k.user_key AND i.status <> 'rejected' "
@@ -269,7 +270,9 @@ async def user_installs(
     found: dict[Key, list[UserInstall]] = defaultdict(list)
     for r in await fetch_raw(session, _USER_INSTALLS, apps, keys, *_columns(excluding, 2)):
         found[(r["app_id"], r["user_key"])].append(
-            UserInstall(r["install_event_id"], r["install_ts"], r["adid"], r["tracker_token"])
+            UserInstall(
+                r["install_event_id"], r["install_ts"], r["adid"], r["tracker_token"], r["hardware"]
+            )
         )
     return dict(found)
 

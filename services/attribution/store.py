@@ -100,6 +100,8 @@ class Install(Base):
     click_id: Mapped[str | None] = mapped_column(String(128))
     attributed_at: Mapped[datetime]
     adid: Mapped[str | None] = mapped_column(String(128))
+    # logic.hardware: tells a user's second device from a reinstall without an adid.
+    hardware: Mapped[str | None] = mapped_column(String(160))
     # Kept for fraud review and for re-judging the install when a late click upgrades it.
     ip: Mapped[str | None] = mapped_column(String(64))
     install_begin_ts: Mapped[datetime | None]
