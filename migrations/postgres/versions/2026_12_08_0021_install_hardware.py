@@ -1,7 +1,7 @@
 """attribution: the hardware each install ran on
 
 Revision ID: 0021_ident
-Revises: 0015
+Revises: 0020_prov
 Create Date: 2026-12-08 12:00:00.000000
 
 Additive. ``attribution_installs.hardware`` (``logic.hardware``: platform and model)
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0021_ident"
-down_revision: str | None = "0015"
+down_revision: str | None = "0020_prov"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
