@@ -24,7 +24,7 @@ async def test_a_sleeper_wakes_when_the_clock_reaches_its_moment() -> None:
     assert clock.now() == T0 + timedelta(hours=2)
 
 
-async def test_sleepers_wake_in_order_of_their_moments() -> None:
+async def test_a_move_wakes_exactly_the_sleepers_whose_moment_has_passed() -> None:
     clock = ManualClock(T0)
     woke: list[int] = []
 
@@ -35,8 +35,10 @@ async def test_sleepers_wake_in_order_of_their_moments() -> None:
     tasks = [asyncio.create_task(sleep(h)) for h in (3, 1, 2)]
     await asyncio.sleep(0)
     clock.advance(timedelta(hours=2))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(tasks[1], tasks[2]), 1)
+    await asyncio.sleep(0)
     assert sorted(woke) == [1, 2]
+    assert not tasks[0].done()
     clock.advance(timedelta(hours=1))
     await asyncio.gather(*tasks)
     assert sorted(woke) == [1, 2, 3]
