@@ -38,13 +38,15 @@ PURE_EXTRAS = [
     "services.admin.segments",
     "services.admin.users",
     "services.segmenter.identity",
+    "services.journey.timing",
 ]
 PURE_MODULES = [
     *SERVICE_LOGIC,
     *PURE_EXTRAS,
     "libs.schemas",
     "libs.schemas.rules",
-    "libs.schemas.journeys",
+    "libs.journeys.definition",
+    "libs.journeys.validate",
     "libs.segments.semantics",
 ]
 
