@@ -359,7 +359,8 @@ def send_job(
         channel=channel,
         content=node.content,
         template_id=node.template_id,
-        context={"trigger": dict(run.trigger.get("props") or {}), "journey_id": run.journey_id},
+        # The trigger event's properties are the message's variables ({{ cart_id }}).
+        context=dict(run.trigger.get("props") or {}),
         transactional=False,
         journey_id=run.journey_id,
         run_id=run.run_id,
@@ -376,10 +377,13 @@ def send_job(
 
 
 def goal_met(goal: Goal, run: Run, event: EventSeen) -> bool:
-    """Whether ``event`` is the goal within its window (from entering, inclusive)."""
+    """Whether ``event`` is the goal within its window: at most ``within`` after entering
+    (inclusive). A run only sees events handled after it was created, so no lower bound
+    is needed — and an event stamped a little before the entry that caused the run (the
+    purchase right after adding to cart, handled in the same batch) still counts."""
     if event.name != goal.event:
         return False
-    if not run.entered_at <= event.ts <= run.entered_at + goal.within.delta:
+    if event.ts > run.entered_at + goal.within.delta:
         return False
     return filters_match(goal.where, event.props, run.trigger)
 

@@ -95,7 +95,7 @@ def test_abandoned_cart_waits_sends_then_reminds() -> None:
     later = NOW + timedelta(hours=2)
     step = advance(step.run, d, Wake(), later, Facts())
     assert [j.job_id for j in step.jobs] == [f"{step.run.run_id}:push1:1"]
-    assert step.jobs[0].context["trigger"] == {"cart_id": "c9"}
+    assert step.jobs[0].context == {"cart_id": "c9"}
     assert (step.run.node, step.run.waiting_for) == ("bought", "$purchase")
     # Another cart's purchase is neither the wait's event nor... it is the goal:
     other = EventSeen("$purchase", "e2", later, {"cart_id": "other"})
