@@ -36,18 +36,13 @@ import asyncpg
 from sqlalchemy import insert, literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.rules.language import Node
+from libs.rules.profile import DailyCount, ProfileState, ProfileView, RecentEvent
+from libs.rules.semantics import Context
+from libs.rules.sql import matching_users
 from libs.runtime import localinfra, postgres
 from libs.runtime.tables import Membership, Profile
-from libs.schemas.rules import Node
-from libs.segments.semantics import Context
-from libs.segments.sql import matching_users
-from services.segmenter.logic import (
-    DailyCount,
-    ProfileState,
-    ProfileView,
-    RecentEvent,
-    dependency_order,
-)
+from services.segmenter.logic import dependency_order
 
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
 WINDOW_DAYS = 90

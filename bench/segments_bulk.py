@@ -5,7 +5,7 @@ generated users (``bench._segments_infra``: realistic profiles and ~12 daily-cou
 each over 90 days) by binary COPY, VACUUM ANALYZEs, then times the rule
 ``RULES["s_buyers_tehran"]`` — city eq Tehran, ≥ 3 ``$open`` within 30 days, revenue > 0
 within 14 days, last_seen within 7 days, reachable by push — compiled by
-``libs.segments.sql``:
+``libs.rules.sql``:
 
 - ``count``: ``SELECT count(*) … WHERE app_id = … AND <rule>`` (admin's match count), in
   a transaction with JIT off as the scheduler and admin run it (``sql.without_jit``);
@@ -44,11 +44,11 @@ from sqlalchemy import Select, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench._segments_infra import RULES, Database, load_users, seed_memberships
+from libs.rules.language import parse_rule
+from libs.rules.semantics import NO_CONTEXT
+from libs.rules.sql import compile_rule, matching_users, rfm_thresholds, without_jit
 from libs.runtime import postgres
 from libs.runtime.tables import Membership, Profile
-from libs.schemas.rules import parse_rule
-from libs.segments.semantics import NO_CONTEXT
-from libs.segments.sql import compile_rule, matching_users, rfm_thresholds, without_jit
 from services.admin.store import preview
 from services.segmenter import store
 

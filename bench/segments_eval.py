@@ -7,7 +7,7 @@ kind — attribute, event count in a window (daily counters and exact recent eve
 all/any/not, a segment reference) over N generated users with realistic state (daily
 counters over 90 days, recent events with props, tokens, location). Two measurements:
 
-- ``evaluate``: ``logic.evaluate(rule, view, now, context)`` for every rule × user;
+- ``evaluate``: ``evaluate(rule, view, now, context)`` for every rule × user;
 - ``consumer path``: ``logic.membership_changes`` for every user with all 12 segments and
   the user's current memberships — exactly the call the segmenter consumer makes per
   user per batch (segment references and change ids included; the dependency order is
@@ -27,9 +27,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench._segments_infra import RULES, User, population
+from libs.rules.evaluation import evaluate, quintile_thresholds
+from libs.rules.language import Node, parse_rule, walk
+from libs.rules.semantics import Context, RfmThresholds
 from libs.runtime.service import tune_gc
-from libs.schemas.rules import Node, parse_rule, walk
-from libs.segments.semantics import Context, RfmThresholds
 from services.segmenter import logic
 
 USERS = int(os.environ.get("BENCH_SEG_EVAL_USERS", "5000"))
@@ -43,9 +44,9 @@ def rfm_context(users: list[User], now: datetime) -> Context:
     recency = [(now - u.state.last_seen) / timedelta(days=1) for u in users if u.state.last_seen]
     return Context(
         rfm=RfmThresholds(
-            logic.quintile_thresholds(recency),
-            logic.quintile_thresholds(float(u.state.sessions) for u in users),
-            logic.quintile_thresholds(u.state.revenue for u in users),
+            quintile_thresholds(recency),
+            quintile_thresholds(float(u.state.sessions) for u in users),
+            quintile_thresholds(u.state.revenue for u in users),
         )
     )
 
@@ -59,14 +60,14 @@ def pass_evaluate(rules: dict[str, Node], views: list[Any], ctx: Context) -> tup
     hits = 0
     for view in views:
         for rule in rules.values():
-            hits += logic.evaluate(rule, view, NOW, ctx)
+            hits += evaluate(rule, view, NOW, ctx)
     return hits, time.perf_counter() - started
 
 
 def pass_one_rule(rule: Node, views: list[Any], ctx: Context) -> float:
     started = time.perf_counter()
     for view in views:
-        logic.evaluate(rule, view, NOW, ctx)
+        evaluate(rule, view, NOW, ctx)
     return time.perf_counter() - started
 
 

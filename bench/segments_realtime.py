@@ -51,6 +51,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench._segments_infra import RULES, Database, load_users, seed_memberships, user_key
+from libs.rules.language import parse_rule
+from libs.rules.semantics import Context
+from libs.rules.sql import rfm_thresholds
 from libs.runtime import localinfra, postgres
 from libs.runtime.kafka import ensure_topics, platform_topics
 from libs.runtime.resources import open_resources
@@ -59,9 +62,6 @@ from libs.runtime.settings import KafkaSettings, PlatformSettings
 from libs.runtime.tables import Segment
 from libs.runtime.tenancy import provision_app
 from libs.schemas import Event, contract_for, encode
-from libs.schemas.rules import parse_rule
-from libs.segments.semantics import Context
-from libs.segments.sql import rfm_thresholds
 
 RATE = int(os.environ.get("BENCH_SEG_RT_RATE", "2000"))
 SECONDS = float(os.environ.get("BENCH_SEG_RT_SECONDS", "20"))

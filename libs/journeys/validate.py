@@ -37,7 +37,7 @@ from libs.journeys.definition import (
     WaitForEventNode,
     legacy_form,
 )
-from libs.schemas.rules import RuleError, parse_rule, referenced_segments
+from libs.rules.language import RuleError, parse_rule, referenced_segments
 
 _TAGS = frozenset(
     {

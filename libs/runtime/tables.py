@@ -206,7 +206,7 @@ class DeviceAlias(Base):
 
 
 # Segmenter's evaluation inputs and output. Written by segmenter only; admin reads them
-# through the segment SQL compiler (``libs.segments.sql``) for previews and exports.
+# through the segment SQL compiler (``libs.rules.sql``) for previews and exports.
 
 
 class DailyCounter(Base):

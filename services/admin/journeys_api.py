@@ -20,11 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.journeys.definition import DefinitionError, Journey
 from libs.journeys.validate import dump, parse, references
+from libs.rules.language import SegmentCond
 from libs.runtime.deps import ProducerDep, SessionDep
 from libs.runtime.errors import Conflict, InvalidInput, NotFound
 from libs.runtime.tables import Journey as JourneyRow
 from libs.runtime.tenancy import AdminAppDep
-from libs.schemas.rules import SegmentCond
 from services.admin import store
 from services.admin.changes import announce
 from services.admin.schemas import (

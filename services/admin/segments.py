@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from libs.rules.language import Node, RuleError, parse_rule, referenced_segments
 from libs.runtime.errors import Conflict, InvalidInput
-from libs.schemas.rules import Node, RuleError, parse_rule, referenced_segments
 
 # Keys of a journey's trigger or definition whose string value names a segment: the
 # trigger's ``segment_entered`` and any rule-like ``{"segment": id}`` condition.

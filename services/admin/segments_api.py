@@ -19,11 +19,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from libs.rules.language import Node, is_time_dependent, referenced_segments
 from libs.runtime.deps import ProducerDep, ResourcesDep, SessionDep
 from libs.runtime.errors import Conflict, InvalidInput, NotFound
 from libs.runtime.tables import Segment
 from libs.runtime.tenancy import AdminAppDep
-from libs.schemas.rules import Node, is_time_dependent, referenced_segments
 from services.admin import logic, segments, store
 from services.admin.changes import announce
 from services.admin.schemas import (

@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.rules.language import CHANNELS, Node, ReachableCond
+from libs.rules.sql import compile_rule, context_for, without_jit
 from libs.runtime.tables import (
     DeviceAlias,
     Journey,
@@ -24,8 +26,6 @@ from libs.runtime.tables import (
 )
 from libs.runtime.tenancy import SdkSecret
 from libs.schemas.base import ANONYMOUS_PREFIX
-from libs.schemas.rules import CHANNELS, Node, ReachableCond
-from libs.segments.sql import compile_rule, context_for, without_jit
 
 TOKEN_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 TOKEN_LENGTH = 10
@@ -147,7 +147,7 @@ async def referrer_candidates(
 async def preview(
     session: AsyncSession, *, app_id: str, node: Node, now: datetime, sample: int
 ) -> tuple[int, dict[str, int], list[dict[str, Any]]]:
-    """Evaluate ``node`` now over the app's profiles (``libs.segments.sql``, the compiler
+    """Evaluate ``node`` now over the app's profiles (``libs.rules.sql``, the compiler
     the segmenter's scheduler runs): how many match, how many of those each channel
     reaches (the ``reachable`` condition's SQL), and up to ``sample`` of them, most
     recently seen first. One scan evaluates the rule once per profile: the counts are

@@ -24,6 +24,7 @@ from libs.journeys.validate import parse
 from libs.schemas import Event, SendJob
 from libs.schemas.base import ANONYMOUS_PREFIX
 from services.journey import limits, store
+from services.journey.conditions import load_conditions
 from services.journey.logic import (
     AttributeUpdate,
     Facts,
@@ -43,12 +44,6 @@ VersionKey = tuple[str, str, int]
 ConditionLoader = Callable[
     [AsyncSession, str, Sequence[str], datetime], Awaitable[Mapping[str, Condition]]
 ]
-
-
-async def no_conditions(
-    _session: AsyncSession, _app_id: str, user_keys: Sequence[str], _now: datetime
-) -> Mapping[str, Condition]:
-    return {u: (lambda _n, _r: False) for u in user_keys}
 
 
 @dataclass
@@ -83,7 +78,7 @@ class Engine:
     def __init__(
         self,
         *,
-        conditions: ConditionLoader = no_conditions,
+        conditions: ConditionLoader = load_conditions,
         cache_size: int = 2048,
     ) -> None:
         self._conditions = conditions

@@ -24,7 +24,7 @@ import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from libs.journeys.definition import (
@@ -43,6 +43,8 @@ from libs.journeys.definition import (
     WaitNode,
     WebhookNode,
 )
+from libs.rules.evaluation import match_attribute
+from libs.rules.language import AttributeCond
 from libs.schemas import SendJob
 from services.journey import timing
 
@@ -414,54 +416,15 @@ def filters_match(
     return True
 
 
-def _same(left: Any, right: Any) -> bool:
-    if isinstance(left, bool) or isinstance(right, bool):
-        return isinstance(left, bool) and isinstance(right, bool) and left is right
-    return bool(left == right)
+# The filter operators take no time (no before/after): any moment will do.
+_NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def compare(op: str, actual: Any, expected: Any) -> bool:
-    """The attribute operators of the segment language on one value (a missing value
-    matches only ``ne``, ``not_in`` and ``not_exists``)."""
-    if op == "exists":
-        return actual is not None
-    if op == "not_exists":
-        return actual is None
-    if actual is None:
-        return op in {"ne", "not_in"}
-    match op:
-        case "eq":
-            return _same(actual, expected)
-        case "ne":
-            return not _same(actual, expected)
-        case "in":
-            return any(_same(actual, v) for v in expected)
-        case "not_in":
-            return not any(_same(actual, v) for v in expected)
-        case "contains":
-            return isinstance(actual, str) and isinstance(expected, str) and expected in actual
-        case "starts_with":
-            return (
-                isinstance(actual, str)
-                and isinstance(expected, str)
-                and actual.startswith(expected)
-            )
-    if isinstance(actual, bool) or isinstance(expected, bool):
-        return False
-    if isinstance(actual, int | float) and isinstance(expected, int | float):
-        pair: tuple[Any, Any] = (float(actual), float(expected))
-    elif isinstance(actual, str) and isinstance(expected, str):
-        pair = (actual, expected)  # ISO dates and times order as strings
-    else:
-        return False
-    left, right = pair
-    if op == "gt":
-        return bool(left > right)
-    if op == "gte":
-        return bool(left >= right)
-    if op == "lt":
-        return bool(left < right)
-    return op == "lte" and bool(left <= right)
+    """The segment language's attribute operators on one value
+    (``libs.rules.evaluation.match_attribute``: a missing value matches only ``ne``,
+    ``not_in`` and ``not_exists``; numbers and ISO dates order)."""
+    return match_attribute(AttributeCond("value", op, expected), {"value": actual}, _NO_TIME)
 
 
 # --- entering -----------------------------------------------------------------------------

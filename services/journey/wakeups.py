@@ -20,11 +20,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import httpx
+from libs.runtime.timed import TimedWork
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.runtime.kafka import Producer
-from libs.runtime.timed import TimedWork
 from libs.schemas import SendJob
 from services.journey import schedules, store, webhooks
 from services.journey.apply import Engine, Move

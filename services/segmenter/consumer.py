@@ -37,12 +37,23 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from libs.rules.evaluation import RfmCache
+from libs.rules.language import (
+    Node,
+    RfmCond,
+    RuleError,
+    parse_rule,
+    reads_counters,
+    reads_recent,
+    walk,
+)
+from libs.rules.profile import ProfileState
+from libs.rules.semantics import Context
+from libs.rules.sql import rfm_thresholds
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Record
 from libs.schemas import ConfigChanged, Event, SegmentChanged, UserAttributed, encode
 from libs.schemas.config_changes import is_user_erasure
-from libs.schemas.rules import EventCond, Node, RevenueCond, RfmCond, RuleError, parse_rule, walk
-from libs.segments.sql import rfm_thresholds
 from services.segmenter import identity, logic, store
 from services.segmenter.metrics import ERASURES, MERGES, SEGMENT_CHANGES
 
@@ -86,7 +97,7 @@ class AppRules:
     updated_at: dict[str, datetime]
     # ``logic.dependency_order(segments)``, computed once per load, not per user
     order: list[str]
-    context: logic.Context
+    context: Context
     counters: bool
     recent: bool
 
@@ -105,7 +116,7 @@ class ProfileUpdater:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], producer: Producer) -> None:
         self._sessions = sessions
         self._producer = producer
-        self._rfm = logic.RfmCache()
+        self._rfm = RfmCache()
 
     async def __call__(self, batch: Batch) -> None:
         per_app: dict[str, list[Record]] = defaultdict(list)
@@ -193,7 +204,7 @@ class ProfileUpdater:
         session: AsyncSession,
         app_id: str,
         link: identity.Link,
-        anonymous: logic.ProfileState,
+        anonymous: ProfileState,
         now: datetime,
     ) -> list[SegmentChanged]:
         """Fold the device's ``anonymous`` profile, as stored, into its user's (both
@@ -202,7 +213,7 @@ class ProfileUpdater:
         merged once)."""
         source = link.anonymous_key
         user = await store.load_profile(session, app_id=app_id, user_key=link.user_key, locked=True)
-        merged = identity.merge_profiles(user or logic.ProfileState(), anonymous)
+        merged = identity.merge_profiles(user or ProfileState(), anonymous)
         await store.save_profile(session, app_id=app_id, user_key=link.user_key, state=merged)
         await store.move_history(session, app_id=app_id, source=source, target=link.user_key)
         exits = await leave_all(session, app_id=app_id, user_key=source, at=now, cause=link.cause)
@@ -229,12 +240,12 @@ class ProfileUpdater:
         keys = [k for k in sorted(routed.by_user) if k not in skipped]
         stored = await store.load_profiles(session, app_id=app_id, user_keys=keys)
         applied: dict[str, list[Event]] = {}
-        changed: dict[str, logic.ProfileState] = {}
+        changed: dict[str, ProfileState] = {}
         causes: dict[str, tuple[str, datetime]] = {}
         for user_key in keys:
             before = stored.get(user_key)
             state, activity, cause = fold_records(
-                before or logic.ProfileState(), routed.by_user[user_key], routed.fresh
+                before or ProfileState(), routed.by_user[user_key], routed.fresh
             )
             if activity:
                 applied[user_key] = activity
@@ -275,8 +286,8 @@ class ProfileUpdater:
 
 
 def fold_records(
-    state: logic.ProfileState, records: list[Record], fresh: set[str]
-) -> tuple[logic.ProfileState, list[Event], tuple[str, datetime] | None]:
+    state: ProfileState, records: list[Record], fresh: set[str]
+) -> tuple[ProfileState, list[Event], tuple[str, datetime] | None]:
     """Fold the records whose seen key is in ``fresh`` into ``state`` (consuming the
     keys: a duplicate inside the batch counts once). Returns the new state, the
     activity events to count, and the last folded record's cause id and time (None
@@ -410,7 +421,7 @@ async def load_rules(
     app_id: str,
     now: datetime,
     *,
-    rfm_cache: logic.RfmCache | None = None,
+    rfm_cache: RfmCache | None = None,
 ) -> AppRules:
     """The app's active segments, parsed, and what evaluating them needs loaded.
 
@@ -428,9 +439,8 @@ async def load_rules(
         except RuleError as exc:
             # Admin validates rules on write; a stored bad rule is skipped, loudly.
             log.error("segment rule invalid", extra={"segment": segment.id, "error": str(exc)})
-    nodes = [n for rule in parsed.values() for n in walk(rule)]
     rfm = None
-    if any(isinstance(n, RfmCond) for n in nodes):
+    if any(isinstance(n, RfmCond) for rule in parsed.values() for n in walk(rule)):
         rfm = rfm_cache.get(app_id, now) if rfm_cache is not None else None
         if rfm is None:
             rfm = await rfm_thresholds(session, app_id=app_id, now=now)
@@ -441,9 +451,7 @@ async def load_rules(
         fingerprints=fingerprints,
         updated_at=updated_at,
         order=logic.dependency_order(parsed),
-        context=logic.Context(rfm=rfm),
-        counters=any(
-            isinstance(n, RevenueCond) or (isinstance(n, EventCond) and not n.exact) for n in nodes
-        ),
-        recent=any(isinstance(n, EventCond) and n.exact for n in nodes),
+        context=Context(rfm=rfm),
+        counters=any(reads_counters(rule) for rule in parsed.values()),
+        recent=any(reads_recent(rule) for rule in parsed.values()),
     )

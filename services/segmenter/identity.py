@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from libs.rules.profile import ProfileState
 from libs.schemas import SegmentChanged
 from libs.schemas.base import ANONYMOUS_PREFIX
 from services.segmenter.logic import (
@@ -38,7 +39,6 @@ from services.segmenter.logic import (
     DEVICE_FIELDS,
     MAX_ATTRIBUTES,
     MAX_TOKENS,
-    ProfileState,
     _finite_sum,
     bounded_marks,
     write_mark,

@@ -10,7 +10,7 @@ Every ``interval`` the scheduler takes each app that has segments and:
    stored rule's fingerprint differs from the one recorded in ``segmenter_rule_syncs``
    (a segment created, or its rule changed by admin's PATCH, since its last
    reconciliation);
-3. compiles them to SQL (``libs.segments.sql.matching_users``) and compares the matching
+3. compiles them to SQL (``libs.rules.sql.matching_users``) and compares the matching
    users with the stored memberships. Only the users whose answer differs are touched
    (at most ``MAX_USERS_PER_APP_TICK`` per tick, the rest at the next), each exactly like
    the real-time path: under the profile's advisory lock, the in-memory evaluator
@@ -39,11 +39,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from libs.rules.language import is_time_dependent
+from libs.rules.loader import view_of
+from libs.rules.sql import matching_users, without_jit
 from libs.runtime.kafka import Producer
 from libs.runtime.tables import Segment
 from libs.schemas import SegmentChanged
-from libs.schemas.rules import is_time_dependent
-from libs.segments.sql import matching_users, without_jit
 from services.segmenter import logic, store
 from services.segmenter.consumer import load_rules, record_changes
 from services.segmenter.metrics import SEGMENT_CHANGES
@@ -128,7 +129,7 @@ class SegmentScheduler:
                 if state is None:
                     continue
                 current = await store.memberships(session, app_id=app_id, user_key=user_key)
-                view = await store.load_view(
+                view = await view_of(
                     session,
                     app_id=app_id,
                     user_key=user_key,

@@ -34,6 +34,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from libs.rules.language import RECENT_EVENTS_DAYS
+from libs.rules.loader import state_of
+from libs.rules.profile import DailyCount, ProfileState, ProfileView, RecentEvent
 from libs.runtime.postgres import Base, fetch_raw, lock
 from libs.runtime.tables import (
     DailyCounter,
@@ -45,15 +48,8 @@ from libs.runtime.tables import (
 )
 from libs.schemas import Event
 from libs.schemas.base import ANONYMOUS_PREFIX
-from libs.schemas.rules import RECENT_EVENTS_DAYS
 from services.segmenter.identity import Alias
-from services.segmenter.logic import (
-    DailyCount,
-    ProfileState,
-    ProfileView,
-    RecentEvent,
-    daily_counts,
-)
+from services.segmenter.logic import daily_counts
 
 
 class SeenEvent(Base):
@@ -299,37 +295,6 @@ async def lock_profiles(session: AsyncSession, *, app_id: str, user_keys: Sequen
         await conn.execute(_LOCK_MANY, {"keys": keys})
 
 
-def _state(row: Any) -> ProfileState:
-    """A profile row (ORM or Core) as a ``ProfileState`` (containers copied)."""
-    return ProfileState(
-        user_id=row.user_id,
-        attributes=dict(row.attributes),
-        attribute_writes=dict(row.attribute_writes or {}),
-        first_seen=row.first_seen,
-        last_seen=row.last_seen,
-        platform=row.platform,
-        app_version=row.app_version,
-        os_version=row.os_version,
-        device_model=row.device_model,
-        locale=row.locale,
-        timezone=row.timezone,
-        attribution=row.attribution,
-        sessions=row.sessions,
-        purchases=row.purchases,
-        revenue=row.revenue,
-        events=row.events,
-        push_permission=row.push_permission,
-        push_tokens=list(row.push_tokens),
-        phone=row.phone,
-        email=row.email,
-        web_push=list(row.web_push),
-        opt_outs=list(row.opt_outs),
-        last_lat=row.last_lat,
-        last_lon=row.last_lon,
-        last_location_at=row.last_location_at,
-    )
-
-
 async def load_profiles(
     session: AsyncSession, *, app_id: str, user_keys: Iterable[str]
 ) -> dict[str, ProfileState]:
@@ -364,7 +329,7 @@ async def load_profile(
         .where(Profile.app_id == app_id, Profile.user_key == user_key)
         .with_for_update()
     )
-    return None if row is None else _state(row)
+    return None if row is None else state_of(row)
 
 
 async def save_profile(
@@ -536,37 +501,6 @@ async def members(session: AsyncSession, *, app_id: str, segment_id: str) -> set
     return set(rows)
 
 
-async def load_view(
-    session: AsyncSession,
-    *,
-    app_id: str,
-    user_key: str,
-    state: ProfileState,
-    counters: bool,
-    recent: bool,
-    segments: set[str],
-) -> ProfileView:
-    """The user's ``ProfileView``; counters and recent events only when asked for (the
-    app's rules need them)."""
-    rows: tuple[DailyCount, ...] = ()
-    events: tuple[RecentEvent, ...] = ()
-    if counters:
-        result = await session.execute(
-            select(
-                DailyCounter.name, DailyCounter.day, DailyCounter.count, DailyCounter.revenue
-            ).where(DailyCounter.app_id == app_id, DailyCounter.user_key == user_key)
-        )
-        rows = tuple(DailyCount(*row) for row in result)
-    if recent:
-        found = await session.execute(
-            select(RecentEventRow.name, RecentEventRow.ts, RecentEventRow.props).where(
-                RecentEventRow.app_id == app_id, RecentEventRow.user_key == user_key
-            )
-        )
-        events = tuple(RecentEvent(*row) for row in found)
-    return ProfileView(state=state, counters=rows, recent=events, segments=segments)
-
-
 async def save_users(
     session: AsyncSession,
     *,
@@ -640,8 +574,8 @@ async def views_of(
     recent: bool,
 ) -> tuple[dict[str, set[str]], dict[str, ProfileView]]:
     """Each of the users' segments (user key → state; an empty set for a user in none)
-    and ``load_view`` for each — counters and recent events only when asked for — in
-    one statement."""
+    and their ``ProfileView`` (``libs.rules.loader.view_of`` for many users) — counters
+    and recent events only when asked for — in one statement."""
     keys = sorted(states)
     segments: dict[str, set[str]] = {k: set() for k in keys}
     rows: dict[str, list[DailyCount]] = {k: [] for k in keys}

@@ -21,11 +21,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.runtime.clickhouse import AsyncClickHouse, get_client
+from libs.runtime.clock import SystemClock
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Handler, Record, TransientError
 from libs.runtime.postgres import Base
 from libs.runtime.settings import PlatformSettings
-from libs.runtime.clock import SystemClock
 from libs.runtime.tables import (
     DeviceAlias,
     Journey,
@@ -48,8 +48,8 @@ from services.dispatcher.consumer import Sender
 from services.dispatcher.service import providers
 from services.ingest.warehouse import TABLES, WarehouseWriter
 from services.journey import store as journey_store
-from services.journey.consumer import TOPICS as JOURNEY_TOPICS
 from services.journey.apply import Engine
+from services.journey.consumer import TOPICS as JOURNEY_TOPICS
 from services.journey.consumer import TriggerHandler
 from services.journey.events import EventHandler
 from services.segmenter import store as segmenter_store

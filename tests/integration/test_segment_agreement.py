@@ -1,6 +1,6 @@
 """One definition, two evaluators: for random rules and random users (profiles, daily
 counters, recent events, memberships) in the real Postgres, the compiled SQL selects
-exactly the users ``logic.evaluate`` accepts — at window boundaries, for missing and
+exactly the users ``evaluation.evaluate`` accepts — at window boundaries, for missing and
 null values, for every condition kind."""
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from hypothesis import strategies as st
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.rules import evaluation, profile, semantics, sql
+from libs.rules.language import RuleError, parse_rule
 from libs.runtime import postgres
 from libs.runtime.settings import PlatformSettings
 from libs.runtime.tables import DailyCounter, Membership, Profile, RecentEventRow
-from libs.schemas.rules import RuleError, parse_rule
-from libs.segments import semantics, sql
-from services.segmenter import logic
 
 pytestmark = pytest.mark.integration
 
@@ -251,7 +250,7 @@ LON_GRID = st.sampled_from([51.389, 51.39, 51.4, 52.0, 0.0])
 
 
 @st.composite
-def users(draw: st.DrawFn, now: datetime) -> logic.ProfileView:
+def users(draw: st.DrawFn, now: datetime) -> profile.ProfileView:
     maybe_instant = st.none() | instants(now)
     tokens = st.lists(
         st.fixed_dictionaries({"device_id": st.just("d"), "valid": st.booleans()}), max_size=2
@@ -266,7 +265,7 @@ def users(draw: st.DrawFn, now: datetime) -> logic.ProfileView:
             "status": st.sampled_from(["verified", "pending", "rejected", None]),
         },
     )
-    state = logic.ProfileState(
+    state = profile.ProfileState(
         attributes=draw(st.dictionaries(st.sampled_from(KEYS), JSON_VALUES, max_size=2)),
         first_seen=draw(maybe_instant),
         last_seen=draw(maybe_instant),
@@ -301,7 +300,7 @@ def users(draw: st.DrawFn, now: datetime) -> logic.ProfileView:
     recent = draw(
         st.lists(
             st.builds(
-                logic.RecentEvent,
+                profile.RecentEvent,
                 name=st.sampled_from(["$open", "buy"]),
                 ts=instants(now),
                 props=PROPS,
@@ -309,10 +308,10 @@ def users(draw: st.DrawFn, now: datetime) -> logic.ProfileView:
             max_size=4,
         )
     )
-    return logic.ProfileView(
+    return profile.ProfileView(
         state=state,
         counters=tuple(
-            logic.DailyCount(name, day, c, r) for (name, day), (c, r) in counters.items()
+            profile.DailyCount(name, day, c, r) for (name, day), (c, r) in counters.items()
         ),
         recent=tuple(recent),
         segments=frozenset(draw(st.lists(st.sampled_from(["s1", "s2"]), unique=True))),
@@ -322,7 +321,7 @@ def users(draw: st.DrawFn, now: datetime) -> logic.ProfileView:
 @st.composite
 def cases(
     draw: st.DrawFn, rules: st.SearchStrategy[Any] = RULES
-) -> tuple[Any, datetime, dict[str, logic.ProfileView], bool]:
+) -> tuple[Any, datetime, dict[str, profile.ProfileView], bool]:
     raw = draw(rules)
     now = draw(NOWS)
     count = draw(st.integers(1, 6))
@@ -350,7 +349,7 @@ async def _agree(
     engine: AsyncEngine,
     raw: Any,
     now: datetime,
-    population: dict[str, logic.ProfileView],
+    population: dict[str, profile.ProfileView],
     with_rfm: bool,
 ) -> None:
     app_id = f"segq_{secrets.token_hex(4)}"
@@ -370,12 +369,14 @@ async def _agree(
             got = set((await conn.execute(query)).scalars())
         finally:
             await transaction.rollback()
-    expected = {u for u, view in population.items() if logic.evaluate(node, view, now, context)}
+    expected = {
+        u for u, view in population.items() if evaluation.evaluate(node, view, now, context)
+    }
     assert got == expected
 
 
 async def _insert(
-    conn: Any, app_id: str, population: dict[str, logic.ProfileView], now: datetime
+    conn: Any, app_id: str, population: dict[str, profile.ProfileView], now: datetime
 ) -> None:
     profiles, counters, recent, members = [], [], [], []
     for user_key, view in population.items():
@@ -436,7 +437,7 @@ async def _insert(
 @given(cases())
 def test_sql_and_memory_agree(
     db: tuple[asyncio.Runner, AsyncEngine],
-    case: tuple[Any, datetime, dict[str, logic.ProfileView], bool],
+    case: tuple[Any, datetime, dict[str, profile.ProfileView], bool],
 ) -> None:
     _check(db, case)
 
@@ -449,14 +450,14 @@ def test_sql_and_memory_agree(
 @given(cases(COUNTER_RULES))
 def test_sql_and_memory_agree_on_counter_conditions(
     db: tuple[asyncio.Runner, AsyncEngine],
-    case: tuple[Any, datetime, dict[str, logic.ProfileView], bool],
+    case: tuple[Any, datetime, dict[str, profile.ProfileView], bool],
 ) -> None:
     _check(db, case)
 
 
 def _check(
     db: tuple[asyncio.Runner, AsyncEngine],
-    case: tuple[Any, datetime, dict[str, logic.ProfileView], bool],
+    case: tuple[Any, datetime, dict[str, profile.ProfileView], bool],
 ) -> None:
     runner, engine = db
     raw, now, population, with_rfm = case

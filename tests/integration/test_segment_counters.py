@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from libs.rules import evaluation, semantics, sql
 from libs.runtime.pipeline import Batch, Record
 from libs.runtime.tables import DailyCounter, Profile, RecentEventRow, Segment
 from libs.schemas import Event, SegmentChanged
-from libs.segments import semantics, sql
-from services.segmenter import logic, store
+from services.segmenter import store
 from services.segmenter.consumer import ProfileUpdater
 
 pytestmark = pytest.mark.integration
@@ -194,9 +194,9 @@ async def test_rfm_thresholds_in_sql_are_the_quintiles_of_logic(
         got = await sql.rfm_thresholds(session, app_id=app_id, now=now)
         empty = await sql.rfm_thresholds(session, app_id="segr_nobody", now=now)
     recency = [(now - seen).total_seconds() / 86400 for _, seen, _, _ in rows if seen]
-    assert got.recency_days == pytest.approx(logic.quintile_thresholds(recency))
-    assert got.frequency == pytest.approx(logic.quintile_thresholds(r[2] for r in rows))
-    assert got.monetary == pytest.approx(logic.quintile_thresholds(r[3] for r in rows))
+    assert got.recency_days == pytest.approx(evaluation.quintile_thresholds(recency))
+    assert got.frequency == pytest.approx(evaluation.quintile_thresholds(r[2] for r in rows))
+    assert got.monetary == pytest.approx(evaluation.quintile_thresholds(r[3] for r in rows))
     assert empty == semantics.RfmThresholds()
 
 
@@ -249,7 +249,7 @@ async def test_consumer_reuses_an_apps_rfm_thresholds_within_their_ttl(
     await handler(batch([buy("dev_a", "r1")]))
     assert entered(producer) == {"d:dev_a"}
     # The app's quintiles move far above 100; this consumer keeps its thresholds for
-    # logic.RFM_TTL, a fresh one reads the new ones.
+    # evaluation.RFM_TTL, a fresh one reads the new ones.
     await add_profiles("high", [1000.0] * 100)
     await handler(batch([buy("dev_b", "r2")]))
     assert entered(producer) == {"d:dev_a", "d:dev_b"}

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from libs.rules.language import All, ReachableCond
 from libs.runtime.errors import Conflict, InvalidInput
-from libs.schemas.rules import All, ReachableCond
 from services.admin import logic, segments
 
 CITY = {"attribute": "city", "op": "eq", "value": "Tehran"}

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from libs.rules.profile import ProfileState
 from libs.runtime.errors import InvalidInput
 from libs.schemas.config_changes import is_user_erasure
 from services.admin.users import edit_events, edit_props, erasure
-from services.segmenter.logic import ProfileState, apply_event
+from services.segmenter.logic import apply_event
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -44,10 +44,13 @@ PURE_MODULES = [
     *SERVICE_LOGIC,
     *PURE_EXTRAS,
     "libs.schemas",
-    "libs.schemas.rules",
     "libs.journeys.definition",
     "libs.journeys.validate",
-    "libs.segments.semantics",
+    "libs.rules",
+    "libs.rules.language",
+    "libs.rules.semantics",
+    "libs.rules.profile",
+    "libs.rules.evaluation",
 ]
 
 PROBE = """

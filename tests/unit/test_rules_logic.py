@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from libs.schemas.rules import (
+from libs.rules.language import (
     ATTRIBUTE_OPS,
     MAX_DEPTH,
     MAX_NODES,

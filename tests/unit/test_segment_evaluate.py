@@ -13,25 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.dialects import postgresql
 
+from libs.rules import sql
+from libs.rules.evaluation import evaluate, haversine_m, quintile_thresholds, rfm_scores
+from libs.rules.language import parse_rule
+from libs.rules.profile import DailyCount, ProfileState, ProfileView, RecentEvent
+from libs.rules.semantics import Context, RfmThresholds
 from libs.schemas import Event
-from libs.schemas.rules import parse_rule
-from libs.segments import sql
-from services.segmenter.logic import (
-    Context,
-    DailyCount,
-    ProfileState,
-    ProfileView,
-    RecentEvent,
-    RfmThresholds,
-    apply_event,
-    daily_counts,
-    dependency_order,
-    evaluate,
-    haversine_m,
-    membership_changes,
-    quintile_thresholds,
-    rfm_scores,
-)
+from services.segmenter.logic import apply_event, daily_counts, dependency_order, membership_changes
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 TODAY = NOW.date()

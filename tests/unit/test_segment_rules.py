@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from libs.schemas.rules import (
+from libs.rules.evaluation import evaluate
+from libs.rules.language import (
     RECENT_EVENTS_DAYS,
     AttributeCond,
     EventCond,
@@ -25,15 +26,8 @@ from libs.schemas.rules import (
     parse_rule,
     referenced_segments,
 )
-from services.segmenter.logic import (
-    Context,
-    DailyCount,
-    ProfileState,
-    ProfileView,
-    RecentEvent,
-    RfmThresholds,
-    evaluate,
-)
+from libs.rules.profile import DailyCount, ProfileState, ProfileView, RecentEvent
+from libs.rules.semantics import Context, RfmThresholds
 
 NOW = datetime(2024, 5, 1, 12, tzinfo=UTC)
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libs.rules.profile import ProfileState
 from libs.schemas import Event, UserAttributed
 from services.segmenter.consumer import seen_key
 from services.segmenter.identity import (
@@ -21,13 +22,7 @@ from services.segmenter.identity import (
     route,
     unite_tokens,
 )
-from services.segmenter.logic import (
-    MAX_ATTRIBUTES,
-    MAX_TOKENS,
-    ProfileState,
-    apply_event,
-    fold_attributes,
-)
+from services.segmenter.logic import MAX_ATTRIBUTES, MAX_TOKENS, apply_event, fold_attributes
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 ids = itertools.count()

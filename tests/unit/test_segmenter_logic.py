@@ -10,19 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libs.rules.evaluation import RFM_TTL, RfmCache, evaluate
+from libs.rules.language import parse_rule
+from libs.rules.profile import ProfileState
+from libs.rules.semantics import RfmThresholds
 from libs.schemas import Event, UserAttributed
-from libs.schemas.rules import parse_rule
 from services.segmenter.logic import (
     CHANGE_NS,
     MAX_ATTRIBUTES,
-    RFM_TTL,
     Change,
-    ProfileState,
-    RfmCache,
-    RfmThresholds,
     apply_attribution,
     apply_event,
-    evaluate,
     fold_attributes,
     membership_changes,
     rule_fingerprint,

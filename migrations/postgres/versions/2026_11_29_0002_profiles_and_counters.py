@@ -6,7 +6,7 @@ Create Date: 2026-11-29 15:45:00.000000
 
 Hand-written, reviewed against ``alembic revision --autogenerate`` (same tables,
 columns and index). Additive: safe while services run. Also creates
-``hodhod_iso_timestamp(text)``, the SQL twin of ``services.segmenter.logic.as_date``:
+``hodhod_iso_timestamp(text)``, the SQL twin of ``libs.rules.semantics.as_date``:
 the segment compiler uses it so that both evaluators read the same strings as dates.
 """
 

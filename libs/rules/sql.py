@@ -1,4 +1,4 @@
-"""Segment rules to SQL: the bulk twin of ``services.segmenter.logic.evaluate``, used by
+"""Segment rules to SQL: the bulk twin of ``libs.rules.evaluation.evaluate``, used by
 the segmenter's scheduler (re-evaluation in bulk) and by admin (preview counts, samples,
 reachability and tracker breakdowns).
 
@@ -9,7 +9,7 @@ take the same ``now`` and ``Context`` and must agree on every profile: every lea
 made two-valued (``coalesce(…, false)``) so that ``not`` inverts exactly as in Python,
 and everything computed from the rule alone (cut-off instants, day bounds, dates in
 values, RFM cut-offs) is computed in Python with the very functions the evaluator uses
-(``libs.segments.semantics``). Builds statements and executes nothing, except
+(``libs.rules.semantics``). Builds statements and executes nothing, except
 ``rfm_thresholds`` and ``context_for``, which read the app-level context a rule needs,
 and ``without_jit``, which every caller runs before evaluating a rule in bulk.
 """
@@ -47,8 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.runtime.tables import DailyCounter, Membership, Profile, RecentEventRow
-from libs.schemas.rules import (
+from libs.rules.language import (
     All,
     AnyOf,
     AttributeCond,
@@ -65,7 +64,7 @@ from libs.schemas.rules import (
     Window,
     walk,
 )
-from libs.segments.semantics import (
+from libs.rules.semantics import (
     DEG,
     EARTH_RADIUS_M,
     IN_APP_WINDOW,
@@ -77,6 +76,7 @@ from libs.segments.semantics import (
     day_range,
     recency_cuts,
 )
+from libs.runtime.tables import DailyCounter, Membership, Profile, RecentEventRow
 
 Expr = ColumnElement[Any]
 Bool = ColumnElement[bool]
@@ -130,7 +130,7 @@ def _iso(text_value: Expr) -> Expr:
 
 
 def json_condition(column: Any, cond: AttributeCond, now: datetime) -> Bool:
-    """``logic.match_attribute`` over a JSONB object column (attributes, event props)."""
+    """``evaluation.match_attribute`` over a JSONB object column (attributes, event props)."""
     value = column[cond.attribute]
     kind = func.jsonb_typeof(value)
     present = func.coalesce(kind != "null", false(), type_=Boolean)
@@ -357,7 +357,7 @@ class _Compiler:
         return and_(allowed, reach)
 
     def geofence(self, node: GeofenceCond) -> Bool:
-        # logic.haversine_m, operation for operation (same rounding).
+        # evaluation.haversine_m, operation for operation (same rounding).
         def f(x: float) -> Expr:
             return literal(x, Float)
 
@@ -423,7 +423,7 @@ class _Compiler:
 
 async def rfm_thresholds(session: AsyncSession, *, app_id: str, now: datetime) -> RfmThresholds:
     """The app's RFM quintile cut points (``percentile_cont``; defined in
-    ``services.segmenter.logic``). One scan of the app's profiles: call once per batch or
+    ``libs.rules.evaluation``). One scan of the app's profiles: call once per batch or
     request, not per user."""
     quintiles = text("ARRAY[0.2, 0.4, 0.6, 0.8]::float8[]")
     recency = func.extract("epoch", now - Profile.last_seen) / 86400.0

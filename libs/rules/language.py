@@ -17,7 +17,7 @@ condition := {"attribute": "city", "op": "eq", "value": "Tehran"}
            | {"rfm": {"r": [4, 5], "f": [4, 5], "m": [3, 5]}}
 ```
 
-Meaning (both evaluators, ``services.segmenter.logic`` and ``libs.segments.sql``,
+Meaning (both evaluators, ``libs.rules.evaluation`` and ``libs.rules.sql``,
 implement it):
 
 - Durations are ``{"minutes"|"hours"|"days": n}``. ``before`` means strictly earlier than
@@ -41,7 +41,7 @@ implement it):
 - ``segment``: the user is a member of that segment. ``parse_rule`` checks, with a
   ``resolver``, that referenced segments exist and that references make no cycle.
 - ``rfm``: each given score's ``[lo, hi]`` (1..5, inclusive) must contain the user's score;
-  scores are defined in ``services.segmenter.logic`` (quintiles per app).
+  scores are defined in ``libs.rules.evaluation`` (quintiles per app).
 
 ``parse_rule`` validates the JSON and returns frozen nodes; a bad node raises
 ``RuleError`` naming its path (``all.1.op``). Pure: no I/O, no clock.
@@ -573,3 +573,17 @@ def is_time_dependent(node: Node) -> bool:
         if isinstance(n, ReachableCond) and n.channel == "in_app":
             return True
     return False
+
+
+def reads_counters(node: Node) -> bool:
+    """True when answering the rule reads the user's daily counters (an event condition
+    answered from them, or revenue): the loader reads them only then."""
+    return any(
+        isinstance(n, RevenueCond) or (isinstance(n, EventCond) and not n.exact) for n in walk(node)
+    )
+
+
+def reads_recent(node: Node) -> bool:
+    """True when answering the rule reads the user's recent events (an event condition
+    with ``where`` filters or a window of minutes or hours)."""
+    return any(isinstance(n, EventCond) and n.exact for n in walk(node))

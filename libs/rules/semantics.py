@@ -2,8 +2,8 @@
 clock alone: cut-off instants, whole-day windows, which strings are dates, the RFM
 context, the reachability and geofence constants.
 
-The in-memory evaluator (``services.segmenter.logic``) and the SQL compiler
-(``libs.segments.sql``) both call these, so they cannot drift apart. Pure: no I/O, no
+The in-memory evaluator (``libs.rules.evaluation``) and the SQL compiler
+(``libs.rules.sql``) both call these, so they cannot drift apart. Pure: no I/O, no
 clock (``now`` is a parameter).
 """
 
@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from libs.schemas.rules import Window
+from libs.rules.language import Window
 
 # ``{"reachable": "in_app"}``: seen within this long.
 IN_APP_WINDOW = timedelta(days=30)
