@@ -10,7 +10,9 @@
   timed); a date trigger's sweep enters the users whose yearly date falls due.
 
 Each claims with ``FOR UPDATE SKIP LOCKED``, so replicas share the rows; handlers publish
-before the runner commits, under deterministic ids.
+before the runner commits, under deterministic ids. Each has the shape of the kit's
+``TimedWork`` (``name``, ``batch_size``, ``poll_interval``, ``claim``, ``due_at``,
+``handle``, ``next_due``) and is run by its ``TimedRunner``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import httpx
-from libs.runtime.timed import TimedWork
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,7 +35,7 @@ from services.journey.metrics import TASKS_DONE
 log = logging.getLogger(__name__)
 
 
-class RunTimers(TimedWork[Run]):
+class RunTimers:
     name = "journey.timers"
     batch_size = 1000
     poll_interval = timedelta(seconds=30)
@@ -78,7 +79,7 @@ class RunTimers(TimedWork[Run]):
         )
 
 
-class Tasks(TimedWork[store.JourneyTask]):
+class Tasks:
     name = "journey.tasks"
     batch_size = 50
     poll_interval = timedelta(seconds=30)
@@ -144,7 +145,7 @@ class Tasks(TimedWork[store.JourneyTask]):
         )
 
 
-class Schedules(TimedWork[store.JourneySchedule]):
+class Schedules:
     name = "journey.schedules"
     batch_size = 10
     poll_interval = timedelta(seconds=60)
