@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -16,6 +17,9 @@ from libs.runtime.clock import Clock, SystemClock
 from libs.runtime.httpclient import outbound_client
 from libs.runtime.kafka import Producer
 from libs.runtime.settings import PlatformSettings
+
+if TYPE_CHECKING:
+    from libs.runtime.timed import TimedRunner
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,9 @@ class Resources:
     http: httpx.AsyncClient
     # What "now" is for scheduling code; tests pass a ManualClock and move it.
     clock: Clock = field(default_factory=SystemClock)
+    # The process's timed-work runners by name (filled by ``compose``), for consumers
+    # that ``wake()`` one after committing an earlier due row.
+    timed: dict[str, TimedRunner[Any]] = field(default_factory=dict)
 
     def require_clickhouse(self) -> AsyncClickHouse:
         if self.clickhouse is None:
