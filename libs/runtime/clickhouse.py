@@ -19,9 +19,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
+from clickhouse_connect.driver import exceptions as ch_exc
 from clickhouse_connect.driver.client import Client
 
+from libs.runtime.errors import register_transient
+
 MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@register_transient
+def _transient(exc: BaseException) -> bool | None:
+    """clickhouse-connect: the server could not be reached or a stream broke off
+    (``OperationalError``, of which ``StreamFailureError`` is one). Its other errors — a
+    bad query, a refused value — are no verdict: their cause decides."""
+    if isinstance(exc, ch_exc.OperationalError):
+        return True
+    return None
 
 
 def chdb_path(url: str) -> str | None:

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.runtime import metrics
-from libs.runtime.errors import HodhodError
+from libs.runtime.errors import HodhodError, is_transient
 from libs.runtime.logging import request_id_var
 from libs.schemas.base import error_field
 
@@ -304,8 +304,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         # (503, retry later) or a bug (500). The envelope and the X-Request-Id header carry
         # the request id to quote. Starlette runs this handler outermost, after the
         # request-id middleware has unwound: the id comes from the scope it left.
-        from libs.runtime.pipeline import is_transient
-
         request_id = request.scope.get(REQUEST_ID_SCOPE_KEY) or request_id_var.get()
         if is_transient(exc):
             log.warning(

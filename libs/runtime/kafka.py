@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     KafkaConnectionError,
+    KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     TopicAlreadyExistsError,
@@ -25,6 +26,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
+from libs.runtime.errors import register_transient
 from libs.runtime.metrics import PRODUCER_FAILURES
 from libs.schemas import ALL_TOPICS, CONTRACTS, Contract, TopicContract, dlq_topic, encode
 
@@ -33,6 +35,19 @@ log = logging.getLogger(__name__)
 TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 # aiokafka's default: no record (and so no request of one record) larger than this.
 MAX_REQUEST_BYTES = 1_048_576
+
+
+@register_transient
+def _transient(exc: BaseException) -> bool | None:
+    """aiokafka: a connection or request timed out or broke, or the broker's own word that
+    the request may succeed later (a node not ready, no leader, a request timed out … —
+    a broker gone makes the producer raise NodeNotReadyError). Its refusals of a record
+    (too large, unknown topic) are no verdict: their cause decides."""
+    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
+        return True
+    if isinstance(exc, KafkaError) and exc.retriable:
+        return True
+    return None
 
 
 def platform_topics() -> list[str]:

@@ -1,8 +1,8 @@
-"""Prometheus collectors of the service kit (consumers, producers, HTTP).
+"""Prometheus collectors of the service kit (consumers, producers, HTTP, timed work).
 
 Collectors live at module level, as prometheus_client intends: they are process-wide
 counters, not configuration. Labels are bounded (consumer group, topic, partition,
-route template, status class).
+route template, status class, timed work name).
 """
 
 from __future__ import annotations
@@ -42,4 +42,24 @@ HTTP_SECONDS = Histogram(
     "HTTP request latency",
     ["route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+# Timed work (libs.runtime.timed), labelled by the work's name (one per kind of due row).
+TIMED_CLAIMED = Counter(
+    "hodhod_timed_claimed_total", "Due items claimed and handled (committed)", ["work"]
+)
+TIMED_LAG = Gauge(
+    "hodhod_timed_lag_seconds",
+    "How long the oldest item of the last claim had been due (0 when nothing was due)",
+    ["work"],
+)
+TIMED_BATCH_SECONDS = Histogram(
+    "hodhod_timed_batch_seconds",
+    "Time to claim, handle and commit one non-empty batch of due items",
+    ["work"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+TIMED_FAILURES = Counter(
+    "hodhod_timed_failures_total",
+    "Failed rounds by kind: transient (retried) or fatal (runner stopped)",
+    ["work", "kind"],
 )

@@ -21,8 +21,9 @@ Two ways to run, chosen per consumer:
   concurrent calls, as it must be under replicas (e.g. locks in one global order).
 
 Errors are classified here and nowhere else:
-- a record that does not decode, or that the handler rejects → ``<topic>.dlq``;
-- a transient I/O failure (``is_transient``) → the same batch is retried with capped
+- a record that does not decode, or that the handler rejects, or whose data the store
+  refuses (``errors.is_poison``, isolated record by record) → ``<topic>.dlq``;
+- a transient I/O failure (``errors.is_transient``) → the same batch is retried with capped
   exponential backoff, nothing is committed; past the retry budget the runner raises;
 - anything else → the runner raises (crash loudly, never log-and-continue).
 """
@@ -38,23 +39,15 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import (
-    CommitFailedError,
-    KafkaConnectionError,
-    KafkaError,
-    KafkaTimeoutError,
-)
+from aiokafka.errors import CommitFailedError
 
 from libs.runtime import metrics
+from libs.runtime.errors import is_poison, is_transient
 from libs.runtime.kafka import Producer
 from libs.runtime.settings import KafkaSettings
 from libs.schemas import Contract, ContractError, DlqRecord, contract_for, decode, dlq_topic, encode
 
 log = logging.getLogger(__name__)
-
-
-class TransientError(Exception):
-    """Raise from a handler to ask for a retry of the whole batch."""
 
 
 class DlqLimitExceeded(RuntimeError):
@@ -93,68 +86,6 @@ class Batch:
 
 
 Handler = Callable[[Batch], Awaitable[None]]
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures that retrying the same batch can cure (a store or broker down)."""
-    if isinstance(exc, TransientError | ConnectionError | TimeoutError | OSError):
-        return True
-    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
-        return True
-    # The broker's own word: a node not ready, no leader, a request timed out … (a
-    # broker gone makes the producer raise NodeNotReadyError).
-    if isinstance(exc, KafkaError) and exc.retriable:
-        return True
-    module = type(exc).__module__
-    name = type(exc).__name__
-    if module.startswith("sqlalchemy"):
-        from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-        if isinstance(exc, OperationalError | InterfaceError):
-            return True
-        if isinstance(exc, DBAPIError):
-            if exc.connection_invalidated:
-                return True
-            return _is_transient_sqlstate(exc.orig)
-    if module.startswith("asyncpg"):
-        return _is_transient_sqlstate(exc)
-    if module.startswith("clickhouse_connect") and name in {
-        "OperationalError",
-        "StreamFailureError",
-    }:
-        return True
-    cause = exc.__cause__
-    return cause is not None and cause is not exc and is_transient(cause)
-
-
-def is_poison(exc: BaseException) -> bool:
-    """True for failures caused by the data of a record, which retrying cannot cure and
-    which must not stop the partition: the store refused a value (SQLSTATE classes 22
-    data exception and 23 integrity violation), a derived contract did not validate, a
-    number overflowed."""
-    from pydantic import ValidationError
-
-    if isinstance(exc, ContractError | ValidationError | OverflowError | UnicodeError):
-        return True
-    module = type(exc).__module__
-    if module.startswith("sqlalchemy"):
-        from sqlalchemy.exc import DataError, IntegrityError
-
-        if isinstance(exc, DataError | IntegrityError):
-            return True
-    orig = getattr(exc, "orig", exc)
-    state = str(getattr(orig, "sqlstate", "") or getattr(orig, "pgcode", "") or "")
-    if state.startswith(("22", "23")):
-        return True
-    cause = exc.__cause__
-    return cause is not None and cause is not exc and is_poison(cause)
-
-
-def _is_transient_sqlstate(exc: Any) -> bool:
-    # 08: connection exception, 40001/40P01: serialization failure/deadlock,
-    # 53: insufficient resources, 57P: operator intervention (server shutting down).
-    state = str(getattr(exc, "sqlstate", "") or getattr(exc, "pgcode", "") or "")
-    return state.startswith(("08", "40001", "40P01", "53", "57P"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from sqlalchemy import MetaData, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -26,6 +27,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import DateTime
+
+from libs.runtime.errors import TransientError, register_poison, register_transient
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -77,6 +80,47 @@ async def ping(engine: AsyncEngine) -> bool:
     except Exception:  # readiness answers false rather than raise
         return False
     return True
+
+
+# SQLSTATE classes retrying cures: 08 connection exception, 40001 serialization failure,
+# 40P01 deadlock, 53 insufficient resources, 57P operator intervention (a server shutting
+# down or starting). And those of a refused value: 22 data exception, 23 integrity.
+_TRANSIENT_STATES = ("08", "40001", "40P01", "53", "57P")
+_POISON_STATES = ("22", "23")
+
+
+def _sqlstate(error: Any) -> str:
+    """The SQLSTATE of an asyncpg error, or of the DBAPI error SQLAlchemy wraps."""
+    return str(getattr(error, "sqlstate", "") or getattr(error, "pgcode", "") or "")
+
+
+@register_transient
+def _transient(exc: BaseException) -> bool | None:
+    """asyncpg and SQLAlchemy: a lost or refused connection, a server going away, a
+    serialization failure or deadlock (the transaction can be run again)."""
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    if isinstance(exc, sa_exc.TimeoutError):
+        return True  # the pool had no free connection in time
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or _sqlstate(exc.orig).startswith(_TRANSIENT_STATES)
+    if isinstance(exc, asyncpg.PostgresError):
+        return _sqlstate(exc).startswith(_TRANSIENT_STATES)
+    if isinstance(exc, asyncpg.InterfaceError):
+        # Client-side: the connection is closed or broke (SQLAlchemy's InterfaceError).
+        return True
+    return None
+
+
+@register_poison
+def _poison(exc: BaseException) -> bool | None:
+    """The store refused a value of the record (SQLSTATE classes 22 and 23)."""
+    if isinstance(exc, sa_exc.DataError | sa_exc.IntegrityError):
+        return True
+    error = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    if isinstance(error, asyncpg.PostgresError) or isinstance(exc, sa_exc.DBAPIError):
+        return True if _sqlstate(error).startswith(_POISON_STATES) else None
+    return None
 
 
 def alembic_config(url: str) -> Any:
@@ -136,7 +180,7 @@ async def fetch_raw(session: AsyncSession, query: str, *args: Any) -> list[Any]:
     for hot paths where that machinery is a real share of the CPU (the attribution
     matcher's reads, the segmenter's real-time statements). asyncpg prepares and caches
     the statement; its server errors are classified like SQLAlchemy's
-    (``pipeline.is_transient``, ``is_poison`` read their SQLSTATE)."""
+    (``errors.is_transient``, ``is_poison`` read their SQLSTATE)."""
     connection = await session.connection()
     driver = (await connection.get_raw_connection()).driver_connection
     assert driver is not None  # a checked-out connection
@@ -148,8 +192,6 @@ async def fetch_raw(session: AsyncSession, query: str, *args: Any) -> list[Any]:
     except asyncpg.InterfaceError as exc:
         # Client-side (a closed connection): through SQLAlchemy an InterfaceError, which
         # the runner retries; so here.
-        from libs.runtime.pipeline import TransientError
-
         raise TransientError(f"postgres: {exc}") from exc
     return rows
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -13,8 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from libs.runtime import postgres
 from libs.runtime.clickhouse import AsyncClickHouse, get_client
 from libs.runtime.clock import Clock, SystemClock
+from libs.runtime.httpclient import outbound_client
 from libs.runtime.kafka import Producer
 from libs.runtime.settings import PlatformSettings
+
+if TYPE_CHECKING:
+    from libs.runtime.timed import TimedRunner
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,9 @@ class Resources:
     http: httpx.AsyncClient
     # What "now" is for scheduling code; tests pass a ManualClock and move it.
     clock: Clock = field(default_factory=SystemClock)
+    # The process's timed-work runners by name (filled by ``compose``), for consumers
+    # that ``wake()`` one after committing an earlier due row.
+    timed: dict[str, TimedRunner[Any]] = field(default_factory=dict)
 
     def require_clickhouse(self) -> AsyncClickHouse:
         if self.clickhouse is None:
@@ -54,7 +62,7 @@ async def open_resources(
         settings.kafka_bootstrap, linger_ms=settings.kafka_linger_ms, client_id=client_id
     )
     ch = None
-    http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+    http = outbound_client()
     try:
         await producer.start()
         if with_clickhouse:

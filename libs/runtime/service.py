@@ -2,8 +2,9 @@
 
 Each ``services/<name>/service.py`` exports ``SERVICE = ServiceSpec(...)``. The launcher
 composes any subset into one FastAPI app (all routes on one port) whose lifespan opens
-the shared resources once and runs every consumer as a task. A consumer that crashes
-stops the whole process: a supervisor (Kubernetes, compose, the developer) restarts it.
+the shared resources once and runs every consumer and timed-work runner as a task. A
+consumer or runner that crashes stops the whole process: a supervisor (Kubernetes,
+compose, the developer) restarts it. On shutdown both finish the batch in hand.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from libs.runtime.pipeline import BatchPolicy, ConsumerRunner, Handler
 from libs.runtime.resources import Resources, open_resources
 from libs.runtime.settings import PlatformSettings
 from libs.runtime.tenancy import KeyResolver
+from libs.runtime.timed import TimedRunner, TimedWork
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,10 @@ class ServiceSpec:
     # GET routes answered ahead of routing and middleware (libs.runtime.http.FastRoute).
     fast_routes: Callable[[], Sequence[FastRoute]] = lambda: ()
     consumers: Callable[[Resources], Sequence[ConsumerRunner]] = lambda _: ()
-    # Long-running loops that are not consumers (schedulers, flushers).
+    # Timed work (libs.runtime.timed): built before the consumers, so that a consumer
+    # can find its runner in ``Resources.timed`` to ``wake()`` it.
+    timed: Callable[[Resources], Sequence[TimedRunner[Any]]] = lambda _: ()
+    # Long-running loops that are neither (cancelled on shutdown).
     tasks: Callable[[Resources], Sequence[Coroutine[Any, Any, None]]] = lambda _: ()
     needs_clickhouse: bool = False
     on_start: Callable[[Resources], Coroutine[Any, Any, None]] | None = None
@@ -73,11 +78,23 @@ def one_consumer(
     return build
 
 
+def timed_runner(work: TimedWork[Any], resources: Resources) -> TimedRunner[Any]:
+    """A runner of ``work`` on the process's sessions and clock, retrying transient
+    failures for ``HODHOD_TIMED_RETRY_BUDGET_S``."""
+    return TimedRunner(
+        work,
+        sessions=resources.sessions,
+        clock=resources.clock,
+        retry_budget_s=resources.settings.timed_retry_budget_s,
+    )
+
+
 @dataclass
 class Running:
     """What a composed process runs; exposed as ``app.state.running`` for tests."""
 
     consumers: list[ConsumerRunner] = field(default_factory=list)
+    timed: list[TimedRunner[Any]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -88,11 +105,12 @@ def compose(
     on_crash: Callable[[asyncio.Task[None]], None] | None = None,
     clock: Clock | None = None,
 ) -> FastAPI:
-    """One app for ``specs``: their routers, probes, consumers and background tasks.
+    """One app for ``specs``: their routers, probes, consumers, timed work and background
+    tasks.
 
-    ``on_crash`` is called with a consumer task that raised; the default stops the
-    process with SIGTERM so that uvicorn shuts down cleanly. ``clock`` is the process's
-    clock (``Resources.clock``); tests pass a ``ManualClock``.
+    ``on_crash`` is called with a consumer's or timed runner's task that raised; the
+    default stops the process with SIGTERM so that uvicorn shuts down cleanly. ``clock``
+    is the process's clock (``Resources.clock``); tests pass a ``ManualClock``.
     """
     crash_callback = on_crash or _crash_on_failure
     with_clickhouse = any(s.needs_clickhouse for s in specs)
@@ -111,28 +129,38 @@ def compose(
                 if spec.on_start is not None:
                     await spec.on_start(resources)
             for spec in specs:
+                for timed in spec.timed(resources):
+                    if timed.name in resources.timed:
+                        raise ValueError(f"two timed runners named {timed.name!r}")
+                    resources.timed[timed.name] = timed
+                    running.timed.append(timed)
+            for spec in specs:
                 running.consumers.extend(spec.consumers(resources))
                 for coro in spec.tasks(resources):
                     running.tasks.append(asyncio.create_task(coro))
             app.state.readiness.update(_readiness(resources, running))
-            for runner in running.consumers:
-                task = asyncio.create_task(runner.run(), name=runner.group)
+            # Consumers and timed runners finish the batch in hand on shutdown; the other
+            # loops are cancelled.
+            drained: list[asyncio.Task[None]] = []
+            runs = [(r.group, r.run) for r in running.consumers]
+            runs += [(f"timed:{r.name}", r.run) for r in running.timed]
+            for name, run in runs:
+                task = asyncio.create_task(run(), name=name)
                 task.add_done_callback(
                     lambda t: None if t.cancelled() or t.exception() is None else crash_callback(t)
                 )
-                running.tasks.append(task)
+                drained.append(task)
+            running.tasks.extend(drained)
             tune_gc()
             try:
                 yield
             finally:
                 for runner in running.consumers:
                     runner.stop()
-                # Consumers finish the batch in hand; other loops are cancelled.
-                consumer_tasks = {
-                    t for t in running.tasks if t.get_name() in {r.group for r in running.consumers}
-                }
+                for timed in running.timed:
+                    timed.stop()
                 for task in running.tasks:
-                    if task not in consumer_tasks:
+                    if task not in drained:
                         task.cancel()
                 await asyncio.gather(*running.tasks, return_exceptions=True)
 
@@ -172,16 +200,21 @@ def _readiness(
         "postgres": lambda: postgres.ping(resources.engine),
         "kafka": resources.producer.ping,
     }
+
+    async def timed_started() -> bool:
+        # Until each runner's first round has completed (its store answered).
+        return all(runner.ready.is_set() for runner in running.timed)
+
     if running.consumers:
         checks["consumers"] = consumers_joined
+    if running.timed:
+        checks["timed"] = timed_started
     if resources.clickhouse is not None:
         checks["clickhouse"] = resources.clickhouse.ping
     return checks
 
 
 def _crash_on_failure(task: asyncio.Task[None]) -> None:
-    log.critical(
-        "consumer %s crashed; stopping the process", task.get_name(), exc_info=task.exception()
-    )
+    log.critical("%s crashed; stopping the process", task.get_name(), exc_info=task.exception())
     # Let uvicorn shut down cleanly (SIGTERM) rather than leave a half-running process.
     os.kill(os.getpid(), signal.SIGTERM)

@@ -71,6 +71,9 @@ class PostgresSettings(BaseServiceSettings):
         validation_alias=AliasChoices("HODHOD_DATABASE_URL", "DATABASE_URL"),
     )
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    # How long a timed-work runner (libs.runtime.timed) retries a transient failure
+    # before it stops the process.
+    timed_retry_budget_s: float = Field(default=600.0, gt=0)
 
 
 class ClickHouseSettings(BaseServiceSettings):

@@ -22,8 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.runtime.clickhouse import AsyncClickHouse, get_client
 from libs.runtime.clock import SystemClock
+from libs.runtime.errors import TransientError
 from libs.runtime.kafka import Producer
-from libs.runtime.pipeline import Batch, Handler, Record, TransientError
+from libs.runtime.pipeline import Batch, Handler, Record
 from libs.runtime.postgres import Base
 from libs.runtime.settings import PlatformSettings
 from libs.runtime.tables import (

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from libs.runtime.pipeline import is_transient
+from libs.runtime.errors import is_transient
 from services.attribution import prefetch, store
 from tests.conftest import Platform
 

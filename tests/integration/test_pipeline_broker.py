@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from libs.runtime.errors import TransientError
 from libs.runtime.kafka import Producer
-from libs.runtime.pipeline import Batch, ConsumerRunner, TransientError
+from libs.runtime.pipeline import Batch, ConsumerRunner
 from libs.runtime.settings import KafkaSettings
 from libs.schemas import UserVerified
 from tests.conftest import eventually

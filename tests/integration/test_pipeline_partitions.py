@@ -16,8 +16,9 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from libs.runtime.errors import TransientError
 from libs.runtime.kafka import Producer
-from libs.runtime.pipeline import Batch, ConsumerRunner, Record, TransientError
+from libs.runtime.pipeline import Batch, ConsumerRunner, Record
 from libs.runtime.settings import KafkaSettings
 from libs.schemas import UserVerified, encode
 from tests.conftest import eventually

@@ -35,6 +35,7 @@ PURE_EXTRAS = [
     "services.attribution.ledger",
     "libs.runtime.signing",
     "libs.runtime.fraudrules",
+    "libs.runtime.errors",
     "services.admin.segments",
     "services.admin.users",
     "services.segmenter.identity",

@@ -10,13 +10,8 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from libs.runtime.pipeline import (
-    Batch,
-    ConsumerRunner,
-    DlqLimitExceeded,
-    TransientError,
-    is_transient,
-)
+from libs.runtime.errors import TransientError
+from libs.runtime.pipeline import Batch, ConsumerRunner, DlqLimitExceeded
 from libs.runtime.settings import KafkaSettings
 from libs.schemas import Event, decode, encode
 from libs.schemas.dlq import DlqRecord
@@ -229,36 +224,6 @@ async def test_a_good_record_resets_the_dlq_count() -> None:
     assert journal.entries[-1] == ("commit", {TP: 6})
 
 
-def test_error_classification() -> None:
-    import asyncpg
-    from sqlalchemy.exc import IntegrityError, OperationalError
-
-    assert is_transient(TransientError())
-    assert is_transient(ConnectionRefusedError())
-    assert is_transient(TimeoutError())
-    assert is_transient(OperationalError("select 1", {}, Exception("server closed")))
-    assert is_transient(asyncpg.exceptions.CannotConnectNowError())
-    assert not is_transient(IntegrityError("insert", {}, Exception("duplicate key")))
-    assert not is_transient(KeyError("bug"))
-    assert not is_transient(ValueError("bug"))
-    # The broker's retriable answers (a broker gone: the producer's NodeNotReadyError)
-    # are transient; its refusals of a record are not.
-    from aiokafka.errors import (
-        MessageSizeTooLargeError,
-        NodeNotReadyError,
-        NotLeaderForPartitionError,
-        RequestTimedOutError,
-    )
-
-    assert is_transient(NodeNotReadyError("node 0 not ready"))
-    assert is_transient(NotLeaderForPartitionError())
-    assert is_transient(RequestTimedOutError())
-    assert not is_transient(MessageSizeTooLargeError("too big"))
-    wrapped = RuntimeError("wrapper")
-    wrapped.__cause__ = ConnectionResetError()
-    assert is_transient(wrapped)
-
-
 async def test_a_poison_record_is_isolated_and_the_rest_take_effect() -> None:
     """A record that makes the store refuse its data (here: a DataError for e2) fails the
     batch; the runner replays record by record, dead-letters e2 alone and commits."""
@@ -299,26 +264,6 @@ async def test_stop_ends_a_transient_retry_without_commit() -> None:
     with pytest.raises(TransientError):
         await asyncio.wait_for(task, 5)
     assert journal.entries == []
-
-
-def test_poison_classification() -> None:
-    from pydantic import BaseModel, ValidationError
-    from sqlalchemy.exc import DataError, IntegrityError, OperationalError
-
-    from libs.runtime.pipeline import is_poison
-
-    class M(BaseModel):
-        x: int
-
-    try:
-        M(x="nope")  # type: ignore[arg-type]
-    except ValidationError as exc:
-        assert is_poison(exc)
-    assert is_poison(DataError("q", {}, Exception("22021")))
-    assert is_poison(IntegrityError("q", {}, Exception("23505")))
-    assert is_poison(OverflowError())
-    assert not is_poison(OperationalError("q", {}, Exception("gone")))
-    assert not is_poison(KeyError("bug"))
 
 
 @pytest.mark.parametrize(
