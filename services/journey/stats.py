@@ -63,15 +63,14 @@ def node_stats(
     status, exit reason, count) over the runs. Nodes in ``order``, then any others (of
     older versions)."""
     table: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for node, _variant, n, capped in entered:
-        table[node]["entered"] += n
-        table[node]["capped"] += capped
-    for at, _variant, status, _reason, count in runs:
+    for entered_at, _variant, n, capped in entered:
+        table[entered_at]["entered"] += n
+        table[entered_at]["capped"] += capped
+    for at, _kind, status, _reason, count in runs:
         if at is None:
             continue
-        node = at
         column = {"waiting": "waiting", "converted": "converted"}.get(status, "exited")
-        table[node][column] += count
+        table[at][column] += count
     names = order + sorted(set(table) - set(order))
     return [NodeStats(n, **dict(table.get(n, {}))) for n in names]
 

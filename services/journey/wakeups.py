@@ -10,9 +10,8 @@
   timed); a date trigger's sweep enters the users whose yearly date falls due.
 
 Each claims with ``FOR UPDATE SKIP LOCKED``, so replicas share the rows; handlers publish
-before the runner commits, under deterministic ids. Each has the shape of the kit's
-``TimedWork`` (``name``, ``batch_size``, ``poll_interval``, ``claim``, ``due_at``,
-``handle``, ``next_due``) and is run by its ``TimedRunner``.
+before the runner commits, under deterministic ids. Each is run by the kit's
+``TimedRunner`` (``ServiceSpec.timed``).
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.runtime.kafka import Producer
+from libs.runtime.timed import TimedWork
 from libs.schemas import SendJob
 from services.journey import schedules, store, webhooks
 from services.journey.apply import Engine, Move
@@ -35,14 +35,15 @@ from services.journey.metrics import TASKS_DONE
 log = logging.getLogger(__name__)
 
 
-class RunTimers:
+class RunTimers(TimedWork[Run]):
     name = "journey.timers"
     batch_size = 1000
     poll_interval = timedelta(seconds=30)
 
-    def __init__(self, engine: Engine, producer: Producer) -> None:
+    def __init__(self, engine: Engine, producer: Producer, *, batch_size: int = 1000) -> None:
         self._engine = engine
         self._producer = producer
+        self.batch_size = batch_size
 
     async def claim(self, session: AsyncSession, *, now: datetime, limit: int) -> Sequence[Run]:
         return await store.claim_due_runs(session, now=now, limit=limit)
@@ -79,7 +80,7 @@ class RunTimers:
         )
 
 
-class Tasks:
+class Tasks(TimedWork[store.JourneyTask]):
     name = "journey.tasks"
     batch_size = 50
     poll_interval = timedelta(seconds=30)
@@ -145,9 +146,11 @@ class Tasks:
         )
 
 
-class Schedules:
+class Schedules(TimedWork[store.JourneySchedule]):
     name = "journey.schedules"
-    batch_size = 10
+    # One schedule a transaction (a page of members): a claimed row counts as a full
+    # batch, so the runner claims again at once while a firing has pages left.
+    batch_size = 1
     poll_interval = timedelta(seconds=60)
 
     def __init__(self, engine: Engine, producer: Producer, *, page: int = 5000) -> None:
