@@ -253,7 +253,9 @@ def _walk(run: Run, d: Definition, start: str, now: datetime, facts: Facts) -> S
     current: str | None = start
     for _ in range(MAX_STEPS):
         if current is None:
-            return walk.stop("completed", None, reason="completed")
+            # Ended after the last node entered: the run is counted as exiting there.
+            last = walk.entered[-1] if walk.entered else None
+            return walk.stop("completed", last, reason="completed")
         node = d.node(current)
         walk.visits[node.id] = walk.visits.get(node.id, 0) + 1
         walk.entered.append(node.id)
