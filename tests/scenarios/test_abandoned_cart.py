@@ -89,6 +89,7 @@ async def test_abandoned_cart(
     clocked.clock.advance(timedelta(minutes=1))
     (offer,) = await jobs.of(forgetful, count=1)
     (buyer_offer,) = await jobs.of(buyer, count=1)
+    assert buyer_offer.job_id != offer.job_id
     assert (offer.step_id, offer.channel, offer.journey_id) == ("offer", "push", journey_id)
     assert offer.content is not None and offer.content.body == "10% off if you buy within 24 hours"
     assert offer.context["product"] == "iPhone X"
