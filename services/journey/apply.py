@@ -19,7 +19,14 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.journeys.definition import ConditionNode, DefinitionError, Journey, ScheduleTrigger
+from libs.journeys.definition import (
+    ConditionNode,
+    DefinitionError,
+    Journey,
+    ScheduleTrigger,
+    SendNode,
+    WaitNode,
+)
 from libs.journeys.validate import parse
 from libs.schemas import Event, SendJob
 from libs.schemas.base import ANONYMOUS_PREFIX
@@ -146,13 +153,18 @@ class Engine:
         capped: Counter[tuple[str, str, str, str]] = Counter()
         for app_id, app_moves in by_app.items():
             users = sorted({m.run.user_key for m in app_moves})
-            needs_conditions = any(
-                isinstance(n, ConditionNode)
+            used = [
+                j
                 for m in app_moves
                 if (j := journeys.get((app_id, m.run.journey_id, m.run.version))) is not None
-                for n in j.definition.nodes
+            ]
+            needs_conditions = any(
+                isinstance(n, ConditionNode) for j in used for n in j.definition.nodes
             )
-            facts = await self.facts(session, app_id, users, now, conditions=needs_conditions)
+            if any(needs_profile(j) for j in used):
+                facts = await self.facts(session, app_id, users, now, conditions=needs_conditions)
+            else:
+                facts = {u: NO_FACTS for u in users}
             new_runs: list[tuple[Run, str]] = []
             results: list[tuple[Move, Run, list[Step]]] = []
             for m in app_moves:
@@ -277,6 +289,23 @@ class Engine:
                 for call in calls
             ],
         )
+
+
+NO_FACTS = Facts()
+
+
+def needs_profile(journey: Journey) -> bool:
+    """Whether walking ``journey`` can ask about the profile: a local-time or profile-date
+    wait, a "best" channel, a condition. Others skip the profile read (the hot path of
+    plain waits and sends)."""
+    for node in journey.definition.nodes:
+        if isinstance(node, ConditionNode):
+            return True
+        if isinstance(node, WaitNode) and node.duration is None:
+            return True
+        if isinstance(node, SendNode) and node.channel == "best":
+            return True
+    return False
 
 
 def webhook_payload(run: Run, call: WebhookCall) -> dict[str, Any]:

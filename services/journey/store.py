@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -262,14 +263,25 @@ async def insert_runs(session: AsyncSession, *, runs: Sequence[tuple[Run, str]])
     return set(result.scalars())
 
 
+_SAVE_RUNS = text(
+    "UPDATE journey_runs AS r SET status = v.status, node = v.node, wake_at = v.wake_at,"
+    " waiting_for = v.waiting_for, variant = v.variant, visits = v.visits,"
+    " exit_reason = v.exit_reason, ended_at = v.ended_at, user_key = v.user_key"
+    " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(app_id text, run_id text,"
+    " status text, node text, wake_at timestamptz, waiting_for text, variant text,"
+    " visits jsonb, exit_reason text, ended_at timestamptz, user_key text)"
+    " WHERE r.app_id = v.app_id AND r.run_id = v.run_id"
+)
+
+
 async def save_runs(session: AsyncSession, *, runs: Iterable[Run]) -> None:
-    """Write the runs' moving parts back (the rows must exist)."""
-    for run in runs:
-        await session.execute(
-            update(JourneyRun)
-            .where(JourneyRun.app_id == run.app_id, JourneyRun.run_id == run.run_id)
-            .values(**_values(run))
-        )
+    """Write the runs' moving parts back (the rows must exist), in one statement."""
+    rows = [
+        {"app_id": run.app_id, "run_id": run.run_id, **_values(run)}
+        for run in sorted(runs, key=lambda r: (r.app_id, r.run_id))
+    ]
+    if rows:
+        await session.execute(_SAVE_RUNS, {"rows": orjson.dumps(rows).decode()})
 
 
 async def open_runs_of(
@@ -340,17 +352,56 @@ async def journeys_run_for(session: AsyncSession, *, app_id: str, user_key: str)
     return set(rows)
 
 
+_RUN_COLUMNS = (
+    JourneyRun.app_id,
+    JourneyRun.run_id,
+    JourneyRun.journey_id,
+    JourneyRun.version,
+    JourneyRun.user_key,
+    JourneyRun.status,
+    JourneyRun.node,
+    JourneyRun.started_at,
+    JourneyRun.wake_at,
+    JourneyRun.waiting_for,
+    JourneyRun.variant,
+    JourneyRun.trigger,
+    JourneyRun.visits,
+    JourneyRun.exit_reason,
+    JourneyRun.ended_at,
+)
+
+
 async def claim_due_runs(session: AsyncSession, *, now: datetime, limit: int) -> list[Run]:
-    """Lock up to ``limit`` runs whose timer is due, skipping runs another transaction
-    holds (another replica's claim, or an event being applied to them)."""
-    rows = await session.scalars(
-        select(JourneyRun)
-        .where(JourneyRun.wake_at <= now, JourneyRun.wake_at.is_not(None), ~JourneyRun.held)
+    """Lock up to ``limit`` runs whose timer is due, oldest first, skipping runs another
+    transaction holds (another replica's claim, or an event being applied to them). Read
+    as plain rows (no ORM identity map: this is the hot path)."""
+    rows = await session.execute(
+        select(*_RUN_COLUMNS)
+        .where(JourneyRun.wake_at <= now, ~JourneyRun.held)
         .order_by(JourneyRun.wake_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [to_run(r) for r in rows]
+    return [
+        Run(
+            app_id=r.app_id,
+            run_id=r.run_id,
+            journey_id=r.journey_id,
+            version=r.version,
+            user_key=r.user_key,
+            status=r.status,
+            node=r.node,
+            entered_at=r.started_at,
+            wake_at=r.wake_at,
+            waiting_for=r.waiting_for,
+            variant=r.variant,
+            trigger=r.trigger or {},
+            visits=r.visits or {},
+            exit_reason=r.exit_reason,
+            ended_at=r.ended_at,
+        )
+        for r in rows
+    ]
 
 
 async def rekey_runs(session: AsyncSession, *, app_id: str, source: str, target: str) -> int:
