@@ -356,10 +356,7 @@ def send_job(
     run: Run, node: SendNode, job_id: str, variant: str | None, now: datetime, facts: Facts
 ) -> SendJob:
     channel, fallback = best_channels(node, facts.reachable)
-    # Built from validated parts (the definition's node, the stored run): constructed
-    # without validating again, which is most of a wake-up's CPU otherwise.
-    return SendJob.model_construct(
-        schema_version=1,
+    return SendJob(
         app_id=run.app_id,
         job_id=job_id,
         user_key=run.user_key,
@@ -376,7 +373,6 @@ def send_job(
         expires_at=now + node.expires_after.delta if node.expires_after is not None else None,
         fallback_channels=fallback,
         variant_id=variant,
-        broadcast_id=None,
         category=node.category,
     )
 

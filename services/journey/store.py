@@ -220,27 +220,23 @@ def _values(run: Run) -> dict[str, Any]:
     }
 
 
-async def insert_run(session: AsyncSession, *, run: Run, cause: str) -> bool:
-    """Insert a new run; False if the cause already started it (a replay)."""
-    values = {
-        "app_id": run.app_id,
-        "run_id": run.run_id,
-        "journey_id": run.journey_id,
-        "version": run.version,
-        "trigger_change_id": cause[:128],
-        "started_at": run.entered_at,
-        "trigger": dict(run.trigger),
-        "held": False,
-        **_values(run),
-    }
-    result = await session.execute(
-        insert(JourneyRun).values(**values).on_conflict_do_nothing().returning(JourneyRun.run_id)
-    )
-    return result.first() is not None
+_INSERT_RUNS = text(
+    "INSERT INTO journey_runs (app_id, run_id, journey_id, version, user_key,"
+    " trigger_change_id, status, node, started_at, wake_at, held, waiting_for, variant,"
+    " trigger, visits, exit_reason, ended_at)"
+    " SELECT app_id, run_id, journey_id, version, user_key, trigger_change_id, status, node,"
+    " started_at, wake_at, false, waiting_for, variant, trigger, visits, exit_reason, ended_at"
+    " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(app_id text, run_id text,"
+    " journey_id text, version int, user_key text, trigger_change_id text, status text,"
+    " node text, started_at timestamptz, wake_at timestamptz, waiting_for text, variant text,"
+    " trigger jsonb, visits jsonb, exit_reason text, ended_at timestamptz)"
+    " ON CONFLICT DO NOTHING RETURNING run_id"
+)
 
 
 async def insert_runs(session: AsyncSession, *, runs: Sequence[tuple[Run, str]]) -> set[str]:
-    """Insert many new runs at once; returns the ids actually inserted."""
+    """Insert new runs (one statement); returns the ids actually inserted (a cause that
+    already started its run inserts nothing: a replay)."""
     if not runs:
         return set()
     rows = [
@@ -252,14 +248,11 @@ async def insert_runs(session: AsyncSession, *, runs: Sequence[tuple[Run, str]])
             "trigger_change_id": cause[:128],
             "started_at": run.entered_at,
             "trigger": dict(run.trigger),
-            "held": False,
             **_values(run),
         }
-        for run, cause in runs
+        for run, cause in sorted(runs, key=lambda item: item[0].run_id)
     ]
-    result = await session.execute(
-        insert(JourneyRun).values(rows).on_conflict_do_nothing().returning(JourneyRun.run_id)
-    )
+    result = await session.execute(_INSERT_RUNS, {"rows": orjson.dumps(rows).decode()})
     return set(result.scalars())
 
 
@@ -291,8 +284,8 @@ async def open_runs_of(
     batches never wait on each other in a cycle) until the transaction ends."""
     if not user_keys:
         return []
-    rows = await session.scalars(
-        select(JourneyRun)
+    rows = await session.execute(
+        select(*_RUN_COLUMNS)
         .where(
             JourneyRun.app_id == app_id,
             JourneyRun.user_key.in_(sorted(set(user_keys))),
@@ -301,7 +294,7 @@ async def open_runs_of(
         .order_by(JourneyRun.run_id)
         .with_for_update()
     )
-    return [to_run(r) for r in rows]
+    return [_run_of(r) for r in rows]
 
 
 async def histories(
@@ -382,26 +375,27 @@ async def claim_due_runs(session: AsyncSession, *, now: datetime, limit: int) ->
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [
-        Run(
-            app_id=r.app_id,
-            run_id=r.run_id,
-            journey_id=r.journey_id,
-            version=r.version,
-            user_key=r.user_key,
-            status=r.status,
-            node=r.node,
-            entered_at=r.started_at,
-            wake_at=r.wake_at,
-            waiting_for=r.waiting_for,
-            variant=r.variant,
-            trigger=r.trigger or {},
-            visits=r.visits or {},
-            exit_reason=r.exit_reason,
-            ended_at=r.ended_at,
-        )
-        for r in rows
-    ]
+    return [_run_of(r) for r in rows]
+
+
+def _run_of(r: Any) -> Run:
+    return Run(
+        app_id=r.app_id,
+        run_id=r.run_id,
+        journey_id=r.journey_id,
+        version=r.version,
+        user_key=r.user_key,
+        status=r.status,
+        node=r.node,
+        entered_at=r.started_at,
+        wake_at=r.wake_at,
+        waiting_for=r.waiting_for,
+        variant=r.variant,
+        trigger=r.trigger or {},
+        visits=r.visits or {},
+        exit_reason=r.exit_reason,
+        ended_at=r.ended_at,
+    )
 
 
 async def rekey_runs(session: AsyncSession, *, app_id: str, source: str, target: str) -> int:
@@ -467,18 +461,22 @@ async def erase_user(session: AsyncSession, *, app_id: str, user_key: str) -> in
     return result.rowcount or 0  # type: ignore[attr-defined]
 
 
+_FIRST_SEEN = text(
+    "INSERT INTO journey_seen_events (app_id, event_id, seen_at)"
+    " SELECT :app_id, e, :now FROM unnest(CAST(:ids AS text[])) AS e"
+    " ON CONFLICT DO NOTHING RETURNING event_id"
+)
+
+
 async def first_seen_events(
     session: AsyncSession, *, app_id: str, event_ids: Sequence[str], now: datetime
 ) -> set[str]:
-    """Record the events as applied; returns those not recorded before."""
+    """Record the events as applied; returns those not recorded before. One cached
+    statement over an array, however many events."""
     if not event_ids:
         return set()
-    rows = [{"app_id": app_id, "event_id": e, "seen_at": now} for e in sorted(set(event_ids))]
     result = await session.execute(
-        insert(JourneySeenEvent)
-        .values(rows)
-        .on_conflict_do_nothing()
-        .returning(JourneySeenEvent.event_id)
+        _FIRST_SEEN, {"app_id": app_id, "ids": sorted(set(event_ids)), "now": now}
     )
     return set(result.scalars())
 
