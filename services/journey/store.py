@@ -186,26 +186,6 @@ TOTAL_DAY = date(1, 1, 1)
 # --- runs ---------------------------------------------------------------------------------
 
 
-def to_run(row: JourneyRun) -> Run:
-    return Run(
-        app_id=row.app_id,
-        run_id=row.run_id,
-        journey_id=row.journey_id,
-        version=row.version,
-        user_key=row.user_key,
-        status=row.status,  # type: ignore[arg-type]
-        node=row.node,
-        entered_at=row.started_at,
-        wake_at=row.wake_at,
-        waiting_for=row.waiting_for,
-        variant=row.variant,
-        trigger=row.trigger or {},
-        visits=row.visits or {},
-        exit_reason=row.exit_reason,
-        ended_at=row.ended_at,
-    )
-
-
 def _values(run: Run) -> dict[str, Any]:
     return {
         "status": run.status,
