@@ -57,17 +57,21 @@ class RunTimers(TimedWork[Run]):
             session, keys=[(r.app_id, r.journey_id) for r in items]
         )
         moves = []
+        stopped: dict[tuple[str, str], str] = {}
         for run in items:
             status = statuses.get((run.app_id, run.journey_id), "archived")
             if status == "active":
                 moves.append(Move(run, [Wake()]))
-            elif status == "paused":
-                await store.hold_runs(
-                    session, app_id=run.app_id, journey_id=run.journey_id, held=True
-                )
+            else:
+                stopped[(run.app_id, run.journey_id)] = status
+        # The config consumer normally got there first; this covers a change it has not
+        # read yet. Once per journey, not per run.
+        for (app_id, journey_id), status in sorted(stopped.items()):
+            if status == "paused":
+                await store.hold_runs(session, app_id=app_id, journey_id=journey_id, held=True)
             else:
                 await store.end_runs(
-                    session, app_id=run.app_id, journey_id=run.journey_id, reason=status, now=now
+                    session, app_id=app_id, journey_id=journey_id, reason=status, now=now
                 )
         out = await self._engine.move(session, moves, now)
         await self._producer.publish_all(out.records())
