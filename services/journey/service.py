@@ -73,11 +73,17 @@ def consumers(resources: Resources) -> Sequence[ConsumerRunner]:
 
     r = resources
     return [
-        runner("journey.triggers", TOPICS, TriggerHandler(r.sessions, r.producer, r.clock, engine)),
         runner(
-            "journey.events", EVENT_TOPICS, EventHandler(r.sessions, r.producer, r.clock, engine)
+            "journey.triggers",
+            TOPICS,
+            _Waking(TriggerHandler(r.sessions, r.producer, r.clock, engine), r),
         ),
-        runner("journey.config", CONFIG_TOPICS, ConfigHandler(r.sessions, r.clock)),
+        runner(
+            "journey.events",
+            EVENT_TOPICS,
+            _Waking(EventHandler(r.sessions, r.producer, r.clock, engine), r),
+        ),
+        runner("journey.config", CONFIG_TOPICS, _Waking(ConfigHandler(r.sessions, r.clock), r)),
     ]
 
 

@@ -344,16 +344,18 @@ _RUN_COLUMNS = (
 )
 
 
-async def claim_due_runs(session: AsyncSession, *, now: datetime, limit: int) -> list[Run]:
+async def claim_due_runs(
+    session: AsyncSession, *, now: datetime, limit: int, app_id: str | None = None
+) -> list[Run]:
     """Lock up to ``limit`` runs whose timer is due, oldest first, skipping runs another
     transaction holds (another replica's claim, or an event being applied to them). Read
-    as plain rows (no ORM identity map: this is the hot path)."""
+    as plain rows (no ORM identity map: this is the hot path). ``app_id`` scopes the
+    claim to one app (a worker dedicated to a tenant; tests); None claims for all."""
+    stmt = select(*_RUN_COLUMNS).where(JourneyRun.wake_at <= now, ~JourneyRun.held)
+    if app_id is not None:
+        stmt = stmt.where(JourneyRun.app_id == app_id)
     rows = await session.execute(
-        select(*_RUN_COLUMNS)
-        .where(JourneyRun.wake_at <= now, ~JourneyRun.held)
-        .order_by(JourneyRun.wake_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        stmt.order_by(JourneyRun.wake_at).limit(limit).with_for_update(skip_locked=True)
     )
     return [_run_of(r) for r in rows]
 
@@ -686,13 +688,14 @@ async def add_tasks(session: AsyncSession, *, tasks: Sequence[Mapping[str, Any]]
         await session.execute(insert(JourneyTask).values(list(tasks)).on_conflict_do_nothing())
 
 
-async def claim_due_tasks(session: AsyncSession, *, now: datetime, limit: int) -> list[JourneyTask]:
+async def claim_due_tasks(
+    session: AsyncSession, *, now: datetime, limit: int, app_id: str | None = None
+) -> list[JourneyTask]:
+    stmt = select(JourneyTask).where(JourneyTask.due_at <= now)
+    if app_id is not None:
+        stmt = stmt.where(JourneyTask.app_id == app_id)
     rows = await session.scalars(
-        select(JourneyTask)
-        .where(JourneyTask.due_at <= now)
-        .order_by(JourneyTask.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        stmt.order_by(JourneyTask.due_at).limit(limit).with_for_update(skip_locked=True)
     )
     return list(rows)
 
@@ -702,14 +705,13 @@ async def finish_task(session: AsyncSession, *, task: JourneyTask) -> None:
 
 
 async def claim_due_schedules(
-    session: AsyncSession, *, now: datetime, limit: int
+    session: AsyncSession, *, now: datetime, limit: int, app_id: str | None = None
 ) -> list[JourneySchedule]:
+    stmt = select(JourneySchedule).where(JourneySchedule.due_at <= now)
+    if app_id is not None:
+        stmt = stmt.where(JourneySchedule.app_id == app_id)
     rows = await session.scalars(
-        select(JourneySchedule)
-        .where(JourneySchedule.due_at <= now)
-        .order_by(JourneySchedule.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        stmt.order_by(JourneySchedule.due_at).limit(limit).with_for_update(skip_locked=True)
     )
     return list(rows)
 

@@ -40,13 +40,21 @@ class RunTimers(TimedWork[Run]):
     batch_size = 1000
     poll_interval = timedelta(seconds=30)
 
-    def __init__(self, engine: Engine, producer: Producer, *, batch_size: int = 1000) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        producer: Producer,
+        *,
+        batch_size: int = 1000,
+        app_id: str | None = None,
+    ) -> None:
         self._engine = engine
         self._producer = producer
         self.batch_size = batch_size
+        self._app_id = app_id  # None: every app's runs
 
     async def claim(self, session: AsyncSession, *, now: datetime, limit: int) -> Sequence[Run]:
-        return await store.claim_due_runs(session, now=now, limit=limit)
+        return await store.claim_due_runs(session, now=now, limit=limit, app_id=self._app_id)
 
     def due_at(self, item: Run) -> datetime:
         assert item.wake_at is not None
@@ -96,16 +104,18 @@ class Tasks(TimedWork[store.JourneyTask]):
         *,
         allow_private: bool,
         resolve: Callable[[str], Sequence[str]] | None = None,
+        app_id: str | None = None,
     ) -> None:
         self._producer = producer
         self._http = http
         self._allow_private = allow_private
         self._resolve = resolve
+        self._app_id = app_id  # None: every app's tasks
 
     async def claim(
         self, session: AsyncSession, *, now: datetime, limit: int
     ) -> Sequence[store.JourneyTask]:
-        return await store.claim_due_tasks(session, now=now, limit=limit)
+        return await store.claim_due_tasks(session, now=now, limit=limit, app_id=self._app_id)
 
     def due_at(self, item: store.JourneyTask) -> datetime:
         return item.due_at
@@ -157,15 +167,18 @@ class Schedules(TimedWork[store.JourneySchedule]):
     batch_size = 1
     poll_interval = timedelta(seconds=60)
 
-    def __init__(self, engine: Engine, producer: Producer, *, page: int = 5000) -> None:
+    def __init__(
+        self, engine: Engine, producer: Producer, *, page: int = 5000, app_id: str | None = None
+    ) -> None:
         self._engine = engine
         self._producer = producer
         self._page = page
+        self._app_id = app_id  # None: every app's schedules
 
     async def claim(
         self, session: AsyncSession, *, now: datetime, limit: int
     ) -> Sequence[store.JourneySchedule]:
-        return await store.claim_due_schedules(session, now=now, limit=limit)
+        return await store.claim_due_schedules(session, now=now, limit=limit, app_id=self._app_id)
 
     def due_at(self, item: store.JourneySchedule) -> datetime:
         assert item.due_at is not None

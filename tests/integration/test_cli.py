@@ -60,6 +60,7 @@ def test_up_app_create_second_up_and_ctrl_c(tmp_path: Path, settings: PlatformSe
             "kafka": True,
             "clickhouse": True,
             "consumers": True,
+            "timed": True,
         }
         state = json.loads((tmp_path / "var" / "hodhod.json").read_text())
         assert state["pid"] == up.pid

@@ -22,6 +22,7 @@ async def test_probes_and_metrics(http: httpx.AsyncClient, app_keys: dict[str, s
         "kafka": True,
         "clickhouse": True,
         "consumers": True,
+        "timed": True,
     }
     await http.get("/c/unknown-token")
     now = datetime.now(UTC).isoformat()

@@ -85,7 +85,9 @@ class World:
         self.events = EventHandler(sessions, producer, self.clock, self.engine)
         self.triggers = TriggerHandler(sessions, producer, self.clock, self.engine)
         self.config = ConfigHandler(sessions, self.clock)
-        self.timers = RunTimers(self.engine, producer)
+        # Scoped to this app: the shared database holds other tests' runs, due at this
+        # test's clock (its year) though not yet at the wall clock's.
+        self.timers = RunTimers(self.engine, producer, app_id=app_id)
         self.offset = 0
 
     async def journey(
@@ -368,7 +370,8 @@ async def test_two_claimers_never_take_the_same_timer(world: World) -> None:
     ]
     await world.triggers(Batch([world.record("segment-changes", c) for c in changes]))
     world.clock.advance(timedelta(minutes=5))
-    a, b = RunTimers(world.engine, world.producer), RunTimers(world.engine, world.producer)
+    a = RunTimers(world.engine, world.producer, app_id=world.app_id)
+    b = RunTimers(world.engine, world.producer, app_id=world.app_id)
     a.batch_size = b.batch_size = 40
     while True:
         handled = await asyncio.gather(world.run(a), world.run(b))
@@ -444,8 +447,8 @@ async def test_webhooks_retry_and_the_guard_refuses_private_targets(world: World
         user = f"u-{uuid.uuid4().hex[:6]}"
         await world.send_events(world.event("ordered", user_id=user, props={"order": "o1"}))
         async with httpx.AsyncClient() as client:
-            guarded = Tasks(world.producer, client, allow_private=False)
-            allowed = Tasks(world.producer, client, allow_private=True)
+            guarded = Tasks(world.producer, client, allow_private=False, app_id=world.app_id)
+            allowed = Tasks(world.producer, client, allow_private=True, app_id=world.app_id)
             # The guard refuses loopback: the call is dropped, never made.
             await world.run(guarded)
             assert calls == []
@@ -498,7 +501,7 @@ async def test_a_birthday_enters_at_ten_local_time(world: World) -> None:
             "nodes": [{"id": "s", "type": "send", "channel": "push", "content": {"body": "🎂"}}],
         },
     )
-    schedules = Schedules(world.engine, world.producer)
+    schedules = Schedules(world.engine, world.producer, app_id=world.app_id)
     await world.run(schedules)
     assert world.jobs_of(journey_id) == []  # Tehran's 10:00 passed before activation
     world.clock.advance(timedelta(minutes=59))
@@ -544,7 +547,7 @@ async def test_a_broadcast_enters_members_at_their_local_time(world: World) -> N
             "nodes": [{"id": "s", "type": "send", "channel": "push", "content": {"body": "sale"}}],
         },
     )
-    schedules = Schedules(world.engine, world.producer, page=2)
+    schedules = Schedules(world.engine, world.producer, page=2, app_id=world.app_id)
     assert await world.run(schedules) == 0  # due at 08:30
     world.clock.advance(timedelta(minutes=30))
     while await world.run(schedules):

@@ -66,11 +66,17 @@ async def test_broadcast_at_each_members_local_time(
     assert created.status_code == 201, created.text
     broadcast_id = created.json()["id"]
     clocked.clock.set(tomorrow)
+
+    async def fired() -> bool:
+        r = await clocked_http.get(f"/admin/v1/journeys/{broadcast_id}/stats", headers=headers)
+        return r.json()["runs"] == 2  # both members entered, waiting for their 10:00
+
+    await eventually(fired, within=60)
     await jobs.quiet(tehran_user, expect=0)
     day = tomorrow.date()
     ten = datetime.min.time().replace(hour=10)
     clocked.clock.set(datetime.combine(day, ten, ZoneInfo("Asia/Tehran")).astimezone(UTC))
-    (mail,) = await jobs.of(tehran_user, count=1)
+    (mail,) = await jobs.of(tehran_user, count=1, within=60)
     assert (mail.channel, mail.broadcast_id, mail.journey_id) == (
         "email",
         broadcast_id,
