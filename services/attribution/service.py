@@ -7,7 +7,7 @@ from pathlib import Path
 
 from libs.runtime.pipeline import ConsumerRunner
 from libs.runtime.resources import Resources
-from libs.runtime.service import ServiceSpec, one_consumer
+from libs.runtime.service import ServiceSpec, one_consumer, timed_runner
 from services.attribution.consumer import TOPICS, Matcher
 from services.attribution.erasure import TOPICS as ERASURE_TOPICS
 from services.attribution.erasure import Eraser
@@ -63,5 +63,5 @@ def consumers(resources: Resources) -> Sequence[ConsumerRunner]:
 SERVICE = ServiceSpec(
     name="attribution",
     consumers=consumers,
-    tasks=lambda r: [VerificationSweep(r.sessions, r.producer).run()],
+    timed=lambda r: [timed_runner(VerificationSweep(r.producer), r)],
 )

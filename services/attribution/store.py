@@ -72,6 +72,12 @@ class Install(Base):
             "install_ts",
             postgresql_where=text("status = 'pending'"),
         ),
+        # The verification sweep's claim across apps, oldest first (sweep.py).
+        Index(
+            "ix_attribution_installs_pending_due",
+            "install_ts",
+            postgresql_where=text("status = 'pending'"),
+        ),
         Index(
             "ix_attribution_installs_waiting",
             "app_id",
@@ -175,28 +181,41 @@ _PENDING = literal_column("'pending'")
 
 
 async def pending_installs(
-    session: AsyncSession,
-    *,
-    app_id: str,
-    user_id: str | None = None,
-    device_id: str | None = None,
-    older_than: datetime | None = None,
+    session: AsyncSession, *, app_id: str, user_id: str | None = None, device_id: str | None = None
 ) -> list[Install]:
-    """Installs waiting for a verification: of this user or device, or (sweep) all those
-    installed before ``older_than``. Locked, newest decisions win."""
-    query = select(Install).where(Install.app_id == app_id, Install.status == _PENDING)
-    if older_than is not None:
-        query = query.where(Install.install_ts < older_than)
-    else:
-        query = query.where(or_(Install.user_key == user_id, Install.device_id == device_id))
+    """Installs of this user or device waiting for a verification. Locked, newest
+    decisions win."""
+    query = select(Install).where(
+        Install.app_id == app_id,
+        Install.status == _PENDING,
+        or_(Install.user_key == user_id, Install.device_id == device_id),
+    )
     # A fixed order: concurrent lockers of the same rows queue instead of deadlocking.
     return list(await session.scalars(query.order_by(Install.install_event_id).with_for_update()))
 
 
-async def apps_with_pending(session: AsyncSession) -> list[str]:
-    """Apps that have installs waiting for verification (the sweep's tenant list)."""
-    return list(
-        await session.scalars(select(Install.app_id).where(Install.status == _PENDING).distinct())
+async def claim_overdue(session: AsyncSession, *, before: datetime, limit: int) -> list[Install]:
+    """At most ``limit`` pending installs, of any app, installed before ``before``, oldest
+    first, locked ``FOR UPDATE SKIP LOCKED`` (rows another transaction holds — a
+    verification being applied, another replica's sweep — are skipped, not waited for).
+    The sweep's claim: like a tenant list, the one query not scoped by an app."""
+    query = (
+        select(Install)
+        .where(Install.status == _PENDING, Install.install_ts < before)
+        .order_by(Install.install_ts)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(await session.scalars(query))
+
+
+async def earliest_pending(session: AsyncSession, *, since: datetime) -> datetime | None:
+    """The install time of the oldest pending install, of any app, installed at or after
+    ``since`` (the sweep's next due time)."""
+    return await session.scalar(
+        select(func.min(Install.install_ts)).where(
+            Install.status == _PENDING, Install.install_ts >= since
+        )
     )
 
 

@@ -1,71 +1,72 @@
 """Installs on "count after verification" trackers that were never verified within the
-window (7 days) become ``unverified`` — never billed. A periodic sweep, because the
-absence of a verification is an event no topic carries."""
+window (7 days) become ``unverified`` — never billed. Timed work (``libs.runtime.timed``),
+because the absence of a verification is an event no topic carries: a pending install
+falls due when its window has passed (``install_ts + VERIFICATION_WINDOW``, exclusive),
+and the runner claims overdue installs of every app, oldest first, in batches that any
+number of replicas share."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.runtime.kafka import Producer
+from libs.runtime.timed import TimedWork
 from services.attribution import outcomes, store
 from services.attribution.identity import restate
 
-log = logging.getLogger(__name__)
+# The window is exclusive (its last moment is still pending): an install falls due one
+# tick of Postgres' clock (a microsecond) after it.
+_PAST = timedelta(microseconds=1)
 
-INTERVAL_S = 60.0
 
+class VerificationSweep(TimedWork[store.Install]):
+    """Expires overdue pending installs: each claimed install is decided again at the
+    claim's ``now`` (a verification committed meanwhile still verifies it) and restated;
+    the statements are published before the commit (deterministic ids: a replayed batch
+    republishes the same)."""
 
-class VerificationSweep:
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        producer: Producer,
-        interval_s: float = INTERVAL_S,
-    ) -> None:
-        self._sessions = sessions
+    name = "attribution.verification"
+    batch_size = 500
+    poll_interval = timedelta(seconds=60)
+
+    def __init__(self, producer: Producer) -> None:
         self._producer = producer
-        self._interval_s = interval_s
 
-    async def run(self) -> None:
-        """Sweep forever (cancelled on shutdown); a failed sweep is retried next time."""
-        while True:
-            try:
-                await self.sweep(datetime.now(UTC))
-            except Exception:
-                log.exception("verification sweep failed")
-            await asyncio.sleep(self._interval_s)
+    async def claim(
+        self, session: AsyncSession, *, now: datetime, limit: int
+    ) -> Sequence[store.Install]:
+        return await store.claim_overdue(
+            session, before=now - outcomes.VERIFICATION_WINDOW, limit=limit
+        )
 
-    async def sweep(self, now: datetime) -> int:
-        """Expire what is overdue at ``now``; returns how many installs changed."""
-        async with self._sessions() as session:
-            # The tenant list: the one query not scoped by an app; all that follow are.
-            app_ids = await store.apps_with_pending(session)
-        changed = 0
-        for app_id in sorted(app_ids):
-            async with self._sessions() as session, session.begin():
-                out = []
-                for row in await store.pending_installs(
-                    session, app_id=app_id, older_than=now - outcomes.VERIFICATION_WINDOW
-                ):
-                    # A verification may have been committed while the install was being
-                    # decided (two replicas): look before expiring.
-                    verified_at = await store.verified_at(
-                        session, app_id=app_id, user_key=row.user_key, device_id=row.device_id
-                    )
-                    status = outcomes.verification_status(
-                        mode="on_verification",
-                        install_ts=row.install_ts,
-                        verified_at=verified_at,
-                        now=now,
-                        current=row.status,
-                    )
-                    if status != row.status:
-                        out.append(await restate(session, row, status, now))
-                await session.flush()
-                await self._producer.publish_all(out)
-                changed += len(out)
-        return changed
+    def due_at(self, item: store.Install) -> datetime:
+        return item.install_ts + outcomes.VERIFICATION_WINDOW + _PAST
+
+    async def handle(
+        self, session: AsyncSession, items: Sequence[store.Install], *, now: datetime
+    ) -> None:
+        out = []
+        for row in items:
+            # A verification may have been committed while the install was being
+            # decided (two replicas): look before expiring.
+            verified_at = await store.verified_at(
+                session, app_id=row.app_id, user_key=row.user_key, device_id=row.device_id
+            )
+            status = outcomes.verification_status(
+                mode="on_verification",
+                install_ts=row.install_ts,
+                verified_at=verified_at,
+                now=now,
+                current=row.status,
+            )
+            if status != row.status:
+                out.append(await restate(session, row, status, now))
+        await session.flush()
+        await self._producer.publish_all(out)
+
+    async def next_due(self, session: AsyncSession, *, after: datetime) -> datetime | None:
+        earliest = await store.earliest_pending(session, since=after - outcomes.VERIFICATION_WINDOW)
+        return None if earliest is None else earliest + outcomes.VERIFICATION_WINDOW + _PAST

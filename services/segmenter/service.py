@@ -1,6 +1,6 @@
 """Wiring of the segmenter service: the profile consumer and the segment scheduler."""
 
-from libs.runtime.service import ServiceSpec, one_consumer
+from libs.runtime.service import ServiceSpec, one_consumer, timed_runner
 from services.segmenter.consumer import TOPICS, ProfileUpdater
 from services.segmenter.scheduler import SegmentScheduler
 
@@ -13,9 +13,12 @@ SERVICE = ServiceSpec(
         lambda r: ProfileUpdater(r.sessions, r.producer),
         per_partition=True,
     ),
-    tasks=lambda r: [
-        SegmentScheduler(
-            r.sessions, r.producer, interval_s=r.settings.segment_scheduler_interval_s
-        ).run()
+    timed=lambda r: [
+        timed_runner(
+            SegmentScheduler(
+                r.sessions, r.producer, interval_s=r.settings.segment_scheduler_interval_s
+            ),
+            r,
+        )
     ],
 )

@@ -20,11 +20,13 @@ from typing import Any, NamedTuple, cast
 
 import orjson
 from sqlalchemy import (
+    Index,
     String,
     Table,
     any_,
     bindparam,
     delete,
+    func,
     literal,
     select,
     text,
@@ -46,6 +48,7 @@ from libs.runtime.tables import (
     RecentEventRow,
     Segment,
 )
+from libs.runtime.timed import claim_due
 from libs.schemas import Event
 from libs.schemas.base import ANONYMOUS_PREFIX
 from services.segmenter.identity import Alias
@@ -85,6 +88,19 @@ class RuleSync(Base):
     segment_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     synced_at: Mapped[datetime]
+
+
+class Schedule(Base):
+    """When the scheduler next re-evaluates an app's segments in bulk: one row per app
+    that has (or had) segments, claimed ``FOR UPDATE SKIP LOCKED`` when due, so that
+    replicas share the apps and each app is worked on by one replica at a time."""
+
+    __tablename__ = "segmenter_schedules"
+    __table_args__ = (Index("ix_segmenter_schedules_due_at", "due_at"),)
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    due_at: Mapped[datetime]
+    ticked_at: Mapped[datetime | None]
 
 
 # The real-time path's statements, built once: asyncpg caches their prepared statements,
@@ -446,6 +462,53 @@ async def memberships(session: AsyncSession, *, app_id: str, user_key: str) -> s
         )
     )
     return set(rows)
+
+
+async def enrol_apps(session: AsyncSession, *, now: datetime) -> int:
+    """Give every app that has segments and no schedule a schedule due at ``now``;
+    returns how many were added. Idempotent; concurrent callers may wait for each
+    other's uncommitted rows (commit soon). The one statement not scoped by an app: it
+    enumerates tenants."""
+    result = await session.execute(
+        insert(Schedule)
+        .from_select(
+            ["app_id", "due_at"],
+            select(Segment.app_id, literal(now))
+            .where(~select(Schedule.app_id).where(Schedule.app_id == Segment.app_id).exists())
+            .distinct(),
+        )
+        .on_conflict_do_nothing(index_elements=[Schedule.app_id])
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def claim_schedules(session: AsyncSession, *, now: datetime, limit: int) -> list[Schedule]:
+    """At most ``limit`` apps' schedules due at ``now``, oldest first, locked ``FOR UPDATE
+    SKIP LOCKED``."""
+    return list(
+        await session.scalars(claim_due(select(Schedule), Schedule.due_at, now=now, limit=limit))
+    )
+
+
+async def claim_schedule(session: AsyncSession, *, app_id: str, now: datetime) -> Schedule | None:
+    """The app's schedule (created due at ``now`` if it has none), locked ``FOR UPDATE
+    SKIP LOCKED``: None when another transaction holds it. Waits only when another
+    transaction is creating the same app's schedule at the same moment."""
+    locked = select(Schedule).where(Schedule.app_id == app_id).with_for_update(skip_locked=True)
+    schedule = await session.scalar(locked)
+    if schedule is None:
+        await session.execute(
+            insert(Schedule)
+            .values(app_id=app_id, due_at=now)
+            .on_conflict_do_nothing(index_elements=[Schedule.app_id])
+        )
+        schedule = await session.scalar(locked)
+    return schedule
+
+
+async def next_schedule(session: AsyncSession, *, after: datetime) -> datetime | None:
+    """The earliest schedule due after ``after``, of any app."""
+    return await session.scalar(select(func.min(Schedule.due_at)).where(Schedule.due_at > after))
 
 
 async def synced_rules(session: AsyncSession, *, app_id: str) -> dict[str, str]:

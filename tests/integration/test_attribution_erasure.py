@@ -21,12 +21,17 @@ pytestmark = pytest.mark.integration
 
 async def _rows(app: App) -> dict[str, Any]:
     """What attribution holds of the app: installs (device → user key, kind), click ids,
-    device links (device → user), verified users, erasures carried out."""
+    device links (device → user), verified users, erasures carried out. The erasures are
+    read first: each statement sees what was committed when it started, so an erasure
+    seen has its deletions seen by the reads after it."""
     async with app.sessions() as session:
 
         async def all_of(sql: str) -> list[Any]:
             return list((await session.execute(text(sql), {"a": app.app_id})).all())
 
+        erasures = len(
+            await all_of("SELECT erasure_id FROM attribution_erasures WHERE app_id = :a")
+        )
         installs = await all_of(
             "SELECT device_id, user_key, kind FROM attribution_installs WHERE app_id = :a"
         )
@@ -48,9 +53,7 @@ async def _rows(app: App) -> dict[str, Any]:
                     "SELECT user_id FROM attribution_verifications WHERE app_id = :a"
                 )
             },
-            "erasures": len(
-                await all_of("SELECT erasure_id FROM attribution_erasures WHERE app_id = :a")
-            ),
+            "erasures": erasures,
         }
 
 

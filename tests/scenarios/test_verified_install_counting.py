@@ -11,6 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from libs.runtime.clock import ManualClock
+from libs.runtime.timed import TimedRunner
 from services.attribution.sweep import VerificationSweep
 from tests.conftest import Platform, eventually
 
@@ -100,11 +102,16 @@ async def test_installs_wait_for_verification(
     silent_device = await click_and_install(http, app_keys, token)
     await status_becomes(http, admin, silent_device, "pending")
     resources = platform.app.state.resources
-    sweep = VerificationSweep(resources.sessions, resources.producer)
-    assert await sweep.sweep(datetime.now(UTC) + timedelta(days=8)) >= 1
+    # The sweep as the platform runs it, on a clock 8 days ahead.
+    clock = ManualClock(datetime.now(UTC) + timedelta(days=8))
+    sweep = TimedRunner(
+        VerificationSweep(resources.producer), sessions=resources.sessions, clock=clock
+    )
+    assert await sweep.run_once() >= 1
     await status_becomes(http, admin, silent_device, "unverified")
     # The verified install is final: a later sweep leaves it verified.
-    await sweep.sweep(datetime.now(UTC) + timedelta(days=30))
+    clock.advance(timedelta(days=22))
+    await sweep.run_once()
     await status_becomes(http, admin, verified_device, "verified", user=user)
 
     # The tracker report counts each install once, in its latest state, even though the

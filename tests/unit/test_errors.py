@@ -270,3 +270,29 @@ def test_drivers_are_known_by_registration_not_by_module_name() -> None:
         [sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert json.loads(out.stdout) == [False, True]
+
+
+RESOURCES_PROBE = """
+import json
+import libs.runtime.errors as errors
+import libs.runtime.resources
+print(json.dumps(sorted({c.__module__ for c in errors._TRANSIENT})))
+"""
+
+
+def test_a_process_registers_every_drivers_classifier() -> None:
+    """Every composed process imports ``libs.runtime.resources``, which brings in the kit
+    module of each driver it uses, and so each driver's classifier."""
+    out = subprocess.run(
+        [sys.executable, "-c", RESOURCES_PROBE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout) == [
+        "libs.runtime.clickhouse",
+        "libs.runtime.httpclient",
+        "libs.runtime.kafka",
+        "libs.runtime.postgres",
+    ]
