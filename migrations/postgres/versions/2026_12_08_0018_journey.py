@@ -2,7 +2,7 @@
 stats, device links and geofence states
 
 Revision ID: 0018_journey
-Revises: 0015
+Revises: 0016_timed
 Create Date: 2026-12-08 12:00:00.000000
 
 Additive for stored journeys: each gets version 1 (its current trigger and definition,
@@ -17,7 +17,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0018_journey"
-down_revision: str | None = "0015"
+down_revision: str | None = "0016_timed"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
