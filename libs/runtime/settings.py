@@ -96,6 +96,15 @@ class DispatcherSettings(BaseServiceSettings):
         return self.environment != "production"
 
 
+class JourneySettings(BaseServiceSettings):
+    # Webhook nodes may call loopback, private and link-local addresses (a development
+    # box, tests); off in production, where such a call would reach internal services.
+    journey_webhook_allow_private: bool = False
+    # Runs a wake-up batch claims at once, and a broadcast's members entered per page.
+    journey_timer_batch: int = Field(default=1000, ge=1, le=50_000)
+    journey_broadcast_page: int = Field(default=5000, ge=1, le=100_000)
+
+
 class PostgresSettings(BaseServiceSettings):
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/hodhod",
@@ -157,5 +166,6 @@ class PlatformSettings(
     SegmenterSettings,
     AttributionSettings,
     DispatcherSettings,
+    JourneySettings,
 ):
     """Everything the one-process launcher needs; each service reads only its part."""

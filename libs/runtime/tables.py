@@ -82,20 +82,39 @@ class Segment(Base):
 
 
 class Journey(Base):
-    """An automated journey. Written by admin; read by journey."""
+    """An automated journey (or a broadcast: a one-node scheduled journey). Written by
+    admin; read by journey. ``trigger`` and ``definition`` are the current version's
+    (``libs.journeys``); every version ever activated is kept in ``journey_versions``.
+    Status: draft → active ⇄ paused → archived (or cancelled, for a broadcast)."""
 
     __tablename__ = "journeys"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
-    # {"segment_entered": "<segment id>"}
     trigger: Mapped[dict[str, Any]]
-    # {"steps": [{"id": "welcome", "send": {"channel": ..., "content": {...}}}]}
     definition: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default="active")
+    # The version new runs enter; a running user stays on the version they entered.
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    # journey | broadcast
+    kind: Mapped[str] = mapped_column(String(16), server_default="journey")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class JourneyVersion(Base):
+    """One immutable version of a journey's trigger and definition. Written by admin
+    (a new row on every change of either); read by journey."""
+
+    __tablename__ = "journey_versions"
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    journey_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trigger: Mapped[dict[str, Any]]
+    definition: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
 
 
 class Template(Base):

@@ -43,9 +43,10 @@ class Event(TenantContract):
     adid: Annotated[str, StringConstraints(max_length=128, pattern=NO_NUL)] | None = None
     ts: UtcDatetime
     received_at: UtcDatetime
-    # "admin": a profile edit made in admin's API (PATCH /admin/v1/users/{user_key}),
-    # not something the user did: it is neither counted nor makes the user seen.
-    source: Literal["sdk", "s2s", "backend", "admin"] = "backend"
+    # "admin": a profile edit made in admin's API (PATCH /admin/v1/users/{user_key});
+    # "journey": an attribute written by a journey's update node. Neither is something
+    # the user did: it is not counted and does not make the user seen.
+    source: Literal["sdk", "s2s", "backend", "admin", "journey"] = "backend"
     platform: Platform | None = None
     os_version: ShortStr | None = None
     device_model: ShortStr | None = None

@@ -1,5 +1,6 @@
-"""The admin API (admin token): trackers, journeys and delivery receipts (users:
-``users_api``; segments: ``segments_api``). Thin: parse, call the store, answer."""
+"""The admin API (admin token): trackers and delivery receipts (users: ``users_api``;
+segments: ``segments_api``; journeys and broadcasts: ``journeys_api``). Thin: parse,
+call the store, answer."""
 
 from __future__ import annotations
 
@@ -9,15 +10,13 @@ from fastapi import APIRouter, Query, Request
 
 from libs.runtime.deps import ClickHouseDep, ProducerDep, SessionDep, SettingsDep
 from libs.runtime.errors import InvalidInput, NotFound
-from libs.runtime.tables import Journey, Tracker
+from libs.runtime.tables import Tracker
 from libs.runtime.tenancy import AdminAppDep
 from services.admin import logic, store, warehouse
 from services.admin.changes import announce as _changed
 from services.admin.schemas import (
     DeliveryList,
     DeliveryRead,
-    JourneyCreate,
-    JourneyRead,
     TrackerCreate,
     TrackerRead,
     TrackerUpdate,
@@ -157,47 +156,6 @@ async def archive_tracker(
     await store.update_tracker(session, tracker=tracker, values={"status": "archived"})
     _changed(request, producer, app_id, "tracker", token, "deleted")
     return _tracker_read(request, settings.public_url, tracker)
-
-
-def _journey_read(j: Journey) -> JourneyRead:
-    return JourneyRead(
-        id=j.id,
-        name=j.name,
-        trigger=j.trigger,
-        definition=j.definition,
-        status=j.status,
-        created_at=j.created_at,
-    )
-
-
-@router.post("/journeys", status_code=201, operation_id="create_journey")
-async def create_journey(
-    body: JourneyCreate,
-    request: Request,
-    app_id: AdminAppDep,
-    session: SessionDep,
-    producer: ProducerDep,
-) -> JourneyRead:
-    segment_id = body.trigger.segment_entered
-    if await store.get_segment(session, app_id=app_id, segment_id=segment_id) is None:
-        raise NotFound(f"no segment {segment_id}", field="trigger.segment_entered")
-    journey = await store.create_journey(
-        session,
-        app_id=app_id,
-        name=body.name,
-        trigger=body.trigger.model_dump(),
-        definition=body.definition.model_dump(mode="json", exclude_none=True),
-    )
-    _changed(request, producer, app_id, "journey", journey.id)
-    return _journey_read(journey)
-
-
-@router.get("/journeys/{journey_id}", operation_id="get_journey")
-async def get_journey(journey_id: str, app_id: AdminAppDep, session: SessionDep) -> JourneyRead:
-    journey = await store.get_journey(session, app_id=app_id, journey_id=journey_id)
-    if journey is None:
-        raise NotFound(f"no journey {journey_id}", field="journey_id")
-    return _journey_read(journey)
 
 
 @router.get("/deliveries", operation_id="list_deliveries")

@@ -18,7 +18,6 @@ from pydantic import (
 )
 
 from libs.schemas.base import Name, Props, contract_violation, find_nul
-from libs.schemas.journeys import JourneyDefinition, SegmentEntered
 from services.admin.logic import NOT_POSTBACK_EVENTS, unchosen_postback_events
 
 TrackerChannel = Literal[
@@ -255,9 +254,28 @@ class UserSegments(BaseModel):
 
 
 class JourneyCreate(_In):
+    """A journey: ``trigger`` and ``definition`` in the journey language
+    (docs/journeys.md; legacy ``{"segment_entered": id}`` / ``{"steps": [...]}`` too),
+    checked by ``libs.journeys.validate`` so that a 422 names the bad path."""
+
     name: str = Field(min_length=1, max_length=200)
-    trigger: SegmentEntered
-    definition: JourneyDefinition
+    trigger: dict[str, Any]
+    definition: dict[str, Any]
+    # draft: stored and validated, enters nobody until activated.
+    status: Literal["draft", "active"] = "active"
+
+
+class JourneyUpdate(_In):
+    """Fields to change; a new trigger or definition is a new version."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    trigger: dict[str, Any] | None = None
+    definition: dict[str, Any] | None = None
+
+
+class JourneyCheck(_In):
+    trigger: dict[str, Any]
+    definition: dict[str, Any]
 
 
 class JourneyRead(BaseModel):
@@ -266,7 +284,62 @@ class JourneyRead(BaseModel):
     trigger: dict[str, Any]
     definition: dict[str, Any]
     status: str
+    version: int
     created_at: datetime
+    updated_at: datetime
+
+
+class JourneyList(BaseModel):
+    items: list[JourneyRead]
+
+
+class JourneyValidation(BaseModel):
+    valid: bool
+    # The journey in its current form (legacy forms translated, defaults filled in).
+    trigger: dict[str, Any]
+    definition: dict[str, Any]
+    segments: list[str]
+    templates: list[str]
+
+
+BroadcastChannel = Literal["push", "web_push", "sms", "email", "in_app", "inbox", "log", "best"]
+
+
+class BroadcastCreate(_In):
+    """A message to a segment's members at a time (or recurring), optionally at each
+    member's local time, throttled: a one-node scheduled journey."""
+
+    name: str = Field(min_length=1, max_length=200)
+    segment: str = Field(min_length=1, max_length=32)
+    channel: BroadcastChannel
+    fallback: list[str] = Field(default_factory=list, max_length=6)
+    content: dict[str, Any] | None = None
+    template_id: str | None = Field(default=None, max_length=128)
+    category: str | None = Field(default=None, max_length=64)
+    at: datetime
+    every: dict[str, float] | None = None
+    until: datetime | None = None
+    local_time: str | None = None
+    per_second: int | None = Field(default=None, ge=1, le=100_000)
+    expires_after: dict[str, float] | None = None
+
+
+class BroadcastRead(BaseModel):
+    id: str
+    name: str
+    status: str
+    trigger: dict[str, Any]
+    send: dict[str, Any]
+    created_at: datetime
+
+
+class BroadcastList(BaseModel):
+    items: list[BroadcastRead]
+
+
+class BroadcastPreview(BaseModel):
+    count: int
+    by_channel: dict[str, int]
 
 
 class ProfileRead(BaseModel):

@@ -14,7 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.rules.language import CHANNELS, Node, ReachableCond
 from libs.rules.sql import compile_rule, context_for, without_jit
-from libs.runtime.tables import DeviceAlias, Journey, Membership, Profile, Segment, Tracker
+from libs.runtime.tables import (
+    DeviceAlias,
+    Journey,
+    JourneyVersion,
+    Membership,
+    Profile,
+    Segment,
+    Template,
+    Tracker,
+)
 from libs.runtime.tenancy import SdkSecret
 from libs.schemas.base import ANONYMOUS_PREFIX
 
@@ -269,27 +278,122 @@ async def create_journey(
     name: str,
     trigger: dict[str, Any],
     definition: dict[str, Any],
+    status: str = "active",
+    kind: str = "journey",
+    prefix: str = "jrn",
 ) -> Journey:
+    """Insert a journey and its version 1."""
     now = datetime.now(UTC)
     journey = Journey(
-        id=new_id("jrn"),
+        id=new_id(prefix),
         app_id=app_id,
         name=name,
         trigger=trigger,
         definition=definition,
-        status="active",
+        status=status,
+        version=1,
+        kind=kind,
         created_at=now,
         updated_at=now,
     )
     session.add(journey)
+    session.add(
+        JourneyVersion(
+            app_id=app_id,
+            journey_id=journey.id,
+            version=1,
+            trigger=trigger,
+            definition=definition,
+            created_at=now,
+        )
+    )
     await session.flush()
     return journey
 
 
-async def get_journey(session: AsyncSession, *, app_id: str, journey_id: str) -> Journey | None:
-    return await session.scalar(
-        select(Journey).where(Journey.app_id == app_id, Journey.id == journey_id)
-    )
+async def update_journey(
+    session: AsyncSession,
+    *,
+    journey: Journey,
+    name: str | None = None,
+    trigger: dict[str, Any] | None = None,
+    definition: dict[str, Any] | None = None,
+) -> bool:
+    """Change a journey; a new trigger or definition becomes a new version (runs already
+    under way stay on theirs). Returns whether a version was added."""
+    now = datetime.now(UTC)
+    if name is not None:
+        journey.name = name
+    new_trigger = trigger if trigger is not None else journey.trigger
+    new_definition = definition if definition is not None else journey.definition
+    versioned = new_trigger != journey.trigger or new_definition != journey.definition
+    if versioned:
+        journey.version += 1
+        journey.trigger, journey.definition = new_trigger, new_definition
+        session.add(
+            JourneyVersion(
+                app_id=journey.app_id,
+                journey_id=journey.id,
+                version=journey.version,
+                trigger=new_trigger,
+                definition=new_definition,
+                created_at=now,
+            )
+        )
+    journey.updated_at = now
+    await session.flush()
+    return versioned
+
+
+async def set_journey_status(session: AsyncSession, *, journey: Journey, status: str) -> None:
+    journey.status = status
+    journey.updated_at = datetime.now(UTC)
+    await session.flush()
+
+
+async def get_journey(
+    session: AsyncSession, *, app_id: str, journey_id: str, kind: str | None = None
+) -> Journey | None:
+    stmt = select(Journey).where(Journey.app_id == app_id, Journey.id == journey_id)
+    if kind is not None:
+        stmt = stmt.where(Journey.kind == kind)
+    return await session.scalar(stmt)
+
+
+async def list_journeys(
+    session: AsyncSession, *, app_id: str, kind: str, status: str | None = None
+) -> list[Journey]:
+    stmt = select(Journey).where(Journey.app_id == app_id, Journey.kind == kind)
+    if status is not None:
+        stmt = stmt.where(Journey.status == status)
+    return list(await session.scalars(stmt.order_by(Journey.created_at.desc(), Journey.id)))
+
+
+async def missing_references(
+    session: AsyncSession, *, app_id: str, segments: set[str], templates: set[str]
+) -> tuple[set[str], set[str]]:
+    """The referenced segments and templates that do not exist (or are archived)."""
+    found_segments: set[str] = set()
+    found_templates: set[str] = set()
+    if segments:
+        found_segments = set(
+            await session.scalars(
+                select(Segment.id).where(
+                    Segment.app_id == app_id, Segment.id.in_(segments), Segment.status == "active"
+                )
+            )
+        )
+    if templates:
+        found_templates = set(
+            await session.scalars(
+                select(Template.id).where(
+                    Template.app_id == app_id,
+                    Template.id.in_(templates),
+                    Template.status == "active",
+                )
+            )
+        )
+    return segments - found_segments, templates - found_templates
 
 
 async def get_profile(session: AsyncSession, *, app_id: str, user_key: str) -> Profile | None:

@@ -27,7 +27,8 @@ async def deliveries_of(
 # Every report counts users by profile identity: an event carries its user_id, else the
 # latest user_id any event of its device carried (the device logged in later), else the
 # anonymous key d:<device_id>. Resolved at query time, like PostHog's person overrides.
-# Admin's profile edits (source 'admin') are not something the user did: left out.
+# Admin's profile edits and journeys' attribute writes (sources 'admin', 'journey') are
+# not something the user did: left out.
 IDENTITY = """
 aliases AS (
     SELECT device_id, argMax(user_id, ts) AS uid
@@ -42,7 +43,7 @@ ev AS (
            e.timezone AS timezone, e.props AS props, e.revenue AS revenue
     FROM {db}.events AS e FINAL
     LEFT JOIN aliases AS a ON a.device_id = e.device_id
-    WHERE e.app_id = {{app_id:String}} AND e.source != 'admin'
+    WHERE e.app_id = {{app_id:String}} AND e.source NOT IN ('admin', 'journey')
 ),
 activity AS (
     SELECT DISTINCT uk, d FROM ev WHERE name NOT IN ('$install', '$uninstall')
@@ -115,7 +116,7 @@ per_user AS (
            countIf(e.name = '$install') AS installs
     FROM {db}.events AS e
     LEFT JOIN aliases AS a ON a.device_id = e.device_id
-    WHERE e.app_id = {{app_id:String}} AND e.source != 'admin'
+    WHERE e.app_id = {{app_id:String}} AND e.source NOT IN ('admin', 'journey')
     GROUP BY uk
     HAVING installs > 0 AND day0 BETWEEN {{start:Date}} AND {{end:Date}}
 )

@@ -104,8 +104,9 @@ CONTACT_FIELDS = ("phone", "email")
 
 def is_activity(event: Event) -> bool:
     """Whether ``event`` is something the user did: every event but admin's profile
-    edits, which are neither counted nor make the user seen."""
-    return event.source != "admin"
+    edits and journeys' attribute writes, which are neither counted nor make the user
+    seen."""
+    return event.source not in ("admin", "journey")
 
 
 def _is_contact(value: Any) -> bool:

@@ -21,12 +21,21 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.runtime.clickhouse import AsyncClickHouse, get_client
+from libs.runtime.clock import SystemClock
 from libs.runtime.errors import TransientError
 from libs.runtime.kafka import Producer
 from libs.runtime.pipeline import Batch, Handler, Record
 from libs.runtime.postgres import Base
 from libs.runtime.settings import PlatformSettings
-from libs.runtime.tables import DeviceAlias, Journey, Membership, Profile, Segment, Tracker
+from libs.runtime.tables import (
+    DeviceAlias,
+    Journey,
+    JourneyVersion,
+    Membership,
+    Profile,
+    Segment,
+    Tracker,
+)
 from libs.schemas import CONTRACTS, Contract, DeliveryReceipt, Event, validate
 from services.attribution import store as attribution_store
 from services.attribution.consumer import TOPICS as ATTRIBUTION_TOPICS
@@ -40,8 +49,10 @@ from services.dispatcher.consumer import Sender
 from services.dispatcher.service import providers
 from services.ingest.warehouse import TABLES, WarehouseWriter
 from services.journey import store as journey_store
+from services.journey.apply import Engine
 from services.journey.consumer import TOPICS as JOURNEY_TOPICS
 from services.journey.consumer import TriggerHandler
+from services.journey.events import EventHandler
 from services.segmenter import store as segmenter_store
 from services.segmenter.consumer import TOPICS as SEGMENTER_TOPICS
 from services.segmenter.consumer import ProfileUpdater
@@ -197,7 +208,12 @@ ERASER_TABLES: tuple[type[Base], ...] = (
     attribution_store.Install,
     attribution_store.DeviceLink,
 )
-JOURNEY_TABLES: tuple[type[Base], ...] = (journey_store.JourneyRun,)
+JOURNEY_TABLES: tuple[type[Base], ...] = (
+    journey_store.JourneyRun,
+    journey_store.JourneyNodeStat,
+    journey_store.JourneySeenEvent,
+    journey_store.JourneyDeviceLink,
+)
 DISPATCHER_TABLES: tuple[type[Base], ...] = (
     dispatcher_store.SendLedger,
     dispatcher_store.Outbox,
@@ -254,27 +270,69 @@ async def setup_postbacks(sessions: async_sessionmaker[AsyncSession], app_id: st
 
 
 async def setup_journey(sessions: async_sessionmaker[AsyncSession], app_id: str) -> None:
-    """A two-step journey on entering the segment the examples enter."""
+    """A two-step journey (legacy form) on entering the segment the examples enter, and
+    one that follows the examples' purchases: wait a day for a refund, else thank."""
     now = datetime.now(UTC)
-    definition = {
+    legacy = {
         "steps": [
             {"id": "welcome", "send": {"channel": "push", "content": {"body": "خوش آمدید"}}},
             {"id": "otp", "send": {"channel": "sms", "template_id": "tpl_welcome"}},
         ]
     }
-    await add_catalog(
-        sessions,
-        Journey(
-            id=f"jrn_{secrets.token_hex(8)}",
-            app_id=app_id,
-            name="خوشامد",
-            trigger={"segment_entered": EXAMPLE_SEGMENT},
-            definition=definition,
-            status="active",
-            created_at=now,
-            updated_at=now,
-        ),
-    )
+    follow = {
+        "start": "thanks",
+        "nodes": [
+            {
+                "id": "thanks",
+                "type": "send",
+                "channel": "push",
+                "content": {"body": "ممنون"},
+                "next": "w",
+            },
+            {
+                "id": "w",
+                "type": "wait_for_event",
+                "event": "order_refunded",
+                "timeout": {"days": 1},
+                "on_event": "sorry",
+                "on_timeout": "done",
+            },
+            {"id": "sorry", "type": "send", "channel": "sms", "content": {"body": "متاسفیم"}},
+            {"id": "done", "type": "exit"},
+        ],
+        "entry": {"reentry": "always", "max_concurrent": 5},
+    }
+    rows: list[Base] = []
+    for trigger, definition in (
+        ({"segment_entered": EXAMPLE_SEGMENT}, legacy),
+        ({"type": "event", "event": "purchase"}, follow),
+    ):
+        journey_id = f"jrn_{secrets.token_hex(8)}"
+        rows.append(
+            Journey(
+                id=journey_id,
+                app_id=app_id,
+                name="خوشامد",
+                trigger=trigger,
+                definition=definition,
+                status="active",
+                version=1,
+                kind="journey",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        rows.append(
+            JourneyVersion(
+                app_id=app_id,
+                journey_id=journey_id,
+                version=1,
+                trigger=trigger,
+                definition=definition,
+                created_at=now,
+            )
+        )
+    await add_catalog(sessions, *rows)
 
 
 @dataclass(frozen=True)
@@ -310,6 +368,7 @@ CASES = [
     Case("postbacks", ("events",), ("attribution_postback_holds",)),
     Case("eraser", ("config-changes",), ("attribution_erasures",)),
     *(Case("journey", (topic,), ("journey_runs",)) for topic in JOURNEY_TOPICS),
+    Case("journey-events", ("events",), ("journey_runs", "journey_seen_events")),
     *(
         Case("dispatcher", (topic,), ("dispatcher_send_ledger", "dispatcher_outbox"))
         for topic in DISPATCHER_TOPICS
@@ -353,7 +412,13 @@ def _consumer(
             return Eraser(sessions), pg(ERASER_TABLES), nothing
         case "journey":
             return (
-                TriggerHandler(sessions, producer),
+                TriggerHandler(sessions, producer, SystemClock(), Engine()),
+                pg(JOURNEY_TABLES),
+                lambda: setup_journey(sessions, app_id),
+            )
+        case "journey-events":
+            return (
+                EventHandler(sessions, producer, SystemClock(), Engine()),
                 pg(JOURNEY_TABLES),
                 lambda: setup_journey(sessions, app_id),
             )

@@ -199,7 +199,7 @@ async def test_admin_validation_names_the_field(
             },
         },
     )
-    assert missing_segment.status_code == 404
+    assert missing_segment.status_code == 422
     assert error_of(missing_segment)["field"] == "trigger.segment_entered"
 
 
@@ -254,8 +254,8 @@ async def test_garbage_on_a_topic_goes_to_dlq(platform: Platform, app_keys: dict
                     dlq = decode(DlqRecord, rec.value)
                     if marker.encode() in dlq.value_bytes():
                         found[f"{dlq.consumer_group}|{dlq.value_bytes()[:2]!r}"] = dlq
-            # both poison records, as seen by the four consumer groups of `events`
-            return len(found) >= 8
+            # both poison records, as seen by the five consumer groups of `events`
+            return len(found) >= 10
 
         await eventually(dead_letters, within=60)
     finally:
@@ -266,6 +266,7 @@ async def test_garbage_on_a_topic_goes_to_dlq(platform: Platform, app_keys: dict
         "segmenter.profiles",
         "attribution.matcher",
         "attribution.postbacks",
+        "journey.events",
     }
     raw_copies = [d for d in found.values() if d.value_bytes() == garbage]
     assert raw_copies and all("invalid JSON" in d.error for d in raw_copies)

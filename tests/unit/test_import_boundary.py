@@ -43,12 +43,14 @@ PURE_EXTRAS = [
     "services.dispatcher.credentials",
     "services.dispatcher.providers.base",
     "services.dispatcher.providers.addresses",
+    "services.journey.timing",
 ]
 PURE_MODULES = [
     *SERVICE_LOGIC,
     *PURE_EXTRAS,
     "libs.schemas",
-    "libs.schemas.journeys",
+    "libs.journeys.definition",
+    "libs.journeys.validate",
     "libs.rules",
     "libs.rules.language",
     "libs.rules.semantics",

@@ -1,0 +1,1 @@
+"""The journey definition language (``definition``) and its checks (``validate``)."""
